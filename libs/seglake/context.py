@@ -1,0 +1,46 @@
+"""What a job receives: the session, the config, the run id, the as-of date, its arguments."""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from seglake import tables
+from seglake.config import Config
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+@dataclass
+class JobContext:
+    """Everything a job's ``run(ctx)`` needs. Tests build one with their own session."""
+
+    spark: SparkSession
+    cfg: Config
+    run_id: str = field(default_factory=new_run_id)
+    as_of: date | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def log(self, name: str) -> logging.Logger:
+        return logging.getLogger(f"seglake.{name}")
+
+    def resolve_as_of(self) -> date:
+        """``--as-of`` when given, else the day after the last event day in silver.events.
+
+        (The as-of date is exclusive: features for as_of D use events before D.)
+        """
+        if self.as_of is not None:
+            return self.as_of
+        last = (tables.read(self.spark, self.cfg, "silver.events")
+                .agg(F.max("event_date").alias("d")).first()["d"])
+        if last is None:
+            raise ValueError("silver.events is empty: nothing to compute an as-of date from; pass --as-of")
+        self.as_of = last + timedelta(days=1)
+        return self.as_of

@@ -1,0 +1,133 @@
+"""JVM dependencies: Maven coordinates, and a local cache of the resolved jars.
+
+Locally, ``ensure_jars()`` resolves the coordinates (with their transitive runtime
+dependencies) from Maven Central once, using Maven, into a cache directory; the
+SparkSession factory then passes the cached files as ``spark.jars`` so later runs need
+no network. On a cluster, pass the same coordinates with ``--packages`` (see
+``packages_arg()``), or ship the cached jars with ``--jars``.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DELTA_VERSION = "4.4.0"
+#: Maven coordinates needed on the JVM side (group:artifact:version).
+#: delta-spark_4.1_2.13 is the Delta build for the Spark 4.1 line (pyspark 4.1.x).
+#: GraphFrames' JVM artifacts are not reachable from this project's build machines
+#: (see README, "GraphFrames"); identity resolution runs its own connected-components
+#: implementation and uses GraphFrames only when its jar is configured.
+COORDINATES: tuple[str, ...] = (f"io.delta:delta-spark_4.1_2.13:{DELTA_VERSION}",)
+GRAPHFRAMES_COORDINATE = "io.graphframes:graphframes-spark4_2.13:0.12.3"
+
+# Jars that Spark's own distribution already ships; copying them again only adds
+# classpath duplicates.
+_EXCLUDE_GROUPS = "org.apache.spark,org.scala-lang"
+
+
+class JarResolutionError(RuntimeError):
+    """Raised when the JVM dependencies cannot be resolved or found."""
+
+
+def packages_arg(coordinates: tuple[str, ...] = COORDINATES) -> str:
+    """The value for ``spark-submit --packages``."""
+    return ",".join(coordinates)
+
+
+def cache_root() -> Path:
+    """Where resolved jars are cached: ``$SEGLAKE_JARS_CACHE`` or ``~/.cache/seglake/jars``."""
+    env = os.environ.get("SEGLAKE_JARS_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "seglake" / "jars"
+
+
+def jar_dir(coordinates: tuple[str, ...] = COORDINATES) -> Path:
+    key = hashlib.sha256("\n".join(sorted(coordinates)).encode()).hexdigest()[:12]
+    return cache_root() / key
+
+
+def _pom(coordinates: tuple[str, ...]) -> str:
+    deps = []
+    for coord in coordinates:
+        group, artifact, version = coord.split(":")
+        deps.append(
+            f"<dependency><groupId>{group}</groupId><artifactId>{artifact}</artifactId>"
+            f"<version>{version}</version></dependency>"
+        )
+    return (
+        '<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>'
+        "<groupId>seglake</groupId><artifactId>seglake-jvm-deps</artifactId><version>1</version>"
+        f"<dependencies>{''.join(deps)}</dependencies></project>"
+    )
+
+
+def cached_jars(coordinates: tuple[str, ...] = COORDINATES) -> list[Path] | None:
+    """The cached jar files, or None when the cache is not complete."""
+    target = jar_dir(coordinates)
+    if not (target / ".complete").exists():
+        return None
+    return sorted(target.glob("*.jar"))
+
+
+def ensure_jars(coordinates: tuple[str, ...] = COORDINATES) -> list[Path]:
+    """Return the local jar files for ``coordinates``, resolving them once with Maven.
+
+    Raises JarResolutionError with Maven's own explanation when resolution fails.
+    """
+    jars = cached_jars(coordinates)
+    if jars:
+        return jars
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise JarResolutionError(
+            "Maven ('mvn') is needed once to download the Delta Lake jars "
+            f"({packages_arg(coordinates)}) into {jar_dir(coordinates)}; install Maven "
+            "(apt-get install maven) or set SEGLAKE_JARS_CACHE to a folder holding them."
+        )
+    target = jar_dir(coordinates)
+    staging = Path(tempfile.mkdtemp(prefix="seglake-jars-"))
+    log.info("Resolving JVM dependencies %s from Maven Central (once) ...", packages_arg(coordinates))
+    (staging / "pom.xml").write_text(_pom(coordinates))
+    cmd = [
+        mvn, "-B", "-q", "-f", str(staging / "pom.xml"), "dependency:copy-dependencies",
+        "-DincludeScope=runtime", f"-DexcludeGroupIds={_EXCLUDE_GROUPS}",
+        f"-DoutputDirectory={staging / 'jars'}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        detail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
+        shutil.rmtree(staging, ignore_errors=True)
+        raise JarResolutionError(
+            f"Could not resolve {packages_arg(coordinates)} with Maven:\n{detail}"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.move(str(staging / "jars"), str(target))
+    (target / ".complete").write_text(packages_arg(coordinates) + "\n")
+    shutil.rmtree(staging, ignore_errors=True)
+    jars = sorted(target.glob("*.jar"))
+    log.info("Cached %d jars in %s", len(jars), target)
+    return jars
+
+
+def main() -> int:
+    """``python -m seglake.jvm``: resolve and cache the jars, print where they are."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        jars = ensure_jars()
+    except JarResolutionError as exc:
+        print(f"error: {exc}")
+        return 2
+    print(f"{len(jars)} jars cached in {jar_dir()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

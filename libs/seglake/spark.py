@@ -1,0 +1,92 @@
+"""The one SparkSession factory. Nothing here runs at import time."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from seglake import jvm
+from seglake.config import Config, join
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+class SparkStartError(RuntimeError):
+    """The JVM could not start; the message carries the JVM's own reason."""
+
+
+def session_conf(cfg: Config) -> dict[str, str]:
+    """Spark settings shared by both modes (everything but master, memory and jars)."""
+    spark_cfg = cfg["spark"]
+    conf = dict(DELTA_CONF)
+    conf.update({
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.adaptive.coalescePartitions.enabled": "true",
+        "spark.sql.shuffle.partitions": str(spark_cfg["shuffle_partitions"]),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        "spark.databricks.delta.retentionDurationCheck.enabled": "false",
+    })
+    conf.update({str(k): str(v) for k, v in (spark_cfg.get("extra_conf") or {}).items()})
+    return conf
+
+
+def get_spark(cfg: Config, app_name: str | None = None) -> "SparkSession":
+    """Return the SparkSession for ``cfg``, creating it if there is none.
+
+    * ``spark.mode: local`` — embedded Spark (``spark.master``, e.g. ``local[*]``), driver
+      memory from config, Delta jars from the local cache (resolved once with Maven).
+    * ``spark.mode: cluster`` — master, resources and jars come from ``spark-submit``
+      (``--packages``, see README); only SQL settings are applied here.
+
+    An already active session (a notebook, Databricks, a test fixture) is reused, with the
+    SQL settings applied to it.
+    """
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        for key in ("spark.sql.shuffle.partitions", "spark.sql.session.timeZone"):
+            active.conf.set(key, session_conf(cfg)[key])
+        return active
+
+    spark_cfg = cfg["spark"]
+    builder = SparkSession.builder.appName(app_name or spark_cfg["app_name"])
+    for key, value in session_conf(cfg).items():
+        builder = builder.config(key, value)
+
+    if spark_cfg["mode"] == "local":
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        jars = jvm.ensure_jars()
+        builder = (
+            builder.master(spark_cfg["master"])
+            .config("spark.driver.memory", spark_cfg["driver_memory"])
+            .config("spark.jars", ",".join(str(j) for j in jars))
+            .config("spark.ui.enabled", str(spark_cfg["ui_enabled"]).lower())
+            .config("spark.sql.warehouse.dir", join(cfg.path("checkpoints"), "warehouse"))
+            .config("spark.driver.extraJavaOptions", "-Dderby.system.home=" + join(cfg.path("checkpoints"), "derby"))
+        )
+    elif spark_cfg["mode"] != "cluster":
+        raise ValueError(f"spark.mode must be 'local' or 'cluster', got {spark_cfg['mode']!r}")
+
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:  # the gateway dies with JAVA_GATEWAY_EXITED; say why
+        raise SparkStartError(
+            f"Spark could not start ({type(exc).__name__}: {exc}). The JVM's own error is "
+            "printed above this message; check Java 17 is installed and the jars in "
+            f"{jvm.jar_dir()} are readable."
+        ) from exc
+    spark.sparkContext.setLogLevel(spark_cfg["log_level"])
+    spark.sparkContext.setCheckpointDir(join(cfg.path("checkpoints"), "spark"))
+    log.info("Spark %s session '%s' on %s", spark.version, spark.sparkContext.appName,
+             spark.sparkContext.master)
+    return spark

@@ -1,0 +1,42 @@
+"""Packaging for seglake: behavioral customer segmentation on Spark + Delta Lake.
+
+The runtime pins below are one set known to install and run together (see README,
+"Versions"). The JVM side (Delta Lake jars) is pinned in ``libs/seglake/jvm.py``;
+the Python ``delta-spark`` version must equal the Delta jar version.
+"""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "pyspark==4.1.4",
+    "delta-spark==4.4.0",
+    "great-expectations[spark]==1.24.1",
+    "mlflow==3.17.2",
+    "graphframes-py==0.12.3",
+    "pandas>=2.2,<3",
+    "pyyaml>=6,<7",
+    "matplotlib>=3.8,<4",
+]
+
+EXTRAS_REQUIRE = {
+    "dev": [
+        "pytest>=8,<10",
+        "chispa>=0.11,<1",
+        "scikit-learn>=1.5,<2",
+        "scipy>=1.13,<2",
+    ],
+}
+
+setup(
+    name="seglake",
+    version="0.1.0",
+    description="Behavioral customer segmentation as PySpark jobs on Delta Lake",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    package_dir={"": "libs"},
+    packages=find_packages("libs"),
+    package_data={"seglake": ["py.typed"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["seglake=seglake.cli:main"]},
+)
