@@ -91,6 +91,8 @@ def _merge(base: dict, overlay: dict, source: Path, prefix: str = "") -> dict:
                 raise ConfigError(f"{source}: key '{dotted}' must be a mapping, got {_type_name(value)} {value!r}.")
             out[key] = value
         else:
+            if value is None and current is not None:
+                raise ConfigError(f"{source}: key '{dotted}' is required and cannot be null (a {_type_name(current)}).")
             if not _compatible(current, value):
                 want = "string or null" if current is None else _type_name(current)
                 raise ConfigError(

@@ -1,0 +1,39 @@
+# seglake — the README's two commands are `make demo` and `make test`.
+# Both set everything up first (virtualenv, pinned packages, Delta jars from Maven Central).
+PYTHON    ?= python3
+VENV      ?= .venv
+EVENTS    ?= 100000
+LAKEHOUSE ?= ./lakehouse
+BENCH_EVENTS ?= 1000000
+BIN       := $(VENV)/bin
+export SPARK_LOCAL_IP ?= 127.0.0.1
+
+.PHONY: setup demo test test-fast bench report clean-lakehouse
+
+setup: $(VENV)/.seglake-setup
+
+$(VENV)/.seglake-setup: setup.py
+	@command -v java >/dev/null || { echo "Java 17 is needed (apt-get install openjdk-17-jre-headless)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip wheel setuptools
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/seglake setup
+	@touch $@
+
+demo: setup
+	$(BIN)/seglake demo --events $(EVENTS) --lakehouse $(LAKEHOUSE)
+
+test: setup
+	$(BIN)/pytest
+
+test-fast: setup
+	$(BIN)/pytest -m "not slow"
+
+report: setup
+	$(BIN)/seglake report --lakehouse $(LAKEHOUSE)
+
+bench: setup
+	$(BIN)/python bench/run.py --events $(BENCH_EVENTS)
+
+clean-lakehouse:
+	rm -rf $(LAKEHOUSE)

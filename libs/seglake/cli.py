@@ -1,0 +1,255 @@
+"""The `seglake` command line.
+
+Exit codes (for schedulers): 0 success; 1 a job failed (message names the job);
+2 bad usage or bad configuration; 3 the verb or job is not available in this version;
+4 Spark could not start.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+from seglake import __version__, registry
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_SPARK = 0, 1, 2, 3, 4
+
+log = logging.getLogger("seglake")
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {value!r}")
+    return number
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env", choices=("local", "prod"), default="local",
+                        help="configuration overlay: conf/<env>.yaml (default: local)")
+    parser.add_argument("--conf-dir", default=None, help="configuration folder (default: ./conf)")
+    parser.add_argument("--lakehouse", default=None,
+                        help="lakehouse root, overriding paths.lakehouse from the config")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seglake", description="Behavioral customer segmentation on Spark + Delta Lake.",
+        epilog="Exit codes: 0 ok, 1 job failed, 2 usage/config error, 3 not available yet, 4 Spark did not start.")
+    parser.add_argument("--version", action="version", version=f"seglake {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    run = verbs.add_parser("run", help="run one job, or `all` for the whole chain",
+                           description="Run one job of the pipeline (or `all`).")
+    jobs = run.add_subparsers(dest="job", metavar="JOB", required=True)
+    for name in ("all", *registry.JOBS):
+        try:
+            module = registry.load(name) if name != "all" else None
+            status = ""
+        except registry.JobNotAvailable:
+            module, status = None, " (not available yet)"
+        except Exception as exc:  # noqa: BLE001 - a broken module must not break every verb
+            module, status = None, f" (cannot be loaded: {type(exc).__name__}: {exc})"
+        help_text = ("the whole chain: " + " -> ".join(registry.PIPELINE)) if name == "all" else \
+            ((module.__doc__ or "").strip().splitlines() or [name])[0] + status if module else f"{name}{status}"
+        sub = jobs.add_parser(name, help=help_text, description=help_text)
+        _common(sub)
+        sub.add_argument("--as-of", type=_date, default=None,
+                         help="as-of date YYYY-MM-DD (exclusive); default: the day after the last event")
+        if module is not None and hasattr(module, "add_arguments"):
+            module.add_arguments(sub)
+
+    demo = verbs.add_parser("demo", help="generate data and run every stage on the embedded default",
+                            description="Generate behavioral data under DIR/_input and build every table under DIR.")
+    demo.add_argument("--events", type=_positive_int, default=100_000, help="valid events to generate (default 100000)")
+    demo.add_argument("--customers", type=_positive_int, default=None, help="persons (default events/50)")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--lakehouse", default="./lakehouse", help="output folder (default ./lakehouse)")
+    demo.add_argument("--env", choices=("local",), default="local", help=argparse.SUPPRESS)
+    demo.add_argument("--conf-dir", default=None, help="configuration folder (default: ./conf)")
+    demo.add_argument("-v", "--verbose", action="store_true")
+
+    gen = verbs.add_parser("generate", help="write synthetic raw events and their ground truth",
+                           description="Write raw events under OUT/landing and the planted truth under OUT/ground_truth.")
+    gen.add_argument("--events", type=_positive_int, required=True)
+    gen.add_argument("--customers", type=_positive_int, default=None, help="persons (default events/50)")
+    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--out", required=True)
+    gen.add_argument("--start-date", type=_date, default=None)
+    gen.add_argument("--end-date", type=_date, default=None)
+    gen.add_argument("--conf-dir", default=None)
+    gen.add_argument("--env", choices=("local", "prod"), default="local")
+    gen.add_argument("-v", "--verbose", action="store_true")
+
+    report = verbs.add_parser("report", help="write the static HTML report of a lakehouse")
+    _common(report)
+    report.add_argument("--out", default=None, help="report file (default <lakehouse>/report/index.html)")
+
+    setup = verbs.add_parser("setup", help="download and cache the JVM jars (Maven) once")
+    setup.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def _config(args, lakehouse: str | None = None):
+    from seglake.config import load_config
+    overrides = {}
+    lake = lakehouse or getattr(args, "lakehouse", None)
+    if lake:
+        overrides["paths"] = {"lakehouse": str(lake)}
+    return load_config(args.env, args.conf_dir, overrides or None)
+
+
+def _spark(cfg, app: str):
+    from seglake.spark import get_spark
+    return get_spark(cfg, app_name=app)
+
+
+def _job_args(args) -> dict:
+    skip = {"verb", "job", "env", "conf_dir", "lakehouse", "verbose", "as_of"}
+    return {k: v for k, v in vars(args).items() if k not in skip}
+
+
+def cmd_run(args) -> int:
+    from seglake import pipeline
+    from seglake.context import JobContext
+    if args.job != "all":
+        registry.load(args.job)  # JobNotAvailable before any Spark start
+    cfg = _config(args)
+    spark = _spark(cfg, f"seglake-{args.job}")
+    ctx = JobContext(spark, cfg, as_of=args.as_of, args=_job_args(args))
+    print(f"seglake {args.job}: run {ctx.run_id}, env {cfg.env}, lakehouse {cfg.lakehouse}")
+    if args.job == "all":
+        started = time.perf_counter()
+        results = pipeline.run_chain(ctx)
+        print(f"\nchain finished in {time.perf_counter() - started:.1f} s\n" + pipeline.summary_table(results))
+        return EXIT_OK
+    result = pipeline.run_job(ctx, args.job)
+    print(f"{args.job} done in {result.seconds:.1f} s")
+    for key, value in result.summary.items():
+        print(f"  {key}: {value}")
+    return EXIT_OK
+
+
+def cmd_generate(args) -> int:
+    from seglake import generate
+    cfg = _config(args, lakehouse=str(Path(args.out) / "_spark"))
+    spark = _spark(cfg, "seglake-generate")
+    kwargs = {k: v for k, v in (("start_date", args.start_date), ("end_date", args.end_date)) if v}
+    started = time.perf_counter()
+    counts = generate.generate(spark, args.out, events=args.events,
+                               customers=args.customers or max(args.events // 50, 1), seed=args.seed, **kwargs)
+    print(f"generated in {time.perf_counter() - started:.1f} s into {Path(args.out).resolve()}")
+    print(json.dumps(counts, indent=2, default=str))
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from seglake import generate, pipeline
+    from seglake.context import JobContext
+    lake = Path(args.lakehouse).expanduser().resolve()
+    cfg = _config(args, lakehouse=str(lake))
+    spark = _spark(cfg, "seglake-demo")
+    input_dir = lake / "_input"
+    customers = args.customers or max(args.events // 50, 1)
+    wanted = {"events_requested": args.events, "persons": customers, "seed": args.seed}
+    counts_file = input_dir / "ground_truth" / "counts.json"
+    counts = json.loads(counts_file.read_text()) if counts_file.exists() else None
+    if counts and all(counts.get(k) == v for k, v in wanted.items()):
+        print(f"[0] generate    input already in {input_dir} (same size and seed) - reused")
+    else:
+        if counts:
+            raise SystemExit(f"error: {input_dir} holds data generated with other settings; "
+                             "choose an empty --lakehouse folder or delete it first")
+        print(f"[0] generate    {args.events} events for {customers} persons (seed {args.seed}) ...")
+        started = time.perf_counter()
+        counts = generate.generate(spark, str(input_dir), events=args.events, customers=customers, seed=args.seed)
+        print(f"[0] generate    done in {time.perf_counter() - started:.1f} s  raw_records={counts['raw_records']}")
+    ctx = JobContext(spark, cfg)
+    started = time.perf_counter()
+    results = pipeline.run_chain(ctx)
+    print(f"\ndemo finished in {time.perf_counter() - started:.1f} s\n" + pipeline.summary_table(results))
+    print(f"\nlakehouse: {lake}")
+    for layer in ("bronze", "silver", "gold", "ops"):
+        folder = lake / layer
+        if folder.exists():
+            names = sorted(p.name for p in folder.iterdir() if (p / "_delta_log").exists())
+            print(f"  {layer:<7} {', '.join(names)}")
+    print(f"  input   {input_dir} (landing/ raw files, ground_truth/ planted truth)")
+    for extra, what in (("_quality", "data-quality results and Data Docs"), ("_mlflow", "MLflow store (mlflow ui --backend-store-uri sqlite:///" + str(lake / "_mlflow" / "mlflow.db") + ")"), ("report", "HTML report")):
+        if (lake / extra).exists():
+            print(f"  {what}: {lake / extra}")
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    try:
+        from seglake import report
+    except ModuleNotFoundError as exc:
+        if exc.name == "seglake.report":
+            raise registry.JobNotAvailable("`seglake report` is not available yet in this version of seglake") from None
+        raise
+    cfg = _config(args)
+    spark = _spark(cfg, "seglake-report")
+    out = report.build_report(spark, cfg, args.out)
+    print(f"report written to {out}")
+    return EXIT_OK
+
+
+def cmd_setup(args) -> int:
+    from seglake import jvm
+    jars = jvm.ensure_jars()
+    print(f"{len(jars)} jars cached in {jvm.jar_dir()}; cluster users pass --packages {jvm.packages_arg()}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("py4j", "urllib3", "great_expectations", "alembic", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from seglake.config import ConfigError
+    from seglake.jvm import JarResolutionError
+    from seglake.spark import SparkStartError
+    handlers = {"run": cmd_run, "demo": cmd_demo, "generate": cmd_generate, "report": cmd_report, "setup": cmd_setup}
+    try:
+        return handlers[args.verb](args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except registry.JobNotAvailable as exc:
+        print(f"not available: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except (SparkStartError, JarResolutionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_SPARK
+    except Exception as exc:  # noqa: BLE001 - a scheduler needs the exit code and one clear line
+        from seglake.pipeline import JobFailed
+        if isinstance(exc, JobFailed):
+            log.debug("traceback", exc_info=exc.cause)
+            print(f"error: {exc}\n(rerun this job alone with: seglake run {exc.job}; add -v for the traceback)",
+                  file=sys.stderr)
+        else:
+            log.debug("traceback", exc_info=True)
+            print(f"error: {type(exc).__name__}: {exc} (add -v for the traceback)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Configuration loading: overlays, types, env interpolation, one clear sentence per error."""
+from pathlib import Path
+
+import pytest
+
+from seglake.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _conf(tmp_path: Path, overlay: str, env: str = "local") -> Path:
+    conf = tmp_path / "conf"
+    conf.mkdir(parents=True)
+    (conf / "base.yaml").write_text((REPO / "conf" / "base.yaml").read_text())
+    (conf / f"{env}.yaml").write_text(overlay)
+    return conf
+
+
+def test_repo_profiles_load_and_merge(tmp_path, monkeypatch):
+    local = load_config("local", REPO / "conf")
+    assert local.env == "local"
+    assert local.get("spark.mode") == "local"
+    assert local.get("sessions.inactivity_minutes") == 30
+    assert Path(local.lakehouse).is_absolute()
+    monkeypatch.setenv("SEGLAKE_LAKEHOUSE", "s3a://bucket/seglake")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.delenv("SEGLAKE_KAFKA_BROKERS", raising=False)
+    prod = load_config("prod", REPO / "conf")
+    assert prod.lakehouse == "s3a://bucket/seglake"
+    assert prod.get("spark.mode") == "cluster"
+    assert prod.get("stream.kafka_bootstrap_servers") is None  # ${VAR:-} default -> null
+    assert prod.table_path("silver.events") == "s3a://bucket/seglake/silver/events"
+    assert prod.get("spark.shuffle_partitions") == 400
+
+
+def test_unknown_key_names_key_and_file_with_hint(tmp_path):
+    conf = _conf(tmp_path, "spark:\n  shufle_partitions: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config("local", conf)
+    msg = str(err.value)
+    assert "unknown key 'spark.shufle_partitions'" in msg
+    assert "local.yaml" in msg
+    assert "did you mean 'spark.shuffle_partitions'" in msg
+
+
+def test_wrong_type_names_key_expected_and_actual(tmp_path):
+    conf = _conf(tmp_path, "sessions:\n  inactivity_minutes: thirty\n")
+    with pytest.raises(ConfigError, match=r"local\.yaml: key 'sessions\.inactivity_minutes' must be a integer, got string 'thirty'"):
+        load_config("local", conf)
+
+
+def test_bool_is_not_an_int_and_int_is_a_float(tmp_path):
+    conf = _conf(tmp_path, "sessions:\n  inactivity_minutes: true\n")
+    with pytest.raises(ConfigError, match="must be a integer, got boolean"):
+        load_config("local", conf)
+    ok = load_config("local", _conf(tmp_path / "b", "clean:\n  max_reject_share: 1\n"))
+    assert ok.get("clean.max_reject_share") == 1
+
+
+def test_missing_required_lakehouse(tmp_path):
+    conf = _conf(tmp_path, "paths:\n  lakehouse: null\n")
+    with pytest.raises(ConfigError, match=r"local\.yaml: key 'paths\.lakehouse' is required"):
+        load_config("local", conf)
+    conf = _conf(tmp_path / "b", "paths:\n  lakehouse: ${SEGLAKE_EMPTY_FOR_TEST:-}\n")
+    with pytest.raises(ConfigError, match=r"local\.yaml: key 'paths\.lakehouse' is required"):
+        load_config("local", conf)
+
+
+def test_missing_environment_variable_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    conf = _conf(tmp_path, "paths:\n  lakehouse: ${NOT_SET_ANYWHERE}\n")
+    with pytest.raises(ConfigError, match=r"key 'paths\.lakehouse' needs the environment variable NOT_SET_ANYWHERE"):
+        load_config("local", conf)
+
+
+def test_broken_yaml_and_missing_file(tmp_path):
+    conf = _conf(tmp_path, "spark: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config("local", conf)
+    with pytest.raises(ConfigError, match="prod.yaml: configuration file not found"):
+        load_config("prod", conf)
+    with pytest.raises(ConfigError, match="unknown environment 'staging'"):
+        load_config("staging", conf)
+
+
+def test_overrides_are_validated_like_overlays():
+    cfg = load_config("local", REPO / "conf", overrides={"spark": {"master": "local[2]"}})
+    assert cfg.get("spark.master") == "local[2]"
+    with pytest.raises(ConfigError, match="unknown key 'spark.masterr'"):
+        load_config("local", REPO / "conf", overrides={"spark": {"masterr": "x"}})
+
+
+def test_table_paths_follow_the_contract(tmp_path):
+    cfg = load_config("local", REPO / "conf", overrides={"paths": {"lakehouse": str(tmp_path)}})
+    assert cfg.table_path("bronze.events_raw") == f"{tmp_path}/bronze/events_raw"
+    assert cfg.path("landing") == f"{tmp_path}/_input/landing"
+    with pytest.raises(ValueError):
+        cfg.table_path("events")
