@@ -15,6 +15,7 @@ from datetime import date
 from pathlib import Path
 
 from seglake import __version__, registry
+from seglake.config import ENVIRONMENTS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_SPARK = 0, 1, 2, 3, 4
 
@@ -39,8 +40,8 @@ def _positive_int(value: str) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--env", choices=("local", "prod"), default="local",
-                        help="configuration overlay: conf/<env>.yaml (default: local)")
+    parser.add_argument("--env", choices=ENVIRONMENTS, default="local",
+                        help="configuration overlay: conf/<env>.yaml (default: local; cluster = a standalone or other cluster, master from spark-submit, local paths)")
     parser.add_argument("--conf-dir", default=None, help="configuration folder (default: ./conf)")
     parser.add_argument("--lakehouse", default=None,
                         help="lakehouse root, overriding paths.lakehouse from the config")
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--start-date", type=_date, default=None)
     gen.add_argument("--end-date", type=_date, default=None)
     gen.add_argument("--conf-dir", default=None)
-    gen.add_argument("--env", choices=("local", "prod"), default="local")
+    gen.add_argument("--env", choices=ENVIRONMENTS, default="local")
     gen.add_argument("-v", "--verbose", action="store_true")
 
     report = verbs.add_parser("report", help="write the static HTML report of a lakehouse")

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-ENVIRONMENTS = ("local", "prod")
+ENVIRONMENTS = ("local", "prod", "cluster")
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
