@@ -1,0 +1,486 @@
+"""Clean stage: bronze.events_raw -> silver.events (+ silver.events_quarantine).
+
+``seglake run clean`` reads the bronze batches not cleaned yet, and
+
+1. standardizes every record (timestamps in any contract format -> UTC ``event_ts``;
+   event types, devices, sources, channels and currencies from ``conf/standardize.yaml``;
+   numeric casts; durations in seconds; scroll depth 0..1; properties as a map);
+2. hashes PII (``device_id``, email, phone) with the salted SHA-256 of :mod:`seglake.pii`;
+3. routes each bad record to quarantine with one reason code (:data:`REASONS`);
+4. deduplicates exactly once: ``event_key`` = event_id, else a hash of identifiers + UTC
+   epoch millis + canonical type; duplicates inside the batch are dropped here, duplicates of
+   rows already in silver by the MERGE on ``event_key`` (pruned to the batch's dates);
+5. imputes missing durations with the approximate median per event type x device (fallback
+   per event type, then global), flagging ``duration_imputed``;
+6. validates the result with the Great Expectations suite ``expectations/silver_events.json``
+   (:mod:`seglake.quality`); a table-level failure, or a reject share above
+   ``clean.max_reject_share``, stops the job before silver is written;
+7. writes one ``ops.run_log`` row.
+
+Consent: consent=false events stay in silver.events (audit, erasure, exact counts) but every
+downstream stage reads events through :func:`profiling_events`, which keeps consent=true only.
+
+Transformations are pure ``DataFrame -> DataFrame`` functions; :func:`run` does the I/O.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Mapping
+
+import yaml
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from seglake import ops, pii, quality, tables
+from seglake.context import JobContext
+
+log = logging.getLogger(__name__)
+
+BRONZE = "bronze.events_raw"
+SILVER = "silver.events"
+QUARANTINE = "silver.events_quarantine"
+CLEANED_BATCHES = "ops.clean_batches"
+
+#: Raw contract fields, all STRING in bronze.
+RAW_FIELDS = (
+    "event_id", "user_id", "anonymous_id", "device_id", "email", "phone", "event_type", "event_ts",
+    "source", "session_id", "page_url", "product_id", "category", "price", "quantity", "revenue",
+    "currency", "device_type", "utm_source", "utm_medium", "utm_campaign", "channel", "duration_ms",
+    "scroll_depth", "consent", "properties",
+)
+#: Technical bronze columns.
+META_FIELDS = ("_raw", "_malformed", "_format", "_source", "_source_file", "_batch_id", "_ingested_at")
+IDENTIFIER_FIELDS = ("user_id", "anonymous_id", "device_id", "email", "phone")
+
+#: Quarantine reason codes, in the order they are checked (a record gets the first that applies).
+REASONS = (
+    "broken_json",          # the line could not be parsed at all (JSON lines)
+    "unparseable_record",   # the record could not be parsed at all (CSV / Parquet)
+    "missing_identifiers",  # user_id, anonymous_id, device_id, email and phone all empty
+    "unparseable_ts",       # event_ts empty or in no known format
+    "future_ts",            # event_ts later than run time + clean.max_future_skew_minutes
+    "unknown_event_type",   # event_type neither canonical nor a known alias
+    "negative_price",       # price < 0
+    "invalid_number",       # price/quantity/revenue/duration_ms/scroll_depth present but not a number
+    "out_of_range",         # quantity/revenue/duration_ms < 0 or scroll_depth outside 0..100
+)
+
+#: silver.events columns, in order (CONTRACTS.md).
+SILVER_COLUMNS = (
+    "event_key", "event_id", "user_id", "anonymous_id", "device_id", "email_hash", "phone_hash",
+    "event_type", "event_ts", "event_date", "source", "session_id", "page_url", "product_id",
+    "category", "price", "quantity", "revenue", "currency", "revenue_usd", "device_type",
+    "utm_source", "utm_medium", "utm_campaign", "channel", "duration_s", "duration_imputed",
+    "scroll_depth", "consent", "properties", "_ingested_at", "_batch_id", "_run_id",
+)
+
+_TRUE = ("true", "1", "yes", "y", "t")
+_FALSE = ("false", "0", "no", "n", "f")
+
+
+# --------------------------------------------------------------------------- standards
+
+@dataclass(frozen=True)
+class Standards:
+    """Canonical mappings from ``conf/standardize.yaml`` (keys lower-cased)."""
+
+    event_types: tuple[str, ...]
+    event_aliases: Mapping[str, str]
+    device_types: Mapping[str, str]
+    sources: Mapping[str, str]
+    channels: Mapping[str, str]
+    fx_to_usd: Mapping[str, float]
+
+    @property
+    def event_type_map(self) -> dict[str, str]:
+        """raw (lower) -> canonical, canonical names included."""
+        out = {t: t for t in self.event_types}
+        out.update(self.event_aliases)
+        return out
+
+
+def load_standards(path: str | Path) -> Standards:
+    """Read and check ``standardize.yaml``; one ValueError sentence on a bad file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"standardization file not found: {path}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        ev = data["event_types"]
+        canonical = tuple(str(t) for t in ev["canonical"])
+        aliases = {str(k).lower(): str(v) for k, v in (ev.get("aliases") or {}).items()}
+        devices = {str(k).lower(): str(v) for k, v in data["device_types"].items()}
+        sources = {str(k).lower(): str(v) for k, v in data["sources"].items()}
+        channels = {str(k).lower(): str(v) for k, v in (data.get("channels") or {}).items()}
+        fx = {str(k).upper(): float(v) for k, v in data["currencies"]["fx_to_usd"].items()}
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: missing or malformed section {exc}") from None
+    bad = sorted(v for v in aliases.values() if v not in canonical)
+    if bad:
+        raise ValueError(f"{path}: event type aliases point to unknown canonical types {bad}")
+    return Standards(canonical, aliases, devices, sources, channels, fx)
+
+
+def _lit_map(mapping: Mapping[str, object]) -> Column:
+    pairs = []
+    for key, value in sorted(mapping.items()):
+        pairs += [F.lit(key), F.lit(value)]
+    return F.create_map(*pairs)
+
+
+def _blank_to_null(col: Column) -> Column:
+    trimmed = F.trim(col)
+    return F.when(trimmed == "", F.lit(None).cast("string")).otherwise(trimmed)
+
+
+# --------------------------------------------------------------------------- column helpers
+
+def parse_event_ts(raw: Column) -> Column:
+    """Parse a contract timestamp string to a UTC TIMESTAMP; null when unparseable.
+
+    Accepted: ``2026-08-01T12:34:56Z``, ``...T14:34:56.123+02:00`` (any offset, fraction
+    optional), ``2026-08-01 12:34:56`` (naive = UTC), ``...+0530`` (offset without colon),
+    epoch milliseconds (digits, also ``1.754E12`` as written by a float conversion).
+    """
+    s = F.regexp_replace(F.trim(raw), r"^(\d{4}-\d{2}-\d{2}) ", "$1T")
+    numeric = s.rlike(r"^\d+(\.\d+)?([eE]\+?\d+)?$")
+    millis = s.try_cast("double")
+    from_millis = F.when(numeric & (millis >= F.lit(1e11)) & (millis < F.lit(1e14)),
+                         F.timestamp_millis(millis.cast("long")))
+    zoned = F.when(s.rlike(r"(Z|[+-]\d{2}:?\d{2})$"), s).otherwise(F.concat(s, F.lit("Z")))
+    iso = F.coalesce(
+        F.try_to_timestamp(zoned, F.lit("yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX")),
+        F.try_to_timestamp(zoned, F.lit("yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XX")),
+        F.try_to_timestamp(zoned, F.lit("yyyy-MM-dd'T'HH:mm:ss[.SSS]XXX")),
+        F.try_to_timestamp(zoned, F.lit("yyyy-MM-dd'T'HH:mm:ss[.SSS]XX")),
+    )
+    return F.when(numeric, from_millis).otherwise(iso)
+
+
+def _number(col: Column) -> tuple[Column, Column]:
+    """(value as double, flag 'present but not a number')."""
+    s = _blank_to_null(col)
+    d = s.try_cast("double")
+    return d, s.isNotNull() & d.isNull()
+
+
+def parse_consent(raw: Column, default: bool) -> Column:
+    """true/false/1/0/yes/no (any case) -> BOOLEAN; anything else -> ``default``."""
+    s = F.lower(F.trim(raw))
+    return (F.when(s.isin(*_TRUE), F.lit(True)).when(s.isin(*_FALSE), F.lit(False))
+            .otherwise(F.lit(default)))
+
+
+def derived_event_key(user_id: Column, anonymous_id: Column, device_hash: Column, email_hash: Column,
+                      phone_hash: Column, event_ts: Column, event_type: Column) -> Column:
+    """sha2 of identifiers (hashed where silver hashes) + UTC epoch millis + canonical type."""
+    parts = [F.coalesce(c, F.lit("")) for c in (user_id, anonymous_id, device_hash, email_hash, phone_hash)]
+    return F.sha2(F.concat_ws("|", *parts, F.unix_millis(event_ts).cast("string"), event_type), 256)
+
+
+# --------------------------------------------------------------------------- transformations
+
+def check_bronze_schema(bronze: DataFrame) -> None:
+    """Raise ValueError naming the missing columns when bronze does not follow the contract."""
+    missing = [c for c in RAW_FIELDS + META_FIELDS if c not in bronze.columns]
+    if missing:
+        raise ValueError(f"{BRONZE} does not follow the raw contract: missing columns {missing}; "
+                         "silver was not written")
+
+
+def standardize(bronze: DataFrame, std: Standards, salt: str, max_ts: datetime,
+                consent_default: bool = False) -> DataFrame:
+    """Typed, canonical, PII-hashed records with a quarantine ``_reason`` (null = valid).
+
+    Requires the bronze contract columns. Returns the silver columns (without
+    ``duration_imputed`` and ``_run_id``; ``duration_s`` not imputed yet) plus ``_reason``
+    and ``_bronze`` (a struct of the original bronze row, for quarantine).
+
+    Args:
+        bronze: bronze.events_raw rows.
+        std: canonical mappings.
+        salt: PII salt.
+        max_ts: latest acceptable event_ts (naive UTC or aware), later is ``future_ts``.
+        consent_default: consent value when the raw field is missing or unreadable.
+    """
+    check_bronze_schema(bronze)
+    c = {name: _blank_to_null(F.col(name)) for name in RAW_FIELDS}
+    ts = parse_event_ts(F.col("event_ts"))
+    type_key = F.lower(c["event_type"])
+    event_type = F.try_element_at(_lit_map(std.event_type_map), type_key)
+    price, bad_price = _number(F.col("price"))
+    quantity_d, bad_qty = _number(F.col("quantity"))
+    revenue, bad_rev = _number(F.col("revenue"))
+    duration_ms, bad_dur = _number(F.col("duration_ms"))
+    scroll, bad_scroll = _number(F.col("scroll_depth"))
+    no_ids = F.coalesce(*[c[n] for n in IDENTIFIER_FIELDS]).isNull()
+    max_ts_lit = F.lit(max_ts.astimezone(timezone.utc).replace(tzinfo=None)
+                       if max_ts.tzinfo else max_ts).cast("timestamp")
+
+    reason = (
+        F.when(F.col("_malformed") & (F.col("_format") == "json"), F.lit("broken_json"))
+        .when(F.col("_malformed"), F.lit("unparseable_record"))
+        .when(no_ids, F.lit("missing_identifiers"))
+        .when(ts.isNull(), F.lit("unparseable_ts"))
+        .when(ts > max_ts_lit, F.lit("future_ts"))
+        .when(event_type.isNull(), F.lit("unknown_event_type"))
+        .when(price < 0, F.lit("negative_price"))
+        .when(bad_price | bad_qty | bad_rev | bad_dur | bad_scroll, F.lit("invalid_number"))
+        .when((quantity_d < 0) | (revenue < 0) | (duration_ms < 0) | (scroll < 0) | (scroll > 100)
+              | (F.abs(quantity_d) > 2e9), F.lit("out_of_range"))
+    )
+
+    device_key = F.lower(c["device_type"])
+    device = (F.when(device_key.isNull(), F.lit("unknown"))
+              .otherwise(F.coalesce(F.try_element_at(_lit_map(std.device_types), device_key), F.lit("other"))))
+    source_key = F.lower(c["source"])
+    source = F.when(source_key.isNotNull(),
+                    F.coalesce(F.try_element_at(_lit_map(std.sources), source_key), F.lit("other")))
+    channel_key = F.lower(c["channel"])
+    channel = F.coalesce(F.try_element_at(_lit_map(std.channels), channel_key), channel_key)
+    currency = F.upper(c["currency"])
+    fx = F.try_element_at(_lit_map(std.fx_to_usd), currency)
+
+    device_hash = pii.hash_identifier(F.col("device_id"), salt)
+    email_hash = pii.hash_identifier(F.col("email"), salt)
+    phone_hash = pii.hash_identifier(F.col("phone"), salt)
+
+    typed = bronze.select(
+        c["event_id"].alias("event_id"), c["user_id"].alias("user_id"),
+        c["anonymous_id"].alias("anonymous_id"), device_hash.alias("device_id"),
+        email_hash.alias("email_hash"), phone_hash.alias("phone_hash"),
+        event_type.alias("event_type"), ts.alias("event_ts"),
+        source.alias("source"), c["session_id"].alias("session_id"), c["page_url"].alias("page_url"),
+        c["product_id"].alias("product_id"), c["category"].alias("category"),
+        price.alias("price"),
+        F.when(F.abs(quantity_d) <= 2e9, quantity_d.cast("int")).alias("quantity"),
+        revenue.alias("revenue"), currency.alias("currency"),
+        (revenue * fx).alias("revenue_usd"), device.alias("device_type"),
+        c["utm_source"].alias("utm_source"), c["utm_medium"].alias("utm_medium"),
+        c["utm_campaign"].alias("utm_campaign"), channel.alias("channel"),
+        (duration_ms / 1000.0).alias("duration_s"), (scroll / 100.0).alias("scroll_depth"),
+        parse_consent(F.col("consent"), consent_default).alias("consent"),
+        F.from_json(c["properties"], "map<string,string>").alias("properties"),
+        F.col("_ingested_at"), F.col("_batch_id"), F.col("_source_file"), F.col("_raw").alias("_raw_line"),
+        reason.alias("_reason"),
+        F.struct(*[F.col(n) for n in bronze.columns]).alias("_bronze"),
+    )
+    key = F.coalesce(F.col("event_id"), derived_event_key(
+        F.col("user_id"), F.col("anonymous_id"), F.col("device_id"), F.col("email_hash"),
+        F.col("phone_hash"), F.col("event_ts"), F.col("event_type")))
+    return (typed.withColumn("event_key", F.when(F.col("_reason").isNull(), key))
+            .withColumn("event_date", F.to_date("event_ts")))
+
+
+def quarantine_rows(standardized: DataFrame, run_id: str, quarantined_at: datetime) -> DataFrame:
+    """Rejected records: all bronze columns + ``reason``, ``_run_id``, ``_quarantined_at``."""
+    at = quarantined_at.astimezone(timezone.utc).replace(tzinfo=None) if quarantined_at.tzinfo else quarantined_at
+    return (standardized.where(F.col("_reason").isNotNull())
+            .select("_bronze.*", F.col("_reason").alias("reason"), F.lit(run_id).alias("_run_id"),
+                    F.lit(at).cast("timestamp").alias("_quarantined_at")))
+
+
+def dedupe_batch(valid: DataFrame) -> DataFrame:
+    """One row per ``event_key``: the first ingested copy (ties: source file, raw line).
+
+    Deterministic, so a rerun keeps the same copy.
+    """
+    order = Window.partitionBy("event_key").orderBy(
+        F.col("_ingested_at").asc_nulls_last(), F.col("_source_file").asc_nulls_last(),
+        F.col("_raw_line").asc_nulls_last())
+    return (valid.withColumn("_rn", F.row_number().over(order))
+            .where(F.col("_rn") == 1).drop("_rn"))
+
+
+def duration_medians(events: DataFrame, accuracy: int = 10000) -> DataFrame:
+    """Approximate median ``duration_s`` per (event_type, device_type), per event_type and global.
+
+    One ``rollup`` pass; ``level`` is ``type_device`` | ``type`` | ``global``. Small output
+    (types x devices rows).
+    """
+    g = F.grouping_id("event_type", "device_type")
+    return (events.where(F.col("duration_s").isNotNull())
+            .rollup("event_type", "device_type")
+            .agg(F.percentile_approx("duration_s", 0.5, accuracy).alias("median"), g.alias("_g"))
+            .select("event_type", "device_type", "median",
+                    F.when(F.col("_g") == 0, "type_device").when(F.col("_g") == 1, "type")
+                    .otherwise("global").alias("level")))
+
+
+def impute_duration(events: DataFrame, medians: DataFrame) -> DataFrame:
+    """Fill missing ``duration_s`` from :func:`duration_medians`, set ``duration_imputed``.
+
+    Fallback order: median of (event_type, device_type), of event_type, global. A row that
+    had a duration keeps it (``duration_imputed`` false).
+    """
+    td = medians.where(F.col("level") == "type_device").select(
+        "event_type", "device_type", F.col("median").alias("_m_td"))
+    t = medians.where(F.col("level") == "type").select("event_type", F.col("median").alias("_m_t"))
+    glob = medians.where(F.col("level") == "global").select(F.col("median").alias("_m_g"))
+    out = (events.join(F.broadcast(td), ["event_type", "device_type"], "left")
+           .join(F.broadcast(t), ["event_type"], "left")
+           .crossJoin(F.broadcast(glob.unionByName(
+               glob.sparkSession.createDataFrame([], "_m_g DOUBLE")).agg(F.max("_m_g").alias("_m_g")))))
+    filled = F.coalesce(F.col("duration_s"), F.col("_m_td"), F.col("_m_t"), F.col("_m_g"))
+    return (out.withColumn("duration_imputed", F.col("duration_s").isNull() & filled.isNotNull())
+            .withColumn("duration_s", filled).drop("_m_td", "_m_t", "_m_g"))
+
+
+def to_silver(events: DataFrame, run_id: str) -> DataFrame:
+    """Select the silver.events columns in contract order, adding ``_run_id``."""
+    return events.withColumn("_run_id", F.lit(run_id)).select(*SILVER_COLUMNS)
+
+
+def profiling_events(events: DataFrame) -> DataFrame:
+    """The events downstream stages may use for profiling: consent = true only.
+
+    Every stage that builds features, segments, models or journeys reads silver.events
+    through this function; consent=false events stay in silver for audit and erasure only.
+    """
+    if "consent" not in events.columns:
+        raise ValueError("profiling_events needs a 'consent' column (silver.events)")
+    return events.where(F.col("consent") == F.lit(True))
+
+
+# --------------------------------------------------------------------------- job
+
+def _sql_quote(value: str) -> str:
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _last_merge_inserted(ctx: JobContext, table: str) -> int | None:
+    """numTargetRowsInserted (or numOutputRows of a first write) of the table's last commit."""
+    from delta.tables import DeltaTable
+
+    row = DeltaTable.forPath(ctx.spark, ctx.cfg.table_path(table)).history(1).first()
+    metrics = row["operationMetrics"] or {}
+    value = metrics.get("numTargetRowsInserted", metrics.get("numOutputRows"))
+    return int(value) if value is not None else None
+
+
+def add_arguments(parser) -> None:  # noqa: D103 - argparse hook
+    parser.add_argument("--skip-docs", action="store_true",
+                        help="do not refresh the Great Expectations Data Docs HTML")
+
+
+def run(ctx: JobContext) -> dict:
+    """Clean the pending bronze batches into silver.events; see the module docstring."""
+    started = datetime.now(timezone.utc)
+    spark, cfg = ctx.spark, ctx.cfg
+    try:
+        summary = _run(ctx, started)
+    except Exception as exc:
+        # the message names tables/counts only, never identifiers
+        ops.record_run(spark, cfg, "clean", ctx.run_id, {"error": f"{type(exc).__name__}: {exc}"[:2000]},
+                       started, status="failed")
+        raise
+    return summary
+
+
+def _run(ctx: JobContext, started: datetime) -> dict:
+    spark, cfg = ctx.spark, ctx.cfg
+    std = load_standards(cfg.conf_file(cfg.get("clean.standardize_file") or "standardize.yaml"))
+    salt = pii.salt(cfg)
+    bronze = tables.read(spark, cfg, BRONZE)
+    check_bronze_schema(bronze)
+
+    done_batches = (tables.read(spark, cfg, CLEANED_BATCHES).select("_batch_id")
+                    if tables.exists(spark, cfg, CLEANED_BATCHES) else None)
+    pending = bronze.select("_batch_id").distinct()
+    if done_batches is not None:
+        pending = pending.join(done_batches, "_batch_id", "left_anti")
+    # one row per ingest batch: small
+    batch_ids = sorted(r["_batch_id"] for r in pending.collect() if r["_batch_id"] is not None)
+    if not batch_ids:
+        summary = {"batches": 0, "records_in": 0, "note": "no new bronze batches: nothing to clean"}
+        ops.record_run(spark, cfg, "clean", ctx.run_id, summary, started, status="noop")
+        return summary
+
+    max_ts = started + timedelta(minutes=float(cfg.get("clean.max_future_skew_minutes")))
+    standardized = standardize(bronze.where(F.col("_batch_id").isin(batch_ids)), std, salt, max_ts,
+                               bool(cfg.get("clean.consent_default", False)))
+    standardized = standardized.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        return _write(ctx, started, standardized, batch_ids, max_ts)
+    finally:
+        standardized.unpersist()
+
+
+def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_ids: list[str],
+           max_ts: datetime) -> dict:
+    spark, cfg = ctx.spark, ctx.cfg
+    # one row per reason code (<= len(REASONS) + 1): small
+    by_reason_rows = standardized.groupBy("_reason").count().collect()
+    records_in = sum(r["count"] for r in by_reason_rows)
+    by_reason = {r["_reason"]: r["count"] for r in by_reason_rows if r["_reason"] is not None}
+    quarantined = sum(by_reason.values())
+    valid = records_in - quarantined
+    share = quarantined / records_in if records_in else 0.0
+    max_share = float(cfg.get("clean.max_reject_share"))
+    if share > max_share:
+        raise quality.QualityError(
+            f"{SILVER} was not written: {quarantined} of {records_in} records ({share:.1%}) were rejected, "
+            f"more than clean.max_reject_share={max_share:.1%} (by reason: {dict(sorted(by_reason.items()))})")
+
+    unique = dedupe_batch(standardized.where(F.col("_reason").isNull()).drop("_bronze", "_reason"))
+    unique = unique.persist(StorageLevel.MEMORY_AND_DISK)
+    medians = duration_medians(unique, int(cfg.get("clean.impute_accuracy") or 10000)).cache()
+    silver = to_silver(impute_duration(unique, medians), ctx.run_id).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        # a handful of numbers: small
+        stats = silver.agg(
+            F.count(F.lit(1)).alias("n"), F.sum(F.col("duration_imputed").cast("int")).alias("imputed"),
+            F.sum((~F.col("consent")).cast("int")).alias("consent_false"),
+            F.min("event_date").alias("lo"), F.max("event_date").alias("hi")).first()
+        n_unique = int(stats["n"])
+
+        result = quality.validate(
+            silver, cfg.get("clean.suite") or "silver_events", cfg, ctx.run_id,
+            parameters={"max_event_ts": max_ts.astimezone(timezone.utc).replace(tzinfo=None)},
+            build_docs=bool(cfg.get("clean.build_data_docs")) and not ctx.args.get("skip_docs"))
+        quality.require(result, SILVER)
+
+        q = quarantine_rows(standardized, ctx.run_id, started)
+        tables.overwrite(q, cfg, QUARANTINE, replace_where="_batch_id IN ("
+                         + ", ".join(_sql_quote(b) for b in batch_ids) + ")")
+        inserted = 0
+        if n_unique:
+            existed = tables.exists(spark, cfg, SILVER)
+            tables.merge(spark, silver, cfg, SILVER, keys=["event_key"], partition_by=["event_date"],
+                         extra_condition=(f"t.event_date >= DATE'{stats['lo'].isoformat()}' AND "
+                                          f"t.event_date <= DATE'{stats['hi'].isoformat()}'"))
+            inserted = _last_merge_inserted(ctx, SILVER) if existed else n_unique
+    finally:
+        for df in (silver, medians, unique):
+            df.unpersist()
+
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    done = spark.createDataFrame([(b, ctx.run_id, now) for b in batch_ids],
+                                 "_batch_id STRING, run_id STRING, cleaned_at TIMESTAMP")
+    tables.merge(spark, done, cfg, CLEANED_BATCHES, keys=["_batch_id"])
+
+    summary = {
+        "batches": len(batch_ids),
+        "records_in": records_in,
+        "valid": valid,
+        "duplicates_in_batch": valid - n_unique,
+        "duplicates_vs_silver": n_unique - inserted,
+        "deduplicated": valid - inserted,
+        "inserted": inserted,
+        "quarantined": quarantined,
+        "quarantined_by_reason": dict(sorted(by_reason.items())),
+        "imputed_durations": int(stats["imputed"] or 0),
+        "consent_false": int(stats["consent_false"] or 0),
+        "quality": f"{result.statistics.get('successful_expectations')}/"
+                   f"{result.statistics.get('evaluated_expectations')} expectations passed"
+                   + (f", {len(result.warnings)} warning(s)" if result.warnings else ""),
+        "quality_results": result.results_path,
+        "data_docs": result.docs_path,
+    }
+    summary["duration_s"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
+    ops.record_run(spark, cfg, "clean", ctx.run_id, summary, started, status="success")
+    return summary

@@ -1,0 +1,82 @@
+"""Operations tables: ``ops.run_log`` (one row per job run), written by every stage."""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from seglake import tables
+from seglake.config import Config
+
+log = logging.getLogger(__name__)
+
+RUN_LOG = "ops.run_log"
+RUN_LOG_DDL = ("run_id STRING, job STRING, status STRING, started_at TIMESTAMP, finished_at TIMESTAMP, "
+               "duration_s DOUBLE, metrics MAP<STRING,STRING>, metrics_json STRING")
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": 1, "b": {"c": 2}}`` -> ``{"a": "1", "b.c": "2"}`` (values as strings, None kept)."""
+    out: dict[str, str] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_metrics(value, name + "."))
+        else:
+            out[name] = None if value is None else str(value)
+    return out
+
+
+def _utc(ts: datetime) -> datetime:
+    """Naive UTC datetime (what Spark stores with session time zone UTC)."""
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
+    return ts
+
+
+def run_log_row(spark: SparkSession, job: str, run_id: str, metrics: Mapping[str, Any],
+                started_at: datetime, status: str, finished_at: datetime | None = None) -> DataFrame:
+    """The one-row DataFrame :func:`record_run` writes (exposed for tests)."""
+    finished = _utc(finished_at or datetime.now(timezone.utc))
+    started = _utc(started_at)
+    row = (run_id, job, status, started, finished, (finished - started).total_seconds(),
+           flatten_metrics(metrics), json.dumps(metrics, default=str, sort_keys=True))
+    return spark.createDataFrame([row], RUN_LOG_DDL)
+
+
+def record_run(spark: SparkSession, cfg: Config, job: str, run_id: str, metrics: Mapping[str, Any],
+               started_at: datetime, status: str = "success") -> None:
+    """Write (or rewrite) the ``ops.run_log`` row of one job run.
+
+    Generic for every stage: ``metrics`` is any JSON-able mapping (nested mappings are
+    flattened into the ``metrics`` map with dotted keys and kept whole in ``metrics_json``).
+    MERGE on (run_id, job), so recording the same run twice keeps one row. Metrics must not
+    contain identifiers or secrets.
+
+    Args:
+        spark: the session.
+        cfg: the configuration (for the table path).
+        job: the job verb, e.g. ``"clean"``.
+        run_id: the run id (``ctx.run_id``).
+        metrics: what the run produced, e.g. counts.
+        started_at: when the run started (aware or naive UTC).
+        status: ``success`` | ``failed`` | ``noop``.
+    """
+    if not job or not run_id:
+        raise ValueError("record_run needs a job name and a run id")
+    df = run_log_row(spark, job, run_id, metrics, started_at, status)
+    tables.merge(spark, df, cfg, RUN_LOG, keys=["run_id", "job"], update=True)
+    log.info("ops.run_log: %s run %s %s", job, run_id, status)
+
+
+def last_run(spark: SparkSession, cfg: Config, job: str) -> dict | None:
+    """The latest ``ops.run_log`` row of ``job`` as a dict (None if the job never ran)."""
+    if not tables.exists(spark, cfg, RUN_LOG):
+        return None
+    row = (tables.read(spark, cfg, RUN_LOG).where(F.col("job") == job)
+           .orderBy(F.col("started_at").desc()).limit(1).collect())
+    return row[0].asDict() if row else None

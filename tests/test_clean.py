@@ -1,0 +1,251 @@
+"""Clean stage: crafted bronze rows for every timestamp format, malformed kind and dedupe case."""
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from seglake import clean, pii, tables
+from seglake.clean import RAW_FIELDS
+from seglake.context import JobContext
+
+SALT = "test-salt-not-secret"  # conftest sets SEGLAKE_PII_SALT to this
+BRONZE_DDL = ", ".join(f"{c} STRING" for c in RAW_FIELDS) + (
+    ", _raw STRING, _malformed BOOLEAN, _format STRING, _source STRING, _source_file STRING, "
+    "_batch_id STRING, _ingested_at TIMESTAMP")
+NOW = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+
+def raw(**fields) -> dict:
+    """A valid bronze record (JSON source) with ``fields`` overriding the defaults."""
+    rec = {c: None for c in RAW_FIELDS}
+    rec.update(event_id="e1", user_id="u1", event_type="page_view", event_ts="2026-08-01T12:00:00Z",
+               source="web", device_type="desktop", consent="true", duration_ms="1000",
+               scroll_depth="50")
+    rec.update(fields)
+    return rec
+
+
+def bronze_df(spark, records, batch="b1", fmt="json", ingested=datetime(2026, 11, 1)):
+    rows = []
+    for i, rec in enumerate(records):
+        rec = dict(rec)
+        malformed = rec.pop("_malformed", False)
+        line = rec.pop("_raw", None) or json.dumps({k: v for k, v in rec.items() if v is not None})
+        rows.append(tuple(rec.get(c) for c in RAW_FIELDS)
+                    + (line, malformed, fmt, "landing", rec.get("_file", f"f{i % 2}.jsonl"), batch, ingested))
+    return spark.createDataFrame(rows, BRONZE_DDL)
+
+
+@pytest.fixture(scope="module")
+def std():
+    from conftest import REPO
+    return clean.load_standards(REPO / "conf" / "standardize.yaml")
+
+
+def standardize(spark, std, records, **kw):
+    return clean.standardize(bronze_df(spark, records, **kw), std, SALT, NOW)
+
+
+# ------------------------------------------------------------------ timestamps
+
+@pytest.mark.parametrize("text, expected", [
+    ("2026-08-01T12:34:56Z", datetime(2026, 8, 1, 12, 34, 56)),
+    ("2026-08-01T14:34:56.123+02:00", datetime(2026, 8, 1, 12, 34, 56, 123000)),
+    ("2026-08-01T07:34:56-05:00", datetime(2026, 8, 1, 12, 34, 56)),
+    ("2026-08-01T18:04:56+05:30", datetime(2026, 8, 1, 12, 34, 56)),
+    ("2026-08-01 12:34:56", datetime(2026, 8, 1, 12, 34, 56)),
+    ("2026-08-01T18:04:56+0530", datetime(2026, 8, 1, 12, 34, 56)),
+    ("2026-08-01T12:34:56.5Z", datetime(2026, 8, 1, 12, 34, 56, 500000)),
+    (str(int(datetime(2026, 8, 1, 12, 34, 56, tzinfo=timezone.utc).timestamp() * 1000)),
+     datetime(2026, 8, 1, 12, 34, 56)),
+    ("1.785587696E12", datetime(2026, 8, 1, 12, 34, 56)),
+    (" 2026-08-01T12:34:56Z ", datetime(2026, 8, 1, 12, 34, 56)),
+    ("not-a-date", None), ("2026-13-45T99:99:99Z", None), ("", None), (None, None), ("2099", None),
+])
+def test_parse_event_ts_every_contract_format(spark, text, expected):
+    df = spark.createDataFrame([(text,)], "s STRING")
+    got = df.select(clean.parse_event_ts(F.col("s")).alias("t")).first()["t"]
+    assert got == expected
+
+
+# ------------------------------------------------------------------ malformed kinds
+
+def test_each_malformed_kind_gets_its_reason(spark, std):
+    records = [
+        raw(event_id="ok"),
+        {**raw(event_id="bj"), "_malformed": True, "_raw": '{"event_id": "bj", "user_'},
+        raw(event_id="ts1", event_ts="not-a-date"),
+        raw(event_id="ts2", event_ts="2026-13-45T99:99:99Z"),
+        raw(event_id="ts3", event_ts=""),
+        raw(event_id="fut", event_ts="2099-01-01T00:00:00Z"),
+        raw(event_id="unk1", event_type="pageview_v2"),
+        raw(event_id="unk2", event_type="click_xyz"),
+        raw(event_id="neg", price="-5.00"),
+        raw(event_id="ids", user_id=None, anonymous_id=" ", device_id=None, email="", phone=None),
+        raw(event_id="num", quantity="two"),
+        raw(event_id="rng", scroll_depth="140"),
+    ]
+    got = {r["event_id"] or "bj": r["_reason"]
+           for r in standardize(spark, std, records).select(
+               F.col("_bronze.event_id").alias("event_id"), "_reason").collect()}
+    assert got == {"ok": None, "bj": "broken_json", "ts1": "unparseable_ts", "ts2": "unparseable_ts",
+                   "ts3": "unparseable_ts", "fut": "future_ts", "unk1": "unknown_event_type",
+                   "unk2": "unknown_event_type", "neg": "negative_price",
+                   "ids": "missing_identifiers", "num": "invalid_number", "rng": "out_of_range"}
+
+
+def test_quarantine_keeps_bronze_columns_reason_and_run_id(spark, std):
+    line = '{"event_id": "x", "email": "a@b.c"'
+    df = standardize(spark, std, [{**raw(event_id=None), "_malformed": True, "_raw": line}, raw()])
+    q = clean.quarantine_rows(df, "run-1", NOW).collect()
+    assert len(q) == 1
+    assert q[0]["reason"] == "broken_json" and q[0]["_raw"] == line and q[0]["_run_id"] == "run-1"
+    assert q[0]["_batch_id"] == "b1" and q[0]["_format"] == "json"
+
+
+# ------------------------------------------------------------------ standardization
+
+def test_standardizes_types_devices_currency_units_and_consent(spark, std):
+    records = [
+        raw(event_id="a", event_type="PAGE_VIEW", device_type="iPhone", currency=" usd ", revenue="10",
+            price="5", quantity="2", duration_ms="2500", scroll_depth="75", consent="false",
+            source="WEB", channel="Email", properties='{"feature": "export", "n": 3}'),
+        raw(event_id="b", event_type="addtocart", device_type="ipad", currency="eur", revenue="100"),
+        raw(event_id="c", event_type="Order", device_type=None, source="App"),
+        raw(event_id="d", event_type="checkout", device_type="Mac", consent="TRUE"),
+        raw(event_id="e", event_type="pageview", device_type="ANDROID", consent=None),
+        raw(event_id="f", event_type="Purchase", device_type="fridge"),
+    ]
+    rows = {r["event_id"]: r for r in standardize(spark, std, records).collect()}
+    a = rows["a"]
+    assert (a["event_type"], a["device_type"], a["currency"], a["revenue_usd"]) == ("page_view", "ios", "USD", 10.0)
+    assert (a["price"], a["quantity"], a["duration_s"], a["scroll_depth"]) == (5.0, 2, 2.5, 0.75)
+    assert a["consent"] is False and a["source"] == "web" and a["channel"] == "email"
+    assert a["properties"] == {"feature": "export", "n": "3"}
+    assert a["event_ts"] == datetime(2026, 8, 1, 12) and str(a["event_date"]) == "2026-08-01"
+    assert (rows["b"]["event_type"], rows["b"]["device_type"]) == ("add_to_cart", "tablet")
+    assert rows["b"]["revenue_usd"] == pytest.approx(100 * 1.08)
+    assert (rows["c"]["event_type"], rows["c"]["device_type"], rows["c"]["source"]) == ("purchase", "unknown", "app")
+    assert (rows["d"]["event_type"], rows["d"]["device_type"], rows["d"]["consent"]) == ("checkout_start", "desktop", True)
+    assert (rows["e"]["device_type"], rows["e"]["consent"]) == ("android", False)  # missing consent = no consent
+    assert rows["f"]["device_type"] == "other"
+
+
+def test_pii_is_hashed_with_salt_and_never_raw(spark, std):
+    records = [raw(event_id="a", email=" Alice@Example.com", phone="+1 555 0100", device_id="DEV-9")]
+    row = standardize(spark, std, records).drop("_bronze", "_raw_line").first()
+    expect = hashlib.sha256((SALT + "alice@example.com").encode()).hexdigest()
+    assert row["email_hash"] == expect
+    assert row["phone_hash"] == hashlib.sha256((SALT + "+1 555 0100").encode()).hexdigest()
+    assert row["device_id"] == hashlib.sha256((SALT + "dev-9").encode()).hexdigest()
+    flat = json.dumps(row.asDict(), default=str).lower()
+    assert "alice" not in flat and "555 0100" not in flat and "dev-9" not in flat
+
+
+# ------------------------------------------------------------------ dedupe
+
+def test_dedupe_within_batch_exact_resent_and_derived_key(spark, std):
+    no_id = dict(event_id=None, user_id="u7", anonymous_id="a7", event_type="search")
+    records = [
+        raw(event_id="x1"), raw(event_id="x1"),                                     # exact duplicate
+        raw(event_id="x2", event_ts="2026-08-02T10:00:00Z"),
+        raw(event_id="x2", event_ts="2026-08-02T15:30:00+05:30", _file="day2.jsonl"),  # re-sent, other offset
+        raw(**no_id, event_ts="2026-08-03T08:00:00Z"),
+        raw(**no_id, event_ts=str(int(datetime(2026, 8, 3, 8, tzinfo=timezone.utc).timestamp() * 1000))),
+        raw(**no_id, event_ts="2026-08-03T08:00:01Z"),                             # other second: distinct
+        raw(**{**no_id, "event_type": "SEARCH"}, event_ts="2026-08-03 08:00:00"),   # same type after canon.
+    ]
+    std_df = standardize(spark, std, records)
+    out = clean.dedupe_batch(std_df.where("_reason IS NULL").drop("_bronze", "_reason"))
+    assert out.count() == 4
+    assert out.select("event_key").distinct().count() == 4
+    assert sorted(r["event_id"] for r in out.where("event_id IS NOT NULL").collect()) == ["x1", "x2"]
+
+
+# ------------------------------------------------------------------ imputation
+
+def test_impute_duration_median_per_type_device_then_type_then_global(spark):
+    rows = ([("page_view", "ios", d) for d in (1.0, 2.0, 9.0)] + [("page_view", "ios", None)]
+            + [("page_view", "android", d) for d in (4.0, 6.0, 8.0, 10.0, 12.0)] + [("page_view", "tablet", None)]
+            + [("search", "desktop", 100.0)] + [("review", "desktop", None)])
+    df = spark.createDataFrame(rows, "event_type STRING, device_type STRING, duration_s DOUBLE")
+    out = clean.impute_duration(df, clean.duration_medians(df)).collect()
+    got = {(r["event_type"], r["device_type"]): (r["duration_s"], r["duration_imputed"])
+           for r in out if r["duration_imputed"]}
+    known = np.array([d for _, _, d in rows if d is not None])
+    pv = np.array([d for t, _, d in rows if d is not None and t == "page_view"])
+    assert got[("page_view", "ios")] == (np.median([1.0, 2.0, 9.0]), True)
+    assert got[("page_view", "tablet")] == (np.percentile(pv, 50, method="lower"), True)
+    assert got[("review", "desktop")] == (np.percentile(known, 50, method="lower"), True)
+    assert sum(1 for r in out if r["duration_imputed"]) == 3
+    assert all(r["duration_s"] is not None for r in out)
+
+
+def test_profiling_events_drops_consent_false(spark):
+    df = spark.createDataFrame([("a", True), ("b", False), ("c", None)], "k STRING, consent BOOLEAN")
+    assert [r["k"] for r in clean.profiling_events(df).collect()] == ["a"]
+    with pytest.raises(ValueError, match="consent"):
+        clean.profiling_events(df.drop("consent"))
+
+
+# ------------------------------------------------------------------ the job
+
+def _ctx(spark, cfg, run_id):
+    return JobContext(spark, cfg, run_id=run_id, args={"skip_docs": True})
+
+
+def test_run_twice_and_resent_across_batches(spark, cfg):
+    batch1 = [raw(event_id="e1"), raw(event_id="e1"), raw(event_id="e2", duration_ms=None),
+              raw(event_id="bad", event_type="click_xyz"), raw(event_id="e3", email="p@x.io", consent="false")]
+    tables.append(bronze_df(spark, batch1, batch="b1"), cfg, "bronze.events_raw")
+    s1 = clean.run(_ctx(spark, cfg, "r1"))
+    assert (s1["records_in"], s1["valid"], s1["inserted"], s1["duplicates_in_batch"]) == (5, 4, 3, 1)
+    assert s1["quarantined_by_reason"] == {"unknown_event_type": 1}
+    assert (s1["imputed_durations"], s1["consent_false"]) == (1, 1)
+    v1 = tables.version(spark, cfg, "silver.events")
+
+    s2 = clean.run(_ctx(spark, cfg, "r2"))  # nothing new: nothing changes
+    assert s2["batches"] == 0 and tables.version(spark, cfg, "silver.events") == v1
+
+    # batch 2 re-sends e2 (other offset, same instant) and brings one new event
+    batch2 = [raw(event_id="e2", event_ts="2026-08-01T14:00:00+02:00", duration_ms=None),
+              raw(event_id="e4", event_ts="1785585600000")]
+    tables.append(bronze_df(spark, batch2, batch="b2", ingested=datetime(2026, 11, 2)), cfg, "bronze.events_raw")
+    s3 = clean.run(_ctx(spark, cfg, "r3"))
+    assert (s3["records_in"], s3["inserted"], s3["duplicates_vs_silver"], s3["duplicates_in_batch"]) == (2, 1, 1, 0)
+    silver = tables.read(spark, cfg, "silver.events")
+    assert silver.count() == 4 and silver.select("event_key").distinct().count() == 4
+    assert silver.where("event_id = 'e2'").first()["_run_id"] == "r1"  # the first copy stays
+    assert silver.where("email_hash IS NOT NULL").first()["email_hash"] == \
+        hashlib.sha256((SALT + "p@x.io").encode()).hexdigest()
+    q = tables.read(spark, cfg, "silver.events_quarantine")
+    assert [(r["event_id"], r["reason"], r["_run_id"]) for r in q.collect()] == [("bad", "unknown_event_type", "r1")]
+
+    log = tables.read(spark, cfg, "ops.run_log").where("job = 'clean'")
+    assert {r["run_id"]: r["status"] for r in log.collect()} == {"r1": "success", "r2": "noop", "r3": "success"}
+    m = log.where("run_id = 'r1'").first()["metrics"]
+    assert (m["records_in"], m["quarantined_by_reason.unknown_event_type"], m["imputed_durations"]) == ("5", "1", "1")
+
+
+def test_reject_share_above_threshold_fails_before_silver(spark, lakehouse):
+    from conftest import make_cfg
+    cfg = make_cfg(lakehouse, clean={"max_reject_share": 0.3})
+    records = [raw(event_id="ok1"), raw(event_id="n1", price="-1"), raw(event_id="n2", event_ts="nope")]
+    tables.append(bronze_df(spark, records), cfg, "bronze.events_raw")
+    with pytest.raises(ValueError, match=r"2 of 3 records .* clean.max_reject_share"):
+        clean.run(_ctx(spark, cfg, "rx"))
+    assert not tables.exists(spark, cfg, "silver.events")
+    assert not tables.exists(spark, cfg, "silver.events_quarantine")
+    assert tables.read(spark, cfg, "ops.run_log").first()["status"] == "failed"
+
+
+def test_broken_bronze_schema_is_a_clear_error(spark, cfg):
+    tables.append(bronze_df(spark, [raw()]).drop("event_ts", "_batch_id"), cfg, "bronze.events_raw")
+    with pytest.raises(ValueError, match=r"missing columns \['event_ts', '_batch_id'\]"):
+        clean.run(_ctx(spark, cfg, "ry"))
+    assert not tables.exists(spark, cfg, "silver.events")
