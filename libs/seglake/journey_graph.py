@@ -1,0 +1,184 @@
+"""The journey graph, natively on DataFrames: weighted edges, PageRank, chain motifs.
+
+Why not GraphFrames: the ``graphframes`` Python package imports, but its JVM jar
+(``io.graphframes:graphframes-spark4_2.13``) is not obtainable from the Maven mirror this
+project builds against, and every GraphFrame call needs those JVM classes. The two things
+the stage needs are small DataFrame programs, so they are written here with joins and
+aggregations (they run unchanged on a cluster and on Spark Connect):
+
+* :func:`pagerank` — weighted PageRank by power iteration (same definition as
+  ``networkx.pagerank(G, alpha=d, weight="weight")``: transition probabilities proportional
+  to edge weights, dangling vertices spread their rank uniformly, ranks sum to 1);
+* :func:`find_chain` — the equivalent of ``GraphFrame.find("(a)-[e1]->(b); (b)-[e2]->(c)")``
+  with state filters on a, b, c: self-joins of the edge DataFrame on ``e1.dst = e2.src``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from seglake.journeys import ALL, StateSpec, _require
+
+
+def page_edges(events: DataFrame) -> DataFrame:
+    """Weighted page-to-page edges: consecutive page events of the same session.
+
+    Args:
+        events: sessionized events with ``customer_id, session_key, event_ts, event_seq, page_url``
+            (events without a page_url are skipped, so the edge links the previous page seen).
+
+    Returns:
+        ``src, dst, weight`` (LONG): how often ``dst`` was the next page after ``src``.
+    """
+    _require(events, ["customer_id", "session_key", "event_ts", "event_seq", "page_url"], "page_edges")
+    w = Window.partitionBy("customer_id", "session_key").orderBy("event_ts", "event_seq")
+    pages = events.where(F.col("page_url").isNotNull() & (F.length("page_url") > 0))
+    return (pages.select(F.lag("page_url").over(w).alias("src"), F.col("page_url").alias("dst"))
+            .where(F.col("src").isNotNull())
+            .groupBy("src", "dst").agg(F.count(F.lit(1)).alias("weight")))
+
+
+def state_edges(matrix: DataFrame) -> DataFrame:
+    """Weighted state-to-state edges from the overall first-order rows of ``gold.transition_matrix``."""
+    _require(matrix, ["order", "segment", "channel", "from_state", "to_state", "count"], "state_edges")
+    return (matrix.where((F.col("order") == 1) & (F.col("segment") == ALL) & (F.col("channel") == ALL))
+            .select(F.col("from_state").alias("src"), F.col("to_state").alias("dst"),
+                    F.col("count").cast("long").alias("weight")))
+
+
+def pagerank(edges: DataFrame, damping: float = 0.85, max_iter: int = 50, tol: float = 1e-8) -> DataFrame:
+    """Weighted PageRank by power iteration on DataFrames.
+
+    ``r'(v) = (1 - d) / n + d * (sum_u r(u) * w(u, v) / W(u) + D / n)`` where ``W(u)`` is u's
+    total out-weight and ``D`` the rank held by vertices without out-edges. Stops when the L1
+    change is below ``n * tol`` (networkx's rule) or after ``max_iter`` iterations. Each
+    iteration is checkpointed locally so the plan does not grow with the iteration count.
+    Each iteration runs two small jobs (checkpoint, convergence check) whatever the graph size.
+
+    Args:
+        edges: ``src, dst, weight`` (weights > 0; parallel edges are summed).
+        damping: the damping factor d (0 < d < 1).
+        max_iter: iteration cap.
+        tol: per-vertex tolerance.
+
+    Returns:
+        ``vertex, pagerank, rank`` (rank 1 = highest PageRank); empty when there are no edges.
+    """
+    _require(edges, ["src", "dst", "weight"], "pagerank")
+    if not 0.0 < damping < 1.0:
+        raise ValueError(f"pagerank: damping must be between 0 and 1, got {damping}")
+    spark = edges.sparkSession
+    edges = (edges.where(F.col("weight") > 0)
+             .groupBy("src", "dst").agg(F.sum("weight").cast("double").alias("weight")))
+    out_w = edges.groupBy("src").agg(F.sum("weight").alias("w_out"))
+    links = (edges.join(out_w, "src")
+             .select("src", "dst", (F.col("weight") / F.col("w_out")).alias("p"))
+             .localCheckpoint())
+    vertices = (links.select(F.col("src").alias("vertex")).union(links.select(F.col("dst").alias("vertex")))
+                .distinct()
+                .join(out_w.select(F.col("src").alias("vertex"), F.lit(False).alias("dangling")), "vertex", "left")
+                .select("vertex", F.coalesce("dangling", F.lit(True)).alias("dangling"))
+                .localCheckpoint())
+    n = vertices.count()
+    if n == 0:
+        return spark.createDataFrame([], "vertex string, pagerank double, rank int")
+    ranks = vertices.select("vertex", "dangling", F.lit(1.0 / n).alias("pagerank")).localCheckpoint()
+    for _ in range(max_iter):
+        contrib = (links.join(ranks.select(F.col("vertex").alias("src"), "pagerank"), "src")
+                   .groupBy(F.col("dst").alias("vertex")).agg(F.sum(F.col("pagerank") * F.col("p")).alias("c")))
+        dangling = ranks.agg(F.coalesce(F.sum(F.when(F.col("dangling"), F.col("pagerank"))), F.lit(0.0))
+                             .alias("dmass"))
+        new = (ranks.select("vertex", "dangling", F.col("pagerank").alias("old"))
+               .join(contrib, "vertex", "left").crossJoin(dangling)
+               .select("vertex", "dangling", "old",
+                       ((1.0 - damping) / n + damping * (F.coalesce("c", F.lit(0.0)) + F.col("dmass") / n))
+                       .alias("pagerank"))
+               .localCheckpoint())
+        err = new.agg(F.sum(F.abs(F.col("pagerank") - F.col("old")))).first()[0]  # one scalar
+        ranks = new.drop("old")
+        if err < n * tol:
+            break
+    return ranks.select("vertex", "pagerank", F.row_number().over(
+        Window.partitionBy().orderBy(F.desc("pagerank"), F.asc("vertex"))).alias("rank"))
+
+
+def event_edges(journeys: DataFrame, spec: StateSpec) -> DataFrame:
+    """The journey graph at event level: one edge per transition of every journey.
+
+    Vertices are ``<journey_key>:<pos>`` (position 0 = the journey's start vertex,
+    ``<journey_key>:exit`` = its exit vertex).
+
+    Args:
+        journeys: output of :func:`seglake.journeys.build_journeys`.
+        spec: the states spec.
+
+    Returns:
+        ``customer_id, src, dst, src_state, dst_state``.
+    """
+    _require(journeys, ["customer_id", "journey_key", "journey_part", "journey_pos", "is_last", "state",
+                        "event_ts", "event_seq"], "event_edges")
+    from seglake.journeys import _journey_window
+
+    w = _journey_window(spec)
+    vid = lambda pos: F.concat_ws(":", F.col("journey_key"), pos.cast("string"))  # noqa: E731
+    df = journeys.select("customer_id", "journey_key", "journey_pos", "is_last", "state",
+                         F.coalesce(F.lag("state").over(w), F.lit(spec.start)).alias("prev_state"))
+    into = F.struct(vid(F.col("journey_pos") - 1).alias("src"), vid(F.col("journey_pos")).alias("dst"),
+                    F.col("prev_state").alias("src_state"), F.col("state").alias("dst_state"))
+    out = F.when(F.col("is_last") & (F.col("state") != spec.conversion),
+                 F.struct(vid(F.col("journey_pos")).alias("src"), vid(F.lit("exit")).alias("dst"),
+                          F.col("state").alias("src_state"), F.lit(spec.exit).alias("dst_state")))
+    return (df.select("customer_id", F.explode(F.filter(F.array(into, out), lambda e: e.isNotNull())).alias("e"))
+            .select("customer_id", "e.src", "e.dst", "e.src_state", "e.dst_state"))
+
+
+def find_chain(edges: DataFrame, states: Sequence[str]) -> DataFrame:
+    """Matches of the chain motif ``(v0)-[e1]->(v1); (v1)-[e2]->(v2); ...`` with v_i in state i.
+
+    The GraphFrames equivalent is ``g.find("(a)-[e1]->(b); (b)-[e2]->(c)")`` filtered on the
+    vertex states; here it is a self-join of the edges on ``e_i.dst = e_{i+1}.src``.
+
+    Args:
+        edges: output of :func:`event_edges`.
+        states: at least two states, e.g. ``["product_view", "cart", "exit"]``.
+
+    Returns:
+        ``customer_id, v0, v1, ...`` one row per match.
+    """
+    _require(edges, ["customer_id", "src", "dst", "src_state", "dst_state"], "find_chain")
+    if len(states) < 2:
+        raise ValueError(f"find_chain: a motif needs at least two states, got {list(states)}")
+    hops = []
+    for i in range(len(states) - 1):
+        hops.append(edges.where((F.col("src_state") == states[i]) & (F.col("dst_state") == states[i + 1]))
+                    .select(F.col("customer_id"), F.col("src").alias(f"v{i}"), F.col("dst").alias(f"v{i + 1}")))
+    match = hops[0]
+    for i, hop in enumerate(hops[1:], start=1):
+        match = match.join(hop, ["customer_id", f"v{i}"])
+    return match
+
+
+def motif_counts(matches: DataFrame, motif: str, membership: DataFrame | None = None) -> DataFrame:
+    """Count motif matches overall (``segment = 'all'``) and per segment.
+
+    Args:
+        matches: output of :func:`find_chain` (needs ``customer_id``).
+        motif: the motif's name (e.g. ``product_view>cart>exit``).
+        membership: ``customer_id, segment`` or None.
+
+    Returns:
+        ``segment, motif, matches (LONG), customers (LONG)``.
+    """
+    per_customer = matches.groupBy("customer_id").agg(F.count(F.lit(1)).alias("n"))
+    overall = per_customer.agg(F.sum("n").alias("matches"), F.count(F.lit(1)).alias("customers")) \
+        .withColumn("segment", F.lit(ALL))
+    out = overall
+    if membership is not None:
+        members = membership.select("customer_id", F.col("segment").cast("string")).distinct()
+        out = out.unionByName(per_customer.join(members, "customer_id").groupBy("segment")
+                              .agg(F.sum("n").alias("matches"), F.count(F.lit(1)).alias("customers")))
+    return out.select("segment", F.lit(motif).alias("motif"),
+                      F.coalesce(F.col("matches"), F.lit(0)).cast("long").alias("matches"),
+                      F.col("customers").cast("long"))
