@@ -218,6 +218,18 @@ def cmd_setup(args) -> int:
     return EXIT_OK
 
 
+def explain(exc: BaseException, max_lines: int = 3) -> str:
+    """A short explanation of ``exc``: Spark/py4j messages embed whole tracebacks; keep the
+    first line and the innermost ``...Error: message`` line."""
+    import re
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) <= max_lines:
+        return " ".join(lines)
+    errors = [line for line in lines if re.match(r"^([\w.]+)?(Error|Exception)\b.*:", line)]
+    picked = [lines[0]] + ([errors[-1]] if errors and errors[-1] != lines[0] else [])
+    return " ... ".join(picked)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -244,11 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         from seglake.pipeline import JobFailed
         if isinstance(exc, JobFailed):
             log.debug("traceback", exc_info=exc.cause)
-            print(f"error: {exc}\n(rerun this job alone with: seglake run {exc.job}; add -v for the traceback)",
+            print(f"error: job '{exc.job}' failed: {type(exc.cause).__name__}: {explain(exc.cause)}\n(rerun this job alone with: seglake run {exc.job}; add -v for the traceback)",
                   file=sys.stderr)
         else:
             log.debug("traceback", exc_info=True)
-            print(f"error: {type(exc).__name__}: {exc} (add -v for the traceback)", file=sys.stderr)
+            print(f"error: {type(exc).__name__}: {explain(exc)} (add -v for the traceback)", file=sys.stderr)
         return EXIT_FAILED
 
 

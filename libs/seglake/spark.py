@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from seglake import jvm
@@ -65,6 +66,9 @@ def get_spark(cfg: Config, app_name: str | None = None) -> "SparkSession":
 
     if spark_cfg["mode"] == "local":
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        # Python workers must be this interpreter (the venv with pandas/pyarrow), not
+        # whatever `python3` is first on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         jars = jvm.ensure_jars()
         builder = (
             builder.master(spark_cfg["master"])
