@@ -1,0 +1,179 @@
+"""Sessions: per customer, a new session after an inactivity gap or a source session_id change.
+
+Everything is window functions over events partitioned by customer_id (one shuffle), no
+per-customer Python. Session boundaries of an event depend only on the events before it,
+so sessionizing events before a cut-off gives the same sessions (truncated) as
+sessionizing everything: the features job relies on this for point-in-time correctness.
+
+Table silver.sessions (rebuilt, partitioned by session_date): customer_id, session_key,
+session_start, session_end, duration_s, n_events, n_pages, n_products, entry_state,
+exit_state, converted, device_type, channel, session_date, _run_id.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import yaml
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+log = logging.getLogger(__name__)
+
+#: used when conf/states.yaml is absent (same as the shipped states.yaml)
+DEFAULT_STATES: dict[str, str] = {
+    "page_view": "browse", "app_open": "browse", "search": "search", "product_view": "product_view",
+    "add_to_cart": "cart", "checkout_start": "checkout", "purchase": "conversion",
+}
+DEFAULT_PAGE_EVENTS = ("page_view", "product_view", "app_open")
+SESSION_COLUMNS = ("customer_id", "session_key", "session_start", "session_end", "duration_s", "n_events",
+                   "n_pages", "n_products", "entry_state", "exit_state", "converted", "device_type", "channel",
+                   "session_date")
+
+
+def load_states(path: str | Path | None) -> dict[str, str]:
+    """event_type -> journey state from a states.yaml (its ``states:`` mapping), else the default."""
+    if path is None or not Path(path).exists():
+        return dict(DEFAULT_STATES)
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    states = data.get("states") if isinstance(data, dict) else None
+    if not isinstance(states, dict) or not states:
+        raise ValueError(f"{path}: expected a non-empty 'states:' mapping of event_type -> state")
+    return {str(k): str(v) for k, v in states.items()}
+
+
+def state_col(event_type: Column, states: Mapping[str, str]) -> Column:
+    """The journey state of an event type (null for side events), from a small literal map."""
+    if not states:
+        return F.lit(None).cast("string")
+    lookup = F.create_map(*[F.lit(x) for kv in sorted(states.items()) for x in kv])
+    return F.try_element_at(lookup, event_type)  # null for a missing key, also in ANSI mode
+
+
+def sessionize(events_with_customer: DataFrame, inactivity_minutes: int,
+               split_on_session_id: bool = True) -> DataFrame:
+    """Add session_key, session_seq and event_seq to events that carry a customer_id.
+
+    A session starts at a customer's first event, after a gap of more than
+    ``inactivity_minutes`` since the previous event, or when the source ``session_id``
+    (when present on both) differs from the last one seen.
+
+    Args:
+        events_with_customer: needs customer_id, event_ts; session_id and event_key used
+            when present (event_key breaks ties of equal timestamps deterministically).
+        inactivity_minutes: the gap, > 0.
+        split_on_session_id: also split on a source session_id change.
+
+    Returns:
+        The events plus session_key (``<customer_id>:<epoch millis of the session start>``,
+        unique per customer session), session_seq (1.. per customer), event_seq (1.. per session).
+    """
+    df = events_with_customer
+    missing = [c for c in ("customer_id", "event_ts") if c not in df.columns]
+    if missing:
+        raise ValueError(f"sessionize needs column(s) {', '.join(missing)}; got {', '.join(df.columns)}")
+    if not isinstance(inactivity_minutes, int) or inactivity_minutes <= 0:
+        raise ValueError(f"sessions.inactivity_minutes must be a positive integer, got {inactivity_minutes!r}")
+    for c in ("session_key", "session_seq", "event_seq"):
+        if c in df.columns:
+            raise ValueError(f"events already have a {c} column; sessionize would overwrite it")
+    order = [F.col("event_ts")] + ([F.col("event_key")] if "event_key" in df.columns else [])
+    w = Window.partitionBy("customer_id").orderBy(*order)
+    ts_ms = F.unix_millis(F.col("event_ts"))
+    gap = ts_ms - F.lag(ts_ms).over(w)
+    new = F.lag(ts_ms).over(w).isNull() | (gap > F.lit(inactivity_minutes * 60_000))
+    if split_on_session_id and "session_id" in df.columns:
+        prev_sid = F.last("session_id", ignorenulls=True).over(w.rowsBetween(Window.unboundedPreceding, -1))
+        new = new | (F.col("session_id").isNotNull() & prev_sid.isNotNull() & (F.col("session_id") != prev_sid))
+    df = df.withColumn("_new", new)
+    running = w.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    df = (df.withColumn("session_seq", F.sum(F.col("_new").cast("int")).over(running))
+          .withColumn("_start", F.last(F.when(F.col("_new"), ts_ms), ignorenulls=True).over(running)))
+    df = df.withColumn("session_key", F.concat(F.col("customer_id"), F.lit(":"), F.col("_start").cast("string")))
+    df = df.withColumn("event_seq", F.row_number().over(
+        Window.partitionBy("customer_id", "session_seq").orderBy(*order)))
+    return df.drop("_new", "_start")
+
+
+def session_table(sessionized: DataFrame, states: Mapping[str, str] | None = None,
+                  page_event_types: Iterable[str] = DEFAULT_PAGE_EVENTS) -> DataFrame:
+    """One row per session from :func:`sessionize`'s output.
+
+    entry_state / exit_state are the journey states of the first / last event of the
+    session that has one (side events are skipped; null when none has); converted is true
+    when the session has a purchase; device_type and channel are the first non-null ones.
+
+    Returns:
+        The silver.sessions columns (see module docstring), without _run_id.
+    """
+    states = dict(DEFAULT_STATES if states is None else states)
+    pages = list(page_event_types)
+    df = sessionized.withColumn("_state", state_col(F.col("event_type"), states))
+    seq = F.col("event_seq")
+
+    def first_nonnull(c: str) -> Column:
+        known = F.col(c).isNotNull() & (F.col(c) != F.lit("unknown"))  # silver writes "unknown" devices
+        return F.coalesce(F.min_by(F.col(c), F.when(known, seq)), F.max(F.when(F.col(c) == "unknown", F.col(c))))
+
+    agg = df.groupBy("customer_id", "session_key").agg(
+        F.min("event_ts").alias("session_start"),
+        F.max("event_ts").alias("session_end"),
+        F.count(F.lit(1)).alias("n_events"),
+        F.sum(F.col("event_type").isin(pages).cast("int")).alias("n_pages"),
+        F.countDistinct("product_id").alias("n_products"),
+        F.min_by(F.col("_state"), F.when(F.col("_state").isNotNull(), seq)).alias("entry_state"),
+        F.max_by(F.col("_state"), F.when(F.col("_state").isNotNull(), seq)).alias("exit_state"),
+        F.max((F.col("event_type") == "purchase").cast("int")).alias("_conv"),
+        first_nonnull("device_type").alias("device_type"),
+        first_nonnull("channel").alias("channel"),
+    )
+    return agg.select(
+        "customer_id", "session_key", "session_start", "session_end",
+        ((F.unix_micros("session_end") - F.unix_micros("session_start")) / F.lit(1e6)).alias("duration_s"),
+        F.col("n_events").cast("int").alias("n_events"), F.col("n_pages").cast("int").alias("n_pages"),
+        F.col("n_products").cast("int").alias("n_products"), "entry_state", "exit_state",
+        (F.col("_conv") == 1).alias("converted"), "device_type", "channel",
+        F.to_date("session_start").alias("session_date"))
+
+
+def customer_events(spark, cfg) -> tuple[DataFrame, str]:
+    """Profiling (consented) silver events with customer_id attached; events without one dropped."""
+    from seglake import identity, tables
+    events, consent_via = identity._profiling(tables.read(spark, cfg, "silver.events"))
+    idmap = tables.read(spark, cfg, identity.MAP_TABLE)
+    excluded = (tables.read(spark, cfg, identity.EXCLUDED_TABLE)
+                if tables.exists(spark, cfg, identity.EXCLUDED_TABLE) else None)
+    return identity.attach_customer_id(events, idmap, excluded), consent_via
+
+
+def states_for(cfg) -> dict[str, str]:
+    """The event_type -> state mapping of the journeys' states file, else the default."""
+    name = cfg.get("journeys.states_file") or "states.yaml"
+    return load_states(cfg.conf_file(name))
+
+
+def run(ctx) -> dict:
+    """``seglake run sessions``: rebuild silver.sessions from silver.events + identity map."""
+    from seglake import tables
+    spark, cfg = ctx.spark, ctx.cfg
+    scfg = cfg["sessions"]
+    events, consent_via = customer_events(spark, cfg)
+    keep = [c for c in ("customer_id", "event_key", "event_ts", "session_id", "event_type", "product_id",
+                        "device_type", "channel") if c in events.columns]
+    events = events.select(*keep).localCheckpoint()  # read twice: unattached count + sessions
+    counts = events.agg(F.count(F.lit(1)).alias("n"),
+                        F.sum(F.col("customer_id").isNull().cast("int")).alias("no_customer")).first()
+    sess = session_table(
+        sessionize(events.filter(F.col("customer_id").isNotNull()), int(scfg["inactivity_minutes"]),
+                   bool(scfg["split_on_session_id"])),
+        states_for(cfg), scfg["page_event_types"]).withColumn("_run_id", F.lit(ctx.run_id))
+    tables.overwrite(sess, cfg, "silver.sessions", partition_by=["session_date"])
+    out = tables.read(spark, cfg, "silver.sessions").agg(
+        F.count(F.lit(1)).alias("sessions"), F.countDistinct("customer_id").alias("customers"),
+        F.avg("n_events").alias("events_per_session"), F.avg(F.col("converted").cast("int")).alias("conv")).first()
+    return {"sessions": int(out["sessions"]), "customers": int(out["customers"]),
+            "events_per_session": round(float(out["events_per_session"] or 0), 2),
+            "conversion_rate": round(float(out["conv"] or 0), 4),
+            "events": int(counts["n"]), "events_without_customer": int(counts["no_customer"] or 0),
+            "consent": consent_via}
