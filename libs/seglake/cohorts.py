@@ -11,7 +11,7 @@ period, cohort_size, active_customers, active_share, complete.
 """
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -78,4 +78,3 @@ def write_retention(spark, cfg, events: DataFrame, as_of: date) -> int:
     return tables.read(spark, cfg, "gold.retention_matrix").filter(F.col("as_of_date") == F.lit(as_of)).count()
 
 
-__all__ = ["cohort_start", "retention_matrix", "write_retention", "timedelta"]

@@ -440,8 +440,6 @@ def _last_run(spark: SparkSession, cfg) -> dict | None:
 
 def run(ctx) -> dict:
     """``seglake run identity``: build or update silver.identity_map."""
-    from datetime import datetime, timezone
-
     from seglake import tables
     spark, cfg = ctx.spark, ctx.cfg
     icfg = cfg["identity"]

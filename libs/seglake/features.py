@@ -1,0 +1,337 @@
+"""Point-in-time customer features: one row per (customer_id, as_of_date) in gold.customer_features.
+
+Only events with ``event_ts < as_of_date`` (midnight UTC) are used, so a row never sees
+the future: recomputing a past as_of after new data arrived gives the same row. Sessions
+are cut at as_of as well (an event's session depends only on the events before it).
+
+Definitions (windows are ``[as_of - N days, as_of)``; "purchase" = features.purchase_event_types):
+- first_seen_ts / last_seen_ts: first / last event; tenure_days, recency_days,
+  recency_purchase_days: whole days from that event's date to as_of (null if no purchase).
+- sessions_Nd: sessions starting in the window; purchases_Nd, revenue_Nd (revenue_usd).
+- avg_order_value = revenue_total / purchases_total (null without purchases).
+- pages_per_session, avg_session_duration_s: over all sessions before as_of (n_pages counts
+  sessions.page_event_types; a session's duration is last - first event).
+- avg_scroll_depth: mean of scroll_depth (0..1) over events that have one.
+- distinct_features_30d: distinct ``properties[feature_property_key]`` of feature_use events.
+- funnel: product_view / add_to_cart / checkout_start counts (30d and total);
+  cart_to_purchase_rate = online purchases (event_type purchase) / carts_total,
+  view_to_cart_rate = carts_total / product_views_total (null when the denominator is 0).
+- email_click_rate = email_clicks_90d / email_opens_90d (null without opens).
+- share_web / share_app / share_email: share of events by source; share_mobile (ios,
+  android) / share_desktop by device_type.
+- peak_hour: UTC hour with most events (ties: the earliest hour).
+- product_page_time_s_30d: summed duration_s of product_view events in 30 days.
+- sessions_per_week_30d = sessions_30d * 7 / 30.
+- cohort_week / cohort_month: Monday / first day of the month of first_seen_ts.
+- is_new_user: first seen within features.new_user_days; is_long_term: first to last event
+  spans more than features.long_term_days; is_high_frequency: sessions_per_week_30d above
+  features.high_frequency_sessions_per_week; is_inactive: no event in features.inactive_days.
+- z_<f>, mm_<f> for f in features.model_inputs: z-score with the population standard
+  deviation and min-max scaling over that as_of's customers; a null input is imputed with
+  the mean (z = 0). Statistics go to gold.feature_scaling; :func:`apply_scaling` reuses them.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Iterable, Sequence
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+log = logging.getLogger(__name__)
+
+FEATURE_COLUMNS = (
+    "customer_id", "as_of_date", "first_seen_ts", "last_seen_ts", "tenure_days", "recency_days",
+    "recency_purchase_days", "sessions_7d", "sessions_30d", "sessions_90d", "sessions_180d", "purchases_7d",
+    "purchases_30d", "purchases_90d", "purchases_180d", "revenue_total", "revenue_90d", "revenue_180d",
+    "avg_order_value", "pages_per_session", "avg_session_duration_s", "avg_scroll_depth",
+    "distinct_features_30d", "product_views_30d", "carts_30d", "checkouts_30d", "product_views_total",
+    "carts_total", "checkouts_total", "purchases_total", "cart_to_purchase_rate", "view_to_cart_rate",
+    "email_opens_90d", "email_clicks_90d", "email_click_rate", "push_opens_90d", "share_web", "share_app",
+    "share_email", "share_mobile", "share_desktop", "peak_hour", "product_page_time_s_30d",
+    "sessions_per_week_30d", "cohort_week", "cohort_month", "is_new_user", "is_long_term",
+    "is_high_frequency", "is_inactive",
+)
+REQUIRED_WINDOWS = (7, 30, 90, 180)
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """The knobs of :func:`compute_features` (from conf ``features:`` and ``sessions:``)."""
+
+    windows_days: tuple[int, ...] = REQUIRED_WINDOWS
+    purchase_event_types: tuple[str, ...] = ("purchase", "store_purchase")
+    feature_property_key: str = "feature"
+    page_event_types: tuple[str, ...] = ("page_view", "product_view", "app_open")
+    new_user_days: int = 7
+    long_term_days: int = 90
+    high_frequency_sessions_per_week: float = 10.0
+    inactive_days: int = 30
+    model_inputs: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_config(cls, cfg) -> "FeatureParams":
+        f = cfg["features"]
+        windows = tuple(sorted(set(int(w) for w in f["windows_days"]) | set(REQUIRED_WINDOWS)))
+        return cls(windows, tuple(f["purchase_event_types"]), str(f["feature_property_key"]),
+                   tuple(cfg.get("sessions.page_event_types") or cls.page_event_types),
+                   int(f["new_user_days"]), int(f["long_term_days"]),
+                   float(f["high_frequency_sessions_per_week"]), int(f["inactive_days"]),
+                   tuple(f["model_inputs"]))
+
+
+def _ts(d: date) -> Column:
+    """Midnight UTC of ``d`` (the session time zone is UTC)."""
+    return F.lit(d).cast("timestamp")
+
+
+def _ratio(num: Column, den: Column) -> Column:
+    return F.when(den > 0, num.cast("double") / den)
+
+
+def compute_features(events: DataFrame, as_of: date, params: FeatureParams = FeatureParams()) -> DataFrame:
+    """Customer features as of ``as_of`` from sessionized events (no scaling columns).
+
+    Args:
+        events: :func:`seglake.sessions.sessionize` output over silver events with
+            customer_id (event_type, event_ts, source, device_type, revenue_usd,
+            scroll_depth, duration_s, properties, session_key). Events at or after as_of
+            are ignored here, so the caller may pass everything.
+        as_of: exclusive cut-off date.
+        params: definitions' knobs.
+
+    Returns:
+        One row per customer with an event before as_of; the columns of FEATURE_COLUMNS.
+    """
+    need = ["customer_id", "session_key", "event_type", "event_ts", "source", "device_type", "revenue_usd",
+            "scroll_depth", "duration_s", "properties"]
+    missing = [c for c in need if c not in events.columns]
+    if missing:
+        raise ValueError(f"compute_features needs column(s) {', '.join(missing)}; got {', '.join(events.columns)}")
+    if not isinstance(as_of, date):
+        raise ValueError(f"as_of must be a date, got {as_of!r}")
+    cut = {n: _ts(as_of - timedelta(days=n)) for n in set(params.windows_days) | {30, 90}}
+    ev = events.filter(F.col("customer_id").isNotNull() & (F.col("event_ts") < _ts(as_of)))
+    et = F.col("event_type")
+    ts = F.col("event_ts")
+    is_purchase = et.isin(list(params.purchase_event_types))
+
+    def count_if(cond: Column) -> Column:
+        return F.sum(F.when(cond, 1).otherwise(0)).cast("int")
+
+    def within(n: int) -> Column:
+        return ts >= cut[n]
+
+    revenue = F.coalesce(F.col("revenue_usd"), F.lit(0.0))
+    feature_name = F.try_element_at(F.col("properties"), F.lit(params.feature_property_key))
+    aggs = [
+        F.min(ts).alias("first_seen_ts"), F.max(ts).alias("last_seen_ts"),
+        F.max(F.when(is_purchase, ts)).alias("_last_purchase_ts"),
+        F.count(F.lit(1)).alias("_n_events"),
+        count_if(is_purchase).alias("purchases_total"),
+        count_if(et == "purchase").alias("_online_purchases"),
+        F.sum(F.when(is_purchase, revenue).otherwise(0.0)).alias("revenue_total"),
+        F.avg("scroll_depth").alias("avg_scroll_depth"),
+        F.countDistinct(F.when((et == "feature_use") & within(30), feature_name)).cast("int")
+        .alias("distinct_features_30d"),
+        count_if((et == "product_view") & within(30)).alias("product_views_30d"),
+        count_if((et == "add_to_cart") & within(30)).alias("carts_30d"),
+        count_if((et == "checkout_start") & within(30)).alias("checkouts_30d"),
+        count_if(et == "product_view").alias("product_views_total"),
+        count_if(et == "add_to_cart").alias("carts_total"),
+        count_if(et == "checkout_start").alias("checkouts_total"),
+        count_if((et == "email_open") & within(90)).alias("email_opens_90d"),
+        count_if((et == "email_click") & within(90)).alias("email_clicks_90d"),
+        count_if((et == "push_open") & within(90)).alias("push_opens_90d"),
+        count_if(F.col("source") == "web").alias("_n_web"),
+        count_if(F.col("source") == "app").alias("_n_app"),
+        count_if(F.col("source") == "email").alias("_n_email"),
+        count_if(F.col("device_type").isin("ios", "android")).alias("_n_mobile"),
+        count_if(F.col("device_type") == "desktop").alias("_n_desktop"),
+        F.sum(F.when((et == "product_view") & within(30), F.coalesce(F.col("duration_s"), F.lit(0.0)))
+              .otherwise(0.0)).alias("product_page_time_s_30d"),
+    ]
+    for n in params.windows_days:
+        aggs.append(count_if(is_purchase & within(n)).alias(f"purchases_{n}d"))
+    for n in params.windows_days:
+        if n >= 90:
+            aggs.append(F.sum(F.when(is_purchase & within(n), revenue).otherwise(0.0)).alias(f"revenue_{n}d"))
+    per_event = ev.groupBy("customer_id").agg(*aggs)
+
+    # sessions, cut at as_of (the events after as_of were filtered above)
+    sess = ev.groupBy("customer_id", "session_key").agg(
+        F.min(ts).alias("_start"), F.max(ts).alias("_end"),
+        F.sum(et.isin(list(params.page_event_types)).cast("int")).alias("_pages"))
+    sess_aggs = [F.avg("_pages").cast("double").alias("pages_per_session"),
+                 F.avg((F.unix_micros("_end") - F.unix_micros("_start")) / F.lit(1e6)).alias("avg_session_duration_s")]
+    for n in params.windows_days:
+        sess_aggs.append(F.sum(F.when(F.col("_start") >= cut[n], 1).otherwise(0)).cast("int").alias(f"sessions_{n}d"))
+    per_session = sess.groupBy("customer_id").agg(*sess_aggs)
+
+    hours = ev.groupBy("customer_id", F.hour(ts).alias("_h")).agg(F.count(F.lit(1)).alias("_c"))
+    peak = hours.groupBy("customer_id").agg(
+        F.max_by("_h", F.struct(F.col("_c"), (-F.col("_h")).alias("_neg"))).cast("int").alias("peak_hour"))
+
+    df = per_event.join(per_session, "customer_id", "left").join(peak, "customer_id", "left")
+    asof = F.lit(as_of)
+    span_s = F.unix_seconds("last_seen_ts") - F.unix_seconds("first_seen_ts")
+    df = df.select(
+        "*",
+        asof.alias("as_of_date"),
+        F.datediff(asof, F.to_date("first_seen_ts")).alias("tenure_days"),
+        F.datediff(asof, F.to_date("last_seen_ts")).alias("recency_days"),
+        F.datediff(asof, F.to_date("_last_purchase_ts")).alias("recency_purchase_days"),
+        _ratio(F.col("revenue_total"), F.col("purchases_total")).alias("avg_order_value"),
+        _ratio(F.col("_online_purchases"), F.col("carts_total")).alias("cart_to_purchase_rate"),
+        _ratio(F.col("carts_total"), F.col("product_views_total")).alias("view_to_cart_rate"),
+        _ratio(F.col("email_clicks_90d"), F.col("email_opens_90d")).alias("email_click_rate"),
+        _ratio(F.col("_n_web"), F.col("_n_events")).alias("share_web"),
+        _ratio(F.col("_n_app"), F.col("_n_events")).alias("share_app"),
+        _ratio(F.col("_n_email"), F.col("_n_events")).alias("share_email"),
+        _ratio(F.col("_n_mobile"), F.col("_n_events")).alias("share_mobile"),
+        _ratio(F.col("_n_desktop"), F.col("_n_events")).alias("share_desktop"),
+        (F.col("sessions_30d") * F.lit(7.0) / F.lit(30.0)).alias("sessions_per_week_30d"),
+        F.to_date(F.date_trunc("week", "first_seen_ts")).alias("cohort_week"),
+        F.to_date(F.date_trunc("month", "first_seen_ts")).alias("cohort_month"),
+        (F.col("first_seen_ts") >= _ts(as_of - timedelta(days=params.new_user_days))).alias("is_new_user"),
+        (span_s > F.lit(params.long_term_days * 86400)).alias("is_long_term"),
+        (F.col("sessions_30d") * F.lit(7.0) / F.lit(30.0) > F.lit(params.high_frequency_sessions_per_week))
+        .alias("is_high_frequency"),
+        (F.col("last_seen_ts") < _ts(as_of - timedelta(days=params.inactive_days))).alias("is_inactive"),
+    )
+    extra = [c for c in df.columns if not c.startswith("_") and c not in FEATURE_COLUMNS]
+    return df.select(*FEATURE_COLUMNS, *extra)
+
+
+# --------------------------------------------------------------------------- scaling
+def scaling_stats(features: DataFrame, inputs: Sequence[str]) -> DataFrame:
+    """mean, population stddev, min, max of each model input (nulls ignored).
+
+    Returns:
+        feature, mean, stddev, min, max — one row per input (small).
+    """
+    missing = [c for c in inputs if c not in features.columns]
+    if missing:
+        raise ValueError(f"features.model_inputs names unknown feature(s): {', '.join(missing)}")
+    if not inputs:
+        raise ValueError("features.model_inputs is empty: nothing to scale")
+    aggs = []
+    for i, c in enumerate(inputs):
+        x = F.col(c).cast("double")
+        aggs += [F.avg(x).alias(f"m{i}"), F.stddev_pop(x).alias(f"s{i}"), F.min(x).alias(f"lo{i}"),
+                 F.max(x).alias(f"hi{i}")]
+    row = features.agg(*aggs)
+    stack = F.array(*[F.struct(F.lit(c).alias("feature"), F.col(f"m{i}").alias("mean"),
+                               F.col(f"s{i}").alias("stddev"), F.col(f"lo{i}").alias("min"),
+                               F.col(f"hi{i}").alias("max")) for i, c in enumerate(inputs)])
+    return row.select(F.explode(stack).alias("s")).select("s.*")
+
+
+def apply_scaling(features: DataFrame, stats: DataFrame | Iterable) -> DataFrame:
+    """Add z_<f> and mm_<f> for every feature in ``stats`` using those saved statistics.
+
+    ``stats`` holds one row per feature (feature, mean, stddev, min, max): tiny, so it is
+    collected to build column expressions. Null inputs are imputed with the mean; a zero
+    stddev or range gives 0.
+    """
+    rows = stats.collect() if isinstance(stats, DataFrame) else list(stats)  # one row per model input
+    if not rows:
+        raise ValueError("no scaling statistics: run the features job for that as_of first")
+    cols = []
+    for r in rows:
+        f, mean, sd, lo, hi = r["feature"], r["mean"], r["stddev"], r["min"], r["max"]
+        if f not in features.columns:
+            raise ValueError(f"scaling statistics name feature {f!r}, which the features table does not have")
+        x = F.coalesce(F.col(f).cast("double"), F.lit(mean if mean is not None else 0.0))
+        mean = 0.0 if mean is None else mean
+        z = (x - F.lit(mean)) / F.lit(sd) if sd else F.lit(0.0)
+        mm = (x - F.lit(lo)) / F.lit(hi - lo) if (lo is not None and hi is not None and hi > lo) else F.lit(0.0)
+        cols += [z.cast("double").alias(f"z_{f}"), mm.cast("double").alias(f"mm_{f}")]
+    dup = [c for c in (f"z_{r['feature']}" for r in rows) if c in features.columns]
+    if dup:
+        raise ValueError(f"features already have scaled column(s) {', '.join(dup)}")
+    return features.select("*", *cols)
+
+
+def load_scaling(spark: SparkSession, cfg, as_of: date) -> DataFrame:
+    """The saved scaling statistics of ``as_of`` from gold.feature_scaling."""
+    from seglake import tables
+    return tables.read(spark, cfg, "gold.feature_scaling").filter(F.col("as_of_date") == F.lit(as_of))
+
+
+# --------------------------------------------------------------------------- job
+def add_arguments(parser) -> None:
+    """--start/--end (inclusive) backfill one as_of per --step-days; else --as-of or the default."""
+    parser.add_argument("--start", type=date.fromisoformat, default=None, help="first as_of date of a backfill")
+    parser.add_argument("--end", type=date.fromisoformat, default=None, help="last as_of date of a backfill")
+    parser.add_argument("--step-days", type=int, default=None, dest="step_days",
+                        help="days between backfill as_of dates (default features.backfill_step_days)")
+
+
+def as_of_dates(ctx) -> list[date]:
+    """The as_of dates of this run: a --start/--end range, else ctx.resolve_as_of()."""
+    start, end = ctx.args.get("start"), ctx.args.get("end")
+    if start is None and end is None:
+        return [ctx.resolve_as_of()]
+    if start is None or end is None:
+        raise ValueError("a features backfill needs both --start and --end")
+    if isinstance(start, str):
+        start, end = date.fromisoformat(start), date.fromisoformat(end)
+    step = int(ctx.args.get("step_days") or ctx.cfg["features"]["backfill_step_days"])
+    if step < 1:
+        raise ValueError(f"--step-days must be >= 1, got {step}")
+    if end < start:
+        raise ValueError(f"--end {end} is before --start {start}")
+    out, d = [], start
+    while d <= end:
+        out.append(d)
+        d += timedelta(days=step)
+    return out
+
+
+def build(features: DataFrame, inputs: Sequence[str]) -> tuple[DataFrame, DataFrame]:
+    """(features with z_/mm_ columns, their scaling statistics) for one as_of."""
+    stats = scaling_stats(features, inputs)
+    return apply_scaling(features, stats.collect()), stats  # stats: one row per input
+
+
+def run(ctx) -> dict:
+    """``seglake run features [--as-of D | --start D1 --end D2 [--step-days N]]``."""
+    from seglake import cohorts, sessions, tables
+    spark, cfg = ctx.spark, ctx.cfg
+    params = FeatureParams.from_config(cfg)
+    dates = as_of_dates(ctx)
+    events, consent_via = sessions.customer_events(spark, cfg)
+    keep = ["customer_id", "event_key", "event_type", "event_ts", "session_id", "source", "device_type",
+            "revenue_usd", "scroll_depth", "duration_s", "properties"]
+    events = events.select(*[c for c in keep if c in events.columns]).filter(
+        F.col("customer_id").isNotNull() & (F.col("event_ts") < _ts(max(dates))))
+    sev = sessions.sessionize(events, int(cfg["sessions"]["inactivity_minutes"]),
+                              bool(cfg["sessions"]["split_on_session_id"]))
+    sev = sev.persist()  # reused by every as_of of a backfill and by the retention matrix
+    out: dict = {}
+    try:
+        for d in dates:
+            feats = compute_features(sev, d, params).persist()
+            scaled, stats = build(feats, params.model_inputs)
+            where = f"as_of_date = '{d.isoformat()}'"
+            tables.overwrite(scaled, cfg, "gold.customer_features", partition_by=["as_of_date"], replace_where=where)
+            tables.overwrite(stats.withColumn("as_of_date", F.lit(d)), cfg, "gold.feature_scaling",
+                             partition_by=["as_of_date"], replace_where=where)
+            n_rm = cohorts.write_retention(spark, cfg, sev, d)
+            row = feats.agg(F.count(F.lit(1)).alias("n"), F.avg(F.col("is_new_user").cast("int")).alias("new"),
+                            F.avg(F.col("is_inactive").cast("int")).alias("inactive"),
+                            F.avg("purchases_total").alias("p")).first()
+            feats.unpersist()
+            out[str(d)] = int(row["n"])
+    finally:
+        sev.unpersist()
+    last = dates[-1]
+    return {"as_of": str(last) if len(dates) == 1 else f"{dates[0]}..{last} ({len(dates)} dates)",
+            "customers": out[str(last)],
+            "share_new_users": round(float(row["new"] or 0), 4),
+            "share_inactive": round(float(row["inactive"] or 0), 4),
+            "avg_purchases": round(float(row["p"] or 0), 3),
+            "retention_cells": n_rm, "model_inputs": len(params.model_inputs), "consent": consent_via}
