@@ -20,6 +20,9 @@ from seglake import generate as gen
 SEED = 11
 EVENTS = 3000
 CUSTOMERS = 60
+START, END = date(2026, 9, 1), date(2026, 9, 28)      # a short window keeps the file count small
+DAYS = (END - START).days + 1
+START_MS = int(datetime(2026, 9, 1, tzinfo=timezone.utc).timestamp() * 1000)
 CANONICAL = set(gen.EVENT_TYPES)
 ALIASES = {v: k for k, v in gen.EVENT_ALIASES.items()}
 IDS = ("user_id", "anonymous_id", "device_id", "email", "phone")
@@ -101,7 +104,7 @@ def defects(rec: dict) -> list[str]:
 @pytest.fixture(scope="module")
 def generated(spark, tmp_path_factory):
     out = tmp_path_factory.mktemp("gen")
-    counts = gen.generate(spark, out, EVENTS, CUSTOMERS, SEED)
+    counts = gen.generate(spark, out, EVENTS, CUSTOMERS, SEED, start_date=START, end_date=END)
     return out, counts, read_landing(out / "landing")
 
 
@@ -124,7 +127,7 @@ def test_files_split_by_format_and_day(generated):
         files = list((landing / fmt).rglob(f"*.{ext}"))
         days = {f.parent.name for f in files}
         assert len(files) == counts["files_by_format"][fmt]
-        assert len(days) >= 80 and all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", d) for d in days)
+        assert len(days) >= DAYS - 2 and all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", d) for d in days)
         assert sum(r["fmt"] == fmt for r in records) == counts["records_by_format"][fmt]
     assert len(records) == counts["raw_records"]
 
@@ -245,9 +248,9 @@ def test_archetype_facts_and_sessions(generated):
         if a == "vip":
             assert purchases[pid] >= 5
         if a == "churner":
-            assert persons.loc[pid, "last_seen"] < pd.Timestamp("2026-09-16")
+            assert persons.loc[pid, "last_seen"] < pd.Timestamp(START + (END - START) / 2 + timedelta(days=1))
         if a == "new_user":
-            assert persons.loc[pid, "first_seen"] >= pd.Timestamp("2026-10-25")
+            assert persons.loc[pid, "first_seen"] >= pd.Timestamp(END - timedelta(days=6))
         if a == "power_user":
             assert persons.loc[pid, "distinct_features"] >= 3
         if a == "email_responder":
@@ -262,8 +265,8 @@ def test_archetype_facts_and_sessions(generated):
     assert inside.min() >= 4_000 and inside.max() <= 301_000
     assert between.min() > 45 * 60_000
     assert not ev.duplicated(["person_id", "ts_ms"]).any()
-    assert ev.ts_ms.min() >= 1785542400000                     # 2026-08-01
-    assert ev.ts_ms.max() < 1785542400000 + 92 * 86_400_000
+    assert ev.ts_ms.min() >= START_MS
+    assert ev.ts_ms.max() < START_MS + DAYS * 86_400_000
 
 
 def test_transitions_are_distributions(generated):
@@ -283,9 +286,10 @@ def _content(folder: Path) -> tuple:
 
 
 def test_deterministic_per_seed(spark, tmp_path):
-    a = gen.generate(spark, tmp_path / "a", 400, 8, seed=5)
-    b = gen.generate(spark, tmp_path / "b", 400, 8, seed=5)
-    c = gen.generate(spark, tmp_path / "c", 400, 8, seed=6)
+    window = {"start_date": date(2026, 9, 1), "end_date": date(2026, 9, 14)}
+    a = gen.generate(spark, tmp_path / "a", 400, 8, seed=5, **window)
+    b = gen.generate(spark, tmp_path / "b", 400, 8, seed=5, **window)
+    c = gen.generate(spark, tmp_path / "c", 400, 8, seed=6, **window)
     drop = lambda d: {k: v for k, v in d.items() if k != "seconds"}  # noqa: E731
     assert drop(a) == drop(b)
     assert _content(tmp_path / "a") == _content(tmp_path / "b")

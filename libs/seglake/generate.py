@@ -853,7 +853,7 @@ def _tidy_landing(folder: Path, extension: str) -> int:
 
 def generate(spark: SparkSession, out_dir: str | os.PathLike, events: int, customers: int | None = None,
              seed: int = 42, start_date: date = date(2026, 8, 1), end_date: date = date(2026, 10, 31),
-             files_per_day: int = 2, events_truth: bool = True) -> dict:
+             files_per_day: int | None = None) -> dict:
     """Generate landing files and ground truth under ``out_dir``; return the counts.
 
     Args:
@@ -863,8 +863,7 @@ def generate(spark: SparkSession, out_dir: str | os.PathLike, events: int, custo
         customers: number of persons (default ``events // 50``).
         seed: makes the output deterministic.
         start_date, end_date: the event window (inclusive).
-        files_per_day: files per format and day.
-        events_truth: keep ``ground_truth/events.parquet`` (per-event truth).
+        files_per_day: files per format and day (default: 1 per ~2M events, 1..4).
 
     Returns:
         The dict also written to ``ground_truth/counts.json``.
@@ -890,6 +889,9 @@ def generate(spark: SparkSession, out_dir: str | os.PathLike, events: int, custo
     kiosks = max(1, customers // 10_000) if customers >= 60 else 0
     kiosk_share = min(0.6, 40.0 * kiosks / customers) if kiosks else 0.0
     mean_events = events / customers
+    files_per_day = files_per_day or max(1, min(4, events // 2_000_000))
+    if files_per_day < 1:
+        raise ValueError(f"files_per_day must be a positive number, got {files_per_day}")
 
     old_tz = spark.conf.get("spark.sql.session.timeZone")
     spark.conf.set("spark.sql.session.timeZone", "UTC")

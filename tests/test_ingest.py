@@ -1,0 +1,159 @@
+"""Bronze ingestion: pure parsers on inline data, and incremental runs on generated files."""
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from seglake import ingest, tables
+from seglake.context import JobContext
+from conftest import make_cfg
+
+LINES = "value STRING, _source_file STRING"
+
+
+def _rows(df, *cols):
+    return [tuple(r) for r in df.select(*cols).collect()]
+
+
+def test_parse_json_lines(spark):
+    lines = spark.createDataFrame([
+        ('{"event_id":"e1","event_ts":1790611234000,"consent":true,"price":12.5,'
+         '"properties":{"feature":"dark_mode"}}', "f1"),
+        ('{"event_id":"e2","event_type":"search"', "f1"),          # truncated
+        ("   ", "f1"),                                             # blank: not a record
+        ("[1, 2]", "f1"),                                          # JSON, but not an object
+    ], LINES)
+    out = ingest.parse_json_lines(lines)
+    got = {r["_raw"]: r for r in out.collect()}
+    assert len(got) == 3
+    ok = got[lines.first()["value"]]
+    assert (ok["event_id"], ok["event_ts"], ok["consent"], ok["price"], ok["_malformed"]) == (
+        "e1", "1790611234000", "true", "12.5", False)
+    assert json.loads(ok["properties"]) == {"feature": "dark_mode"}
+    assert got['{"event_id":"e2","event_type":"search"']["_malformed"] is True
+    assert got["[1, 2]"]["_malformed"] is True
+    assert set(out.columns) >= set(ingest.RAW_FIELDS) | {"_raw", "_malformed", "_source_file"}
+
+
+def test_parse_csv_lines(spark):
+    fields = list(ingest.RAW_FIELDS)
+    row = ["e1", "u1"] + [""] * (len(fields) - 2)
+    row[fields.index("properties")] = '"{""feature"": ""a,b""}"'
+    row[fields.index("event_ts")] = "2026-08-01 12:34:56"
+    good = ",".join(row)
+    lines = spark.createDataFrame([(ingest.CSV_HEADER, "f"), (good, "f"), ("e9,u9,too,few", "f")], LINES)
+    out = {r["_raw"]: r for r in ingest.parse_csv_lines(lines).collect()}
+    assert set(out) == {good, "e9,u9,too,few"}                      # header skipped
+    r = out[good]
+    assert (r["event_id"], r["user_id"], r["email"], r["event_ts"], r["_malformed"]) == (
+        "e1", "u1", None, "2026-08-01 12:34:56", False)
+    assert json.loads(r["properties"]) == {"feature": "a,b"}
+    assert out["e9,u9,too,few"]["_malformed"] is True
+
+
+def test_parquet_to_bronze_casts_and_keeps_raw(spark):
+    rows = spark.createDataFrame([("e1", 12.5, 2, True, "f")],
+                                 "event_id STRING, price DOUBLE, quantity INT, consent BOOLEAN, _source_file STRING")
+    r = ingest.parquet_to_bronze(rows).first()
+    assert (r["event_id"], r["price"], r["quantity"], r["consent"], r["user_id"], r["_malformed"]) == (
+        "e1", "12.5", "2", "true", None, False)
+    assert json.loads(r["_raw"]) == {"event_id": "e1", "price": 12.5, "quantity": 2, "consent": True}
+
+
+def test_add_metadata_gives_bronze_schema(spark):
+    lines = spark.createDataFrame([('{"event_id":"e1"}', "f1")], LINES)
+    out = ingest.add_metadata(ingest.parse_json_lines(lines), "json", "landing", "b1", F.current_timestamp())
+    assert [f.name for f in out.schema] == [f.name for f in ingest.BRONZE_SCHEMA]
+    assert _rows(out, "_format", "_source", "_batch_id", "_source_file") == [("json", "landing", "b1", "f1")]
+
+
+# ------------------------------------------------------------------ end to end on generated data
+@pytest.fixture(scope="module")
+def landing(spark, tmp_path_factory):
+    from seglake.generate import generate
+
+    out = tmp_path_factory.mktemp("ingest_gen")
+    counts = generate(spark, out, 1500, 30, seed=3, start_date=date(2026, 9, 1), end_date=date(2026, 9, 14))
+    return out / "landing", counts
+
+
+def _count_lines(landing: Path) -> dict[str, int]:
+    """Records per file, counted with plain Python / pyarrow."""
+    import pyarrow.parquet as pq
+
+    out = {}
+    for p in landing.rglob("*"):
+        if p.suffix == ".jsonl":
+            out[p.resolve()] = sum(1 for line in p.read_text().splitlines() if line.strip())
+        elif p.suffix == ".csv":
+            out[p.resolve()] = len(p.read_text().splitlines()) - 1
+        elif p.suffix == ".parquet":
+            out[p.resolve()] = pq.read_metadata(p).num_rows
+    return out
+
+
+def test_ingest_incremental(spark, tmp_path, landing):
+    landing_dir, counts = landing
+    cfg = make_cfg(tmp_path / "lake", paths={"landing": str(landing_dir)})
+    first = ingest.run(JobContext(spark, cfg))
+    bronze = tables.read(spark, cfg, "bronze.events_raw")
+    expected_files = _count_lines(landing_dir)
+    assert first["files"] == len(expected_files) == sum(counts["files_by_format"].values())
+    assert first["records"] == bronze.count() == counts["raw_records"] == sum(expected_files.values())
+    assert first["malformed"] == counts["malformed_by_kind"]["broken_json"]
+    # per file, bronze holds exactly the records of the file
+    per_file = {Path(r["_source_file"].removeprefix("file:")).resolve(): r["count"]
+                for r in bronze.groupBy("_source_file").count().collect()}
+    assert per_file == expected_files
+    # malformed rows keep their raw text: exactly the lines that are not JSON
+    broken = set()
+    for p in landing_dir.rglob("*.jsonl"):
+        for line in p.read_text().splitlines():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError:
+                broken.add(line)
+    assert {r["_raw"] for r in bronze.where("_malformed").select("_raw").collect()} == broken
+    assert bronze.where("_malformed AND _format <> 'json'").count() == 0
+    assert bronze.select("_batch_id").distinct().count() == 1
+    assert bronze.where(F.col("_ingested_at").isNull() | F.col("_source_file").isNull()).count() == 0
+    for fmt in ("json", "csv", "parquet"):
+        assert first[f"{fmt} records"] == counts["records_by_format"][fmt]
+
+    # a rerun finds nothing new and does not touch bronze
+    v = tables.version(spark, cfg, "bronze.events_raw")
+    second = ingest.run(JobContext(spark, cfg))
+    assert (second["files"], second["records"]) == (0, 0)
+    assert tables.version(spark, cfg, "bronze.events_raw") == v
+    assert tables.read(spark, cfg, "bronze.events_raw").count() == counts["raw_records"]
+
+    # a file added later is picked up alone
+    extra = landing_dir / "json" / "2026-09-30" / "late.jsonl"
+    extra.parent.mkdir()
+    extra.write_text('{"event_id":"late1","event_type":"search"}\n{"event_id":"late2"\n'
+                     '{"event_id":"late3","event_ts":"2026-09-30T10:00:00Z"}\n')
+    try:
+        third = ingest.run(JobContext(spark, cfg))
+    finally:
+        extra.unlink()
+        extra.parent.rmdir()
+    assert (third["files"], third["records"], third["malformed"]) == (1, 3, 1)
+    bronze = tables.read(spark, cfg, "bronze.events_raw")
+    assert bronze.count() == counts["raw_records"] + 3
+    late = bronze.where(F.col("_batch_id") == third["batch_id"])
+    assert sorted(r["event_id"] for r in late.where("NOT _malformed").collect()) == ["late1", "late3"]
+    assert [r["_raw"] for r in late.where("_malformed").collect()] == ['{"event_id":"late2"']
+    ledger = tables.read(spark, cfg, "ops.ingested_files")
+    assert ledger.count() == len(expected_files) + 1
+    assert ledger.groupBy("path").count().where("count > 1").count() == 0
+    assert ledger.agg(F.sum("records")).first()[0] == counts["raw_records"] + 3
+
+
+def test_missing_landing_is_a_clear_error(spark, tmp_path):
+    cfg = make_cfg(tmp_path / "lake", paths={"landing": str(tmp_path / "nowhere")})
+    with pytest.raises(ValueError, match="landing folder .* does not exist"):
+        ingest.run(JobContext(spark, cfg))
