@@ -5,7 +5,7 @@ import sys
 import pytest
 from pyspark.sql import functions as F
 
-from seglake import jvm, registry, tables
+from seglake import jvm, tables
 from seglake.cli import EXIT_UNAVAILABLE, EXIT_USAGE, main
 
 
@@ -73,9 +73,7 @@ def test_cli_bad_config_exits_2_with_one_sentence(tmp_path, capsys):
     repo = Path(__file__).resolve().parents[1]
     (conf / "base.yaml").write_text((repo / "conf" / "base.yaml").read_text())
     (conf / "local.yaml").write_text("spark:\n  shuffle_partitions: many\n")
-    code = main(["run", "ingest", "--conf-dir", str(conf)]) if registry.available("ingest") else None
-    if code is None:
-        pytest.skip("ingest not built")
+    code = main(["run", "ingest", "--conf-dir", str(conf)])
     assert code == EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert err.startswith("configuration error:") and "spark.shuffle_partitions" in err and "local.yaml" in err
