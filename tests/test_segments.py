@@ -32,8 +32,8 @@ FEATURE_TYPES = {
     "view_to_cart_rate": "double", "email_opens_90d": "bigint", "email_clicks_90d": "bigint",
     "email_click_rate": "double", "push_opens_90d": "bigint", "share_web": "double", "share_app": "double",
     "share_email": "double", "share_mobile": "double", "share_desktop": "double", "peak_hour": "int",
-    "product_page_time_s_30d": "double", "sessions_per_week_30d": "double", "cohort_week": "string",
-    "cohort_month": "string", "is_new_user": "boolean", "is_long_term": "boolean",
+    "product_page_time_s_30d": "double", "sessions_per_week_30d": "double", "cohort_week": "date",
+    "cohort_month": "date", "is_new_user": "boolean", "is_long_term": "boolean",
     "is_high_frequency": "boolean", "is_inactive": "boolean",
 }
 # a customer matching no shipped segment (seen 60 days, active yesterday, web + app)
@@ -193,7 +193,7 @@ def test_validation_wrong_threshold_type_duplicate_and_placeholders(spark):
     assert "line 6, segment 'carts': threshold 'abandon_hours' of sequence 'cart_abandonment' must be float" in seq
     fam = _problem(GOOD.replace("    thresholds:", "    family: value\n    thresholds:"), spark)
     assert "segment 'repeat_buyers': segment of family 'value' needs an integer priority" in fam
-    quant = _problem(GOOD.replace("{type: int, value: 3}", "{type: quantile, of: cohort_week, value: 0.9}"), spark)
+    quant = _problem(GOOD.replace("{type: int, value: 3}", "{type: quantile, of: customer_id, value: 0.9}"), spark)
     assert "line 6, segment 'repeat_buyers': quantile threshold 'n' needs a numeric column" in quant
 
 
@@ -310,8 +310,8 @@ RULE_CASES = [
      {"sessions_30d": 8, "recency_purchase_days": 30, "purchases_total": 1}),
     ("frequent_buyers", {"purchases_30d": 4, "avg_order_value": 100.0, "purchases_180d": 4},
      {"purchases_30d": 3, "avg_order_value": 100.0, "purchases_180d": 3}),
-    ("lapsed_purchasers", {"purchases_total": 1, "recency_purchase_days": 90},
-     {"purchases_total": 1, "recency_purchase_days": 89}),
+    ("lapsed_purchasers", {"purchases_total": 1, "recency_purchase_days": 91},
+     {"purchases_total": 1, "recency_purchase_days": 90}),
     ("new_users", {"first_seen_ts": _ts(6.9), "tenure_days": 6}, {"first_seen_ts": _ts(7.1), "tenure_days": 7}),
     ("long_term_users", {"tenure_days": 180}, {"tenure_days": 179}),
     ("inactive", {"last_seen_ts": _ts(30.1), "recency_days": 30}, {"last_seen_ts": _ts(29.9), "recency_days": 29}),
@@ -320,7 +320,8 @@ RULE_CASES = [
     ("high_interest", {"product_page_time_s_30d": 181.0}, {"product_page_time_s_30d": 180.0}),
     ("email_responders", {"email_opens_90d": 2, "email_clicks_90d": 1},
      {"email_opens_90d": 5, "email_clicks_90d": 0}),
-    ("web_only_visitors", {"share_web": 1.0, "share_app": 0.0}, {"share_web": 0.99, "share_app": 0.01}),
+    ("web_only_visitors", {"share_web": 0.8, "share_app": 0.0, "share_email": 0.2},
+     {"share_web": 0.99, "share_app": 0.01}),
 ]
 
 
@@ -486,3 +487,81 @@ def test_run_history_changes_health_and_threshold_edit(spark, lakehouse, tmp_pat
                                                           & (F.col("segment") == "repeat_buyers"))
     assert {r["customer_id"] for r in members.collect()} == {f"r{i}" for i in range(4)} | {f"t{i}" for i in range(5)}
     assert tables.read(spark, cfg, S.MEMBERSHIP).where(F.col("as_of_date") == d1).count() == s1["memberships"]
+
+
+# --------------------------------------------------------------------------- generated data
+#: segment -> the planted archetypes it stands for (ground truth of the generator)
+ARCHETYPE_OF = {
+    "cart_abandoners": {"cart_abandoner"}, "browsers": {"casual_browser"},
+    "repeat_buyers": {"repeat_buyer"}, "vip": {"vip"}, "inactive": {"churner"},
+    "lapsed_purchasers": {"churner"}, "new_users": {"new_user"}, "email_responders": {"email_responder"},
+    "high_frequency_users": {"power_user"}, "feature_explorers": {"power_user"},
+    "high_intent_abandoners": {"high_intent_abandoner"},
+}
+
+
+def segment_scores(members, person_of, persons) -> dict[str, dict]:
+    """Precision / recall of each mapped segment against the planted archetypes (pandas).
+
+    Args:
+        members: pandas customer_id, segment.
+        person_of: pandas customer_id, person_id (customers with a features row).
+        persons: pandas person_id, archetype.
+    """
+    arch = person_of.merge(persons, on="person_id")
+    out = {}
+    for segment, archetypes in ARCHETYPE_OF.items():
+        got = set(members.loc[members["segment"] == segment, "customer_id"])
+        truth = set(arch.loc[arch["archetype"].isin(archetypes), "customer_id"])
+        hit = len(got & truth)
+        out[segment] = {"size": len(got), "truth": len(truth), "hit": hit,
+                        "precision": hit / len(got) if got else None,
+                        "recall": hit / len(truth) if truth else None}
+    return out
+
+
+@pytest.mark.slow
+def test_generated_data_precision_recall_against_planted_archetypes(spark, pipeline_through):
+    from seglake import pii, tables
+
+    cfg, gen_dir = pipeline_through("segments")
+    summary = pipeline_through.summaries["segments"]
+    as_of = date.fromisoformat(summary["as_of"])
+    members = tables.read(spark, cfg, S.MEMBERSHIP).where(F.col("as_of_date") == F.lit(as_of))
+    assert members.count() == summary["memberships"]
+    # every membership row carries a JSON reason with the deciding values
+    sample = members.where(F.col("segment") == "repeat_buyers").first()
+    assert sample is None or json.loads(sample["reason"])["purchases_180d"] >= 3
+    # customer -> planted person: majority of the customer's identifiers (hashed like silver)
+    gt = gen_dir / "ground_truth"
+    salt = pii.salt(cfg)
+    hashed = F.col("identifier_type").isin("device_id", "email", "phone")
+    ids = (spark.read.parquet(str(gt / "identifiers.parquet")).where(F.col("person_id").isNotNull())
+           .withColumn("identifier", F.when(hashed, pii.hash_identifier(F.col("identifier"), salt))
+                       .otherwise(F.col("identifier")))
+           .withColumn("identifier_type", F.when(F.col("identifier_type") == "email", F.lit("email_hash"))
+                       .when(F.col("identifier_type") == "phone", F.lit("phone_hash"))
+                       .otherwise(F.col("identifier_type"))))
+    idmap = tables.read(spark, cfg, "silver.identity_map")
+    if idmap.where(F.col("identifier_type") == "email_hash").limit(1).count() == 0:
+        ids = ids.withColumn("identifier_type", F.regexp_replace("identifier_type", "_hash$", ""))
+    votes = (idmap.join(ids, ["identifier_type", "identifier"]).groupBy("customer_id", "person_id")
+             .agg(F.count(F.lit(1)).alias("n")))
+    customers = (tables.read(spark, cfg, S.FEATURES).where(F.col("as_of_date") == F.lit(as_of))
+                 .select("customer_id"))
+    # small: one row per customer / person of the 400-person test dataset
+    person_of = (votes.join(customers, "customer_id")
+                 .groupBy("customer_id").agg(F.max_by("person_id", "n").alias("person_id")).toPandas())
+    persons = spark.read.parquet(str(gt / "persons.parquet")).select("person_id", "archetype").toPandas()
+    assert len(person_of) >= 0.9 * customers.count()
+    scores = segment_scores(members.select("customer_id", "segment").toPandas(), person_of, persons)
+    print(f"\nsegments vs planted archetypes (as_of {as_of}, {len(person_of)} customers):")
+    print(f"{'segment':<24}{'archetype':<24}{'size':>6}{'truth':>7}{'precision':>11}{'recall':>8}")
+    for segment, s in scores.items():
+        fmt = lambda v: "   -" if v is None else f"{v:.2f}"  # noqa: E731
+        print(f"{segment:<24}{'/'.join(sorted(ARCHETYPE_OF[segment])):<24}{s['size']:>6}{s['truth']:>7}"
+              f"{fmt(s['precision']):>11}{fmt(s['recall']):>8}")
+    pipeline_through.summaries["segments_scores"] = scores
+    health = tables.read(spark, cfg, S.HEALTH).where(F.col("as_of_date") == F.lit(as_of))
+    assert health.count() == summary["segments"]
+    assert {r["segment"]: r["size"] for r in health.collect()} == summary["sizes"]
