@@ -1,0 +1,118 @@
+"""Journey graph: PageRank vs a numpy power iteration, chain motif vs a plain-Python count."""
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seglake import journey_graph as G
+from seglake import journeys as J
+
+REPO = Path(__file__).resolve().parents[1]
+T0 = datetime(2026, 9, 1, 12, 0, 0)
+
+
+def _numpy_pagerank(edges, damping=0.85, iters=1000):
+    """Reference: dense power iteration, dangling rank spread uniformly (networkx's definition)."""
+    nodes = sorted({u for u, _, _ in edges} | {v for _, v, _ in edges})
+    idx = {n: i for i, n in enumerate(nodes)}
+    W = np.zeros((len(nodes), len(nodes)))
+    for u, v, w in edges:
+        W[idx[u], idx[v]] += w
+    out = W.sum(axis=1)
+    P = np.divide(W, out[:, None], out=np.zeros_like(W), where=out[:, None] > 0)
+    n = len(nodes)
+    r = np.full(n, 1.0 / n)
+    for _ in range(iters):
+        dangling = r[out == 0].sum()
+        r = (1 - damping) / n + damping * (r @ P + dangling / n)
+    return dict(zip(nodes, r))
+
+
+def test_pagerank_matches_numpy_power_iteration(spark):
+    edges = [("/home", "/p/1", 5), ("/home", "/p/2", 2), ("/p/1", "/cart", 3), ("/p/2", "/p/1", 1),
+             ("/p/1", "/home", 1), ("/cart", "/checkout", 2), ("/home", "/p/1", 1),  # parallel edge
+             ("/search", "/p/2", 4)]  # /checkout is dangling, /search has no in-edges
+    df = spark.createDataFrame(edges, "src string, dst string, weight long")
+    # damping 0.6: the error shrinks ~0.6x per iteration, so 1e-10 is reached in ~45 iterations
+    got = {r["vertex"]: (r["pagerank"], r["rank"]) for r in G.pagerank(df, 0.6, 80, 1e-11, 10).collect()}
+    want = _numpy_pagerank(edges, damping=0.6)
+    assert set(got) == set(want)
+    for v, p in want.items():
+        assert got[v][0] == pytest.approx(p, abs=1e-9)
+    assert sum(p for p, _ in got.values()) == pytest.approx(1.0, abs=1e-9)
+    best = max(want, key=want.get)
+    assert got[best][1] == 1
+    with pytest.raises(ValueError, match="damping"):
+        G.pagerank(df, 1.5)
+
+
+def test_page_edges_link_consecutive_pages_of_a_session(spark):
+    rows = [("c1", "s1", T0, 1, "/home"), ("c1", "s1", T0 + timedelta(seconds=9), 2, None),
+            ("c1", "s1", T0 + timedelta(seconds=20), 3, "/p/1"), ("c1", "s2", T0 + timedelta(hours=2), 1, "/p/1"),
+            ("c2", "s3", T0, 1, "/home"), ("c2", "s3", T0 + timedelta(seconds=5), 2, "/p/1")]
+    df = spark.createDataFrame(rows, "customer_id string, session_key string, event_ts timestamp, "
+                                     "event_seq int, page_url string")
+    assert {(r["src"], r["dst"]): r["weight"] for r in G.page_edges(df).collect()} == {("/home", "/p/1"): 2}
+
+
+def _journeys(spark, spec, sessions):
+    rows = []
+    for customer, key, types in sessions:
+        for i, et in enumerate(types):
+            rows.append((customer, key, T0 + timedelta(minutes=i), i + 1, et, "web"))
+    df = spark.createDataFrame(rows, "customer_id string, session_key string, event_ts timestamp, "
+                                     "event_seq int, event_type string, channel string")
+    return J.build_journeys(J.assign_states(df, spec, keep_unmapped=True), spec)
+
+
+def _python_motif(sessions, pattern):
+    """Plain-Python count of consecutive (state) triples, journeys ending in exit."""
+    state_of = {"page_view": "browse", "search": "search", "product_view": "product_view",
+                "add_to_cart": "cart", "checkout_start": "checkout", "purchase": "conversion"}
+    per_customer = {}
+    for customer, _, types in sessions:
+        states = [state_of[t] for t in types if t in state_of]
+        journeys, cur = [], []
+        for s in states:
+            cur.append(s)
+            if s == "conversion":
+                journeys.append(cur)
+                cur = []
+        if cur:
+            journeys.append(cur + ["exit"])
+        n = sum(1 for j in journeys for i in range(len(j) - 2) if tuple(j[i:i + 3]) == tuple(pattern))
+        per_customer[customer] = per_customer.get(customer, 0) + n
+    return per_customer
+
+
+def test_chain_motif_matches_python_count_per_segment(spark):
+    spec = J.load_states(REPO / "conf" / "states.yaml")
+    r = random.Random(9)
+    types = ["page_view", "product_view", "add_to_cart", "add_to_cart", "checkout_start", "purchase", "email_open"]
+    sessions = [(f"c{i % 6}", f"s{i}", [r.choice(types) for _ in range(r.randint(1, 7))]) for i in range(80)]
+    sessions.append(("c0", "s-fixed", ["product_view", "add_to_cart"]))  # at least one match
+    want = _python_motif(sessions, spec.motif)
+    edges = G.event_edges(_journeys(spark, spec, sessions), spec)
+    matches = G.find_chain(edges, spec.motif)
+    got = {row["customer_id"]: row["count"] for row in matches.groupBy("customer_id").count().collect()}
+    assert got == {c: n for c, n in want.items() if n}
+    members = spark.createDataFrame([(f"c{i}", "low" if i < 3 else "high") for i in range(6)],
+                                    "customer_id string, segment string")
+    counts = {row["segment"]: (row["matches"], row["customers"]) for row in
+              G.motif_counts(matches, ">".join(spec.motif), members).collect()}
+    low = [want.get(f"c{i}", 0) for i in range(3)]
+    high = [want.get(f"c{i}", 0) for i in range(3, 6)]
+    assert counts["all"] == (sum(want.values()), sum(1 for v in want.values() if v))
+    assert counts["low"] == (sum(low), sum(1 for v in low if v))
+    assert counts.get("high", (0, 0)) == (sum(high), sum(1 for v in high if v)) or sum(high) == 0
+
+
+def test_find_chain_needs_two_states(spark):
+    df = spark.createDataFrame([("c", "a", "b", "x", "y")], "customer_id string, src string, dst string, "
+                                                           "src_state string, dst_state string")
+    with pytest.raises(ValueError, match="at least two states"):
+        G.find_chain(df, ["x"])
