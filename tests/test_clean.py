@@ -249,3 +249,44 @@ def test_broken_bronze_schema_is_a_clear_error(spark, cfg):
     with pytest.raises(ValueError, match=r"missing columns \['event_ts', '_batch_id'\]"):
         clean.run(_ctx(spark, cfg, "ry"))
     assert not tables.exists(spark, cfg, "silver.events")
+
+
+# ------------------------------------------------------------------ on generated data
+
+@pytest.mark.slow
+def test_generated_data_counts_exact_and_rerun_is_noop(spark, pipeline_through):
+    """Quarantine and dedupe counts equal the generator's planted numbers exactly."""
+    cfg, gen_dir = pipeline_through("clean")
+    counts = json.loads((gen_dir / "ground_truth" / "counts.json").read_text())
+    s = pipeline_through.summaries["clean"]
+    silver = tables.read(spark, cfg, "silver.events")
+
+    assert s["records_in"] == counts["raw_records"]
+    assert s["quarantined_by_reason"] == {k: v for k, v in counts["malformed_by_kind"].items() if v}
+    assert s["quarantined"] == counts["malformed_injected"]
+    assert s["deduplicated"] == counts["duplicates_injected"]
+    assert silver.count() == counts["valid_events"]
+    assert silver.select("event_key").distinct().count() == counts["valid_events"]
+    assert tables.read(spark, cfg, "silver.events_quarantine").count() == counts["malformed_injected"]
+    assert s["consent_false"] == counts["consent_false_events"]
+    assert s["imputed_durations"] == counts["missing_duration_events"]
+
+    # no raw email or phone anywhere in silver (every string column, map values included)
+    truth = spark.read.parquet(str(gen_dir / "ground_truth" / "identifiers.parquet"))
+    pii_raw = truth.where(F.col("identifier_type").isin("email", "phone")).select(
+        F.col("identifier").alias("v")).distinct()
+    assert pii_raw.count() > 0
+    str_cols = [f.name for f in silver.schema.fields if f.dataType.simpleString() == "string"]
+    values = silver.select(F.explode(F.array_union(
+        F.array(*[F.col(c) for c in str_cols]),
+        F.coalesce(F.map_values("properties"), F.array().cast("array<string>")))).alias("v"))
+    assert values.join(pii_raw, "v", "left_semi").count() == 0
+    # ... while their salted hashes are there
+    hashed = pii_raw.select(pii.hash_identifier(F.col("v"), SALT).alias("email_hash"))
+    assert silver.join(hashed, "email_hash", "left_semi").count() > 0
+
+    # a second run changes nothing
+    before = tables.version(spark, cfg, "silver.events")
+    again = clean.run(JobContext(spark, cfg, run_id="rerun", args={"skip_docs": True}))
+    assert again["batches"] == 0
+    assert tables.version(spark, cfg, "silver.events") == before

@@ -147,7 +147,18 @@ def _delete(spark: SparkSession, cfg: Config, table: str, cond: Column, retentio
     if str(props.get("delta.enableDeletionVectors", "false")).lower() == "true":
         # deleted rows may still sit in files only masked by a deletion vector: rewrite them
         spark.sql(f"REORG TABLE delta.`{path}` APPLY (PURGE)")
-    dt.vacuum(float(retention_hours))
+    # VACUUM lists files with spark.sql.sources.parallelPartitionDiscovery.parallelism tasks
+    # (default 10000): far too many for a table of a few files; bound it by the shuffle setting
+    key = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, str(max(2, int(spark.conf.get("spark.sql.shuffle.partitions")))))
+    try:
+        dt.vacuum(float(retention_hours))
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
     return deleted
 
 
