@@ -6,6 +6,7 @@ its finalizer, also when a test fails.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import urllib.request
 from pathlib import Path
@@ -60,9 +61,18 @@ def local_cluster(tmp_path_factory):
     cluster = cluster_local.start(folder, workers=2, cores=1, memory="2g",
                                   port=cluster_local.free_port(), webui_port=cluster_local.free_port(),
                                   timeout=300)
+    # the JVMs run in their own sessions: stop them also when the test run is terminated
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):
+        cluster_local.stop(cluster)
+        raise KeyboardInterrupt("terminated")
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         yield cluster
     finally:
+        signal.signal(signal.SIGTERM, previous)
         pids = [p.pid for p in cluster.processes]
         cluster_local.stop(cluster)
         still = [pid for pid, p in zip(pids, cluster.processes) if cluster_local._is_ours(pid, cluster_local._class_of(p.role))]

@@ -304,6 +304,7 @@ def section_cluster_sweep(spark: SparkSession, cfg: Config) -> str:
     a2.set(xlabel="k", title="Silhouette (higher better), Davies-Bouldin (lower better)")
     a2.legend(fontsize=8)
     for ax in (a1, a2):
+        ax.set_xticks(ks)
         if chosen is not None:
             ax.axvline(chosen, color="grey", linestyle="--")
     fig.tight_layout()
@@ -432,6 +433,8 @@ def section_propensity(spark: SparkSession, cfg: Config) -> str:
                                                               if k in ("auc_roc", "auc_pr", "log_loss", "brier")}}
                                  for t, m, _, metrics in curves]))
     else:
+        if not tables.exists(spark, cfg, "gold.propensity_scores"):
+            raise Missing("propensity", "gold.propensity_scores and the calibration tables in the MLflow store")
         parts.append(not_built("propensity", "calibration tables in the MLflow store"))
     if tables.exists(spark, cfg, "gold.propensity_scores"):
         scores = tables.read(spark, cfg, "gold.propensity_scores")
@@ -460,6 +463,8 @@ def section_propensity(spark: SparkSession, cfg: Config) -> str:
 
 
 def section_quality(spark: SparkSession, cfg: Config) -> str:
+    if not (tables.exists(spark, cfg, "ops.run_log") or tables.exists(spark, cfg, "silver.events_quarantine")):
+        raise Missing("clean", "ops.run_log and silver.events_quarantine")
     parts = []
     if tables.exists(spark, cfg, "ops.run_log"):
         runs = tables.read(spark, cfg, "ops.run_log")
