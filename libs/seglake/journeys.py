@@ -397,13 +397,23 @@ def journey_summaries(journeys: DataFrame, spec: StateSpec, max_states: int = 10
                       path.alias("path"), reached.alias("funnel_step"))
 
 
+def _ranked(counts: DataFrame, limit: int) -> DataFrame:
+    """``path, journeys`` -> the ``limit`` largest with ``share`` (of all) and ``rank`` (ties by path).
+
+    The global ordering runs on the ``limit`` rows only (sort + limit keeps a top-k per
+    partition), so no single-partition window over all paths.
+    """
+    total = counts.agg(F.sum("journeys").alias("_total"))
+    top = counts.orderBy(F.desc("journeys"), F.asc("path")).limit(limit)
+    return (top.crossJoin(total)
+            .select("path", "journeys", (F.col("journeys") / F.col("_total")).alias("share"),
+                    F.row_number().over(Window.orderBy(F.desc("journeys"), F.asc("path"))).alias("rank")))
+
+
 def top_paths(summaries: DataFrame, limit: int = 20) -> DataFrame:
     """The ``limit`` most frequent full journey paths: ``path, journeys, share, rank``."""
-    total = F.sum("journeys").over(Window.partitionBy())
-    counts = summaries.groupBy("path").agg(F.count(F.lit(1)).alias("journeys"))
-    ranked = counts.withColumn("rank", F.row_number().over(
-        Window.partitionBy().orderBy(F.desc("journeys"), F.asc("path"))))
-    return ranked.withColumn("share", F.col("journeys") / total).where(F.col("rank") <= limit)
+    _require(summaries, ["path"], "top_paths")
+    return _ranked(summaries.groupBy("path").agg(F.count(F.lit(1)).alias("journeys")), limit)
 
 
 def funnel_counts(summaries: DataFrame) -> DataFrame:
@@ -577,12 +587,9 @@ def kstep_paths(matrix: DataFrame, k: int, limit: int = 20) -> DataFrame:
     _require(matrix, ["order", "segment", "channel", "from_state", "to_state", "count"], "kstep_paths")
     rows = matrix.where((F.col("order") == k) & (F.col("segment") == ALL) & (F.col("channel") == ALL)
                         & (F.size(F.split("from_state", PATH_SEP)) == k))
-    total = F.sum("journeys").over(Window.partitionBy())
-    ranked = (rows.select(F.concat_ws(PATH_SEP, "from_state", "to_state").alias("path"),
-                          F.col("count").cast("long").alias("journeys"))
-              .withColumn("share", F.col("journeys") / total)
-              .withColumn("rank", F.row_number().over(Window.partitionBy().orderBy(F.desc("journeys"), "path"))))
-    return ranked.where(F.col("rank") <= limit)
+    counts = rows.select(F.concat_ws(PATH_SEP, "from_state", "to_state").alias("path"),
+                         F.col("count").cast("long").alias("journeys"))
+    return _ranked(counts, limit)
 
 
 def funnel_metrics(step_counts: dict[int, int], spec: StateSpec) -> list[dict]:
@@ -662,7 +669,8 @@ def sessionized_events(spark, cfg, window_start: date, as_of: date) -> DataFrame
     excluded = (tables.read(spark, cfg, "silver.identity_excluded").select("identifier_type", "identifier")
                 if tables.exists(spark, cfg, "silver.identity_excluded") else None)
     with_customer = attach_customer_id(events, idmap, excluded).where(F.col("customer_id").isNotNull())
-    sessions = sessionize(with_customer, int(cfg.get("sessions.inactivity_minutes")))
+    sessions = sessionize(with_customer, int(cfg.get("sessions.inactivity_minutes")),
+                          split_on_session_id=bool(cfg.get("sessions.split_on_session_id", True)))
     return sessions.select("customer_id", "session_key", "event_ts", "event_seq", "event_type",
                            "channel", "page_url")
 
@@ -744,7 +752,7 @@ def run(ctx) -> dict:
         tables.overwrite(mdf.select("*", *stamp), cfg, METRICS_TABLE, partition_by=["as_of_date"],
                          replace_where=slice_)
         n_journeys = sum(steps.values())
-        overall = {(m["metric"], m["subject"]): m["value"] for m in metrics
+        overall = {(m["metric"], m["subject_type"], m["subject"]): m["value"] for m in metrics
                    if m["segment"] == ALL and m["channel"] == ALL}
         drop = min((m for m in metrics if m["metric"] == "dropoff_mass" and m["segment"] == ALL
                     and m["channel"] == ALL), key=lambda m: m["rank"])
@@ -752,7 +760,7 @@ def run(ctx) -> dict:
         top_channel = min(channels, key=lambda m: m["rank"]) if channels else None
         summary: dict[str, Any] = {
             "journeys": n_journeys,
-            "p_conversion": round(overall.get(("conversion_probability", spec.start), 0.0), 4),
+            "p_conversion": round(overall.get(("conversion_probability", "state", spec.start), 0.0), 4),
             "top_dropoff": f"{drop['subject']} ({drop['value']:.3f})",
             "top_channel": (f"{top_channel['subject']} ({top_channel['value']:.2f})" if top_channel else None),
             "matrix_rows": matrix.count(),
@@ -761,8 +769,9 @@ def run(ctx) -> dict:
         }
         if top_page is not None:
             summary["top_page"] = top_page
-        if ("motif_matches", PATH_SEP.join(spec.motif)) in overall:
-            summary["motif_" + PATH_SEP.join(spec.motif)] = int(overall[("motif_matches", PATH_SEP.join(spec.motif))])
+        motif_key = ("motif_matches", "motif", PATH_SEP.join(spec.motif))
+        if motif_key in overall:
+            summary["motif_" + PATH_SEP.join(spec.motif)] = int(overall[motif_key])
         return summary
     finally:
         for df in (events, locals().get("counts"), locals().get("matrix"), locals().get("summaries")):
