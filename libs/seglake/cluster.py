@@ -103,7 +103,7 @@ def scaled_columns(names: Sequence[str]) -> list[str]:
 def prepare_inputs(features: DataFrame, input_cols: Sequence[str]) -> DataFrame:
     """Check the input columns exist and make them non-null doubles.
 
-    A null standardized value is replaced by 0.0, i.e. the feature's mean (mean imputation).
+    A null (or NaN) standardized value is replaced by 0.0, i.e. the feature's mean (mean imputation).
 
     Args:
         features: rows of gold.customer_features (one as-of date).
@@ -119,7 +119,7 @@ def prepare_inputs(features: DataFrame, input_cols: Sequence[str]) -> DataFrame:
     if missing:
         raise ValueError(f"gold.customer_features lacks the clustering input column(s) {missing}")
     return features.withColumns(
-        {c: F.coalesce(F.col(c).cast("double"), F.lit(0.0)) for c in input_cols})
+        {c: F.nanvl(F.coalesce(F.col(c).cast("double"), F.lit(0.0)), F.lit(0.0)) for c in input_cols})
 
 
 def build_pipeline(input_cols: Sequence[str], algorithm: str, k: int, seed: int,
