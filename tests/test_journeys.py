@@ -344,6 +344,7 @@ def test_end_to_end_recovers_planted_transitions(spark, pipeline_through):
     est = {(r["segment"], r["from_state"], r["to_state"]): (r["count"], r["probability"]) for r in arch.collect()}
     truth = spark.read.parquet(str(Path(gen_dir) / "ground_truth" / "transitions.parquet")).collect()
     checked, worst = _check_recovery(est, truth)
+    print(f"planted-chain recovery: {checked} cells checked, worst |diff|/tolerance = {worst:.2f}")
     assert checked >= 20, checked
 
 
@@ -456,4 +457,5 @@ def test_generated_truth_events_recover_planted_chains(spark, pipeline_through):
     est = {(r["segment"], r["from_state"], r["to_state"]): (r["count"], r["probability"]) for r in m.collect()}
     truth = spark.read.parquet(str(Path(gen_dir) / "ground_truth" / "transitions.parquet")).collect()
     checked, worst = _check_recovery(est, truth)
+    print(f"planted-chain recovery: {checked} cells checked, worst |diff|/tolerance = {worst:.2f}")
     assert checked >= 20, checked
