@@ -304,8 +304,9 @@ def _ts(days_before: float) -> str:
 # (segment, rows that must be in it, rows that must not) at the threshold boundaries
 RULE_CASES = [
     ("repeat_buyers", {"purchases_180d": 3, "purchases_total": 3}, {"purchases_180d": 2, "purchases_total": 2}),
-    ("browsers", {"product_views_30d": 5, "product_views_total": 9},
-     {"product_views_30d": 4, "product_views_total": 9}),
+    ("browsers", {"product_views_total": 5}, {"product_views_total": 4}),
+    ("browsers", {"product_views_total": 9, "last_seen_ts": _ts(29.9)},
+     {"product_views_total": 9, "last_seen_ts": _ts(30.1)}),
     ("infrequent_browsers", {"sessions_30d": 8, "recency_purchase_days": 31, "purchases_total": 1},
      {"sessions_30d": 8, "recency_purchase_days": 30, "purchases_total": 1}),
     ("frequent_buyers", {"purchases_30d": 4, "avg_order_value": 100.0, "purchases_180d": 4},
@@ -327,20 +328,20 @@ RULE_CASES = [
 
 def test_every_feature_rule_at_its_boundary(spark):
     rows = [{"customer_id": "neutral"}]
-    for name, inside, outside in RULE_CASES:
-        rows.append({"customer_id": f"{name}+in", **inside})
-        rows.append({"customer_id": f"{name}+out", **outside})
+    for k, (name, inside, outside) in enumerate(RULE_CASES):
+        rows.append({"customer_id": f"{name}+in{k}", **inside})
+        rows.append({"customer_id": f"{name}+out{k}", **outside})
     out = _evaluate(spark, rows).cache()
     got: dict[str, set] = {}
     for r in out.collect():
         got.setdefault(r["segment"], set()).add(r["customer_id"])
-    for name, _, _ in RULE_CASES:
-        assert f"{name}+in" in got.get(name, set()), name
-        assert f"{name}+out" not in got.get(name, set()), name
+    for k, (name, _, _) in enumerate(RULE_CASES):
+        assert f"{name}+in{k}" in got.get(name, set()), name
+        assert f"{name}+out{k}" not in got.get(name, set()), name
     # the neutral customer is in no segment; each boundary row only where its case says
     assert "neutral" not in {c for cs in got.values() for c in cs}
     reason = json.loads(out.where((F.col("segment") == "repeat_buyers")
-                                  & (F.col("customer_id") == "repeat_buyers+in")).first()["reason"])
+                                  & (F.col("customer_id") == "repeat_buyers+in0")).first()["reason"])
     assert reason == {"purchases_180d": 3}
     assert out.select("as_of_date").distinct().collect()[0][0] == AS_OF
 
