@@ -3,7 +3,6 @@ independent numpy computation, removal effects vs a hand-computed example, funne
 and (slow) recovery of the generator's planted chains per archetype."""
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections import Counter, defaultdict
