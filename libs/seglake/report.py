@@ -137,8 +137,9 @@ def heatmap(matrix: Sequence[Sequence[float | None]], rows: Sequence[str], cols:
         for i in range(len(rows)):
             for j in range(len(cols)):
                 if np.isfinite(data[i, j]):
+                    r, g, b, _ = img.cmap(img.norm(data[i, j]))
                     ax.text(j, i, fmt_cell.format(data[i, j]), ha="center", va="center", fontsize=7,
-                            color="black" if img.norm(data[i, j]) > 0.5 else "white")
+                            color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
     fig.colorbar(img, ax=ax, label=label)
     ax.set_title(title)
     return figure_html(fig, title)
