@@ -93,10 +93,21 @@ class _Pipeline:
         if stage not in order:
             raise KeyError(f"{stage} is not a pipeline stage: {order}")
         self.generate()
-        for job in order[: order.index(stage) + 1]:
-            if job not in self.done:
-                self.summaries[job] = run_job(self.ctx, job).summary
-                self.done.append(job)
+        # the stages log to the lakehouse's own MLflow store, whichever test asks first
+        store = Path(self.cfg.lakehouse) / "_mlflow"
+        store.mkdir(parents=True, exist_ok=True)
+        previous = os.environ.get("MLFLOW_TRACKING_URI")
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
+        try:
+            for job in order[: order.index(stage) + 1]:
+                if job not in self.done:
+                    self.summaries[job] = run_job(self.ctx, job).summary
+                    self.done.append(job)
+        finally:
+            if previous is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous
         return self.cfg, self.gen_dir
 
 

@@ -42,7 +42,44 @@ def version(spark: SparkSession, cfg: Config, table: str) -> int | None:
     return int(row["version"]) if row else None
 
 
+#: Columns that identify a person. Delta keeps min/max statistics of indexed columns in
+#: its transaction log, which VACUUM never removes; so these are never indexed, and an
+#: erased person leaves no value behind in ``_delta_log`` either.
+IDENTIFYING_COLUMNS = frozenset({
+    "user_id", "anonymous_id", "device_id", "email", "phone", "email_hash", "phone_hash",
+    "identifier", "customer_id", "src", "dst", "_raw", "event_id", "event_key", "session_id",
+    "session_key", "properties", "reason",
+})
+_STATS_TYPES = ("string", "int", "bigint", "smallint", "tinyint", "double", "float", "date",
+                "timestamp", "decimal")
+
+
+def stats_columns(df: DataFrame) -> list[str]:
+    """Columns Delta may keep statistics for: atomic types, nothing identifying."""
+    return [f.name for f in df.schema.fields
+            if f.name not in IDENTIFYING_COLUMNS and not f.name.endswith("_hash")
+            and f.dataType.simpleString().startswith(_STATS_TYPES)]
+
+
+def _create_if_missing(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str]) -> None:
+    """Create the table with its statistics limited to non-identifying columns."""
+    spark = df.sparkSession
+    if exists(spark, cfg, table):
+        return
+    from delta.tables import DeltaTable
+    builder = DeltaTable.createIfNotExists(spark).location(cfg.table_path(table)).addColumns(df.schema)
+    if partition_by:
+        builder = builder.partitionedBy(*partition_by)
+    cols = [c for c in stats_columns(df) if c not in partition_by]
+    if cols:
+        builder = builder.property("delta.dataSkippingStatsColumns", ",".join(f"`{c}`" for c in cols))
+    else:
+        builder = builder.property("delta.dataSkippingNumIndexedCols", "0")
+    builder.execute()
+
+
 def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] = ()) -> None:
+    _create_if_missing(df, cfg, table, partition_by)
     writer = df.write.format("delta").mode("append")
     if partition_by:
         writer = writer.partitionBy(*partition_by)
@@ -52,6 +89,7 @@ def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] =
 def overwrite(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] = (),
               replace_where: str | None = None) -> None:
     """Overwrite the table, or only the rows matching ``replace_where``."""
+    _create_if_missing(df, cfg, table, partition_by)
     writer = df.write.format("delta").mode("overwrite")
     if replace_where:
         writer = writer.option("replaceWhere", replace_where)
