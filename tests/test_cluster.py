@@ -158,7 +158,7 @@ def test_prepare_inputs_rejects_missing_columns(spark):
 def test_alternative_algorithms_recover_blobs(spark, algorithm):
     pdf = blob_frame(n_per=30, seed=2)
     df = cluster.prepare_inputs(to_spark(spark, pdf), ZCOLS).cache()
-    [res] = cluster.sweep(df, ZCOLS, algorithm, [3], seed=3, max_iter=5)
+    [res] = cluster.sweep(df, ZCOLS, algorithm, [3], seed=3, max_iter=100)
     assert res.metrics["silhouette"] > 0.7
     assert sorted(res.sizes.values()) == [30, 30, 30]
     df.unpersist()
@@ -198,7 +198,7 @@ def test_run_writes_labelled_clusters_profiles_mlflow_and_stability(spark, lakeh
     client = MlflowClient()
     run = client.get_run(summary["mlflow_run"])
     assert run.data.params["chosen_k"] == "3"
-    assert run.data.tags["input.gold.customer_features.version"] == "0"
+    assert run.data.tags["input.gold.customer_features.version"] == str(tables.version(spark, cfg, "gold.customer_features"))
     assert run.data.tags["seglake.git_commit"]
     children = mlflow.search_runs(experiment_ids=[run.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")

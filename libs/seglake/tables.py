@@ -61,26 +61,18 @@ def stats_columns(df: DataFrame) -> list[str]:
             and f.dataType.simpleString().startswith(_STATS_TYPES)]
 
 
-def _create_if_missing(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str]) -> None:
-    """Create the table with its statistics limited to non-identifying columns."""
-    spark = df.sparkSession
-    if exists(spark, cfg, table):
-        return
-    from delta.tables import DeltaTable
-    builder = DeltaTable.createIfNotExists(spark).location(cfg.table_path(table)).addColumns(df.schema)
-    if partition_by:
-        builder = builder.partitionedBy(*partition_by)
+def _creation_options(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str]) -> dict:
+    """Writer options for a table's first write: statistics only for non-identifying columns."""
+    if exists(df.sparkSession, cfg, table):
+        return {}
     cols = [c for c in stats_columns(df) if c not in partition_by]
     if cols:
-        builder = builder.property("delta.dataSkippingStatsColumns", ",".join(f"`{c}`" for c in cols))
-    else:
-        builder = builder.property("delta.dataSkippingNumIndexedCols", "0")
-    builder.execute()
+        return {"delta.dataSkippingStatsColumns": ",".join(f"`{c}`" for c in cols)}
+    return {"delta.dataSkippingNumIndexedCols": "0"}
 
 
 def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] = ()) -> None:
-    _create_if_missing(df, cfg, table, partition_by)
-    writer = df.write.format("delta").mode("append")
+    writer = df.write.format("delta").mode("append").options(**_creation_options(df, cfg, table, partition_by))
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     writer.save(cfg.table_path(table))
@@ -89,8 +81,7 @@ def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] =
 def overwrite(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] = (),
               replace_where: str | None = None) -> None:
     """Overwrite the table, or only the rows matching ``replace_where``."""
-    _create_if_missing(df, cfg, table, partition_by)
-    writer = df.write.format("delta").mode("overwrite")
+    writer = df.write.format("delta").mode("overwrite").options(**_creation_options(df, cfg, table, partition_by))
     if replace_where:
         writer = writer.option("replaceWhere", replace_where)
     else:
