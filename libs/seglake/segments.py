@@ -576,16 +576,7 @@ def cart_abandonment(events: DataFrame, as_of: date, *, abandon_hours: float,
     latest = carts.groupBy("customer_id").agg(
         # max of a struct compares field by field: the latest cart, deterministic on ties
         F.max(F.struct(F.col("event_ts").alias("cart_ts"), "next_purchase_ts")).alias("c"))
-    gap_us = (F.coalesce(F.unix_micros("c.next_purchase_ts"), F.lit(end_us)) - F.unix_micros("c.cart_ts"))
-    return (
-        latest.where(F.col("c.next_purchase_ts").isNull()
-                     | (F.unix_micros("c.next_purchase_ts") - F.unix_micros("c.cart_ts") > F.lit(window_us)))
-        .select("customer_id", F.struct(
-            F.col("c.cart_ts").alias("cart_ts"),
-            F.col("c.next_purchase_ts").alias("next_purchase_ts"),
-            F.round(gap_us / F.lit(3_600_000_000), 2).alias("hours_without_purchase"),
-        ).alias("evidence"))
-    )
+    return _unpurchased(latest, end_us, window_us, [])
 
 
 def high_intent_abandonment(events: DataFrame, as_of: date, *, min_views: int, view_window_minutes: float,
@@ -639,14 +630,22 @@ def high_intent_abandonment(events: DataFrame, as_of: date, *, min_views: int, v
     latest = carts.groupBy("customer_id").agg(F.max(F.struct(
         F.col("event_ts").alias("cart_ts"), "next_purchase_ts",
         F.col("last_burst.burst_ts").alias("burst_ts"), F.col("last_burst.views").alias("views"))).alias("c"))
+    return _unpurchased(latest, end_us, window_us,
+                        [F.col("c.burst_ts").alias("burst_ts"), F.col("c.views").alias("views_in_window")])
+
+
+def _unpurchased(latest: DataFrame, end_us: int, window_us: int, extra: list) -> DataFrame:
+    """Customers whose latest cart ``c`` saw no purchase within ``window_us``, with the evidence.
+
+    ``latest`` has customer_id and a struct ``c`` (cart_ts, next_purchase_ts, ...); ``extra``
+    are further evidence columns read from ``c``.
+    """
     gap_us = (F.coalesce(F.unix_micros("c.next_purchase_ts"), F.lit(end_us)) - F.unix_micros("c.cart_ts"))
     return (
         latest.where(F.col("c.next_purchase_ts").isNull()
                      | (F.unix_micros("c.next_purchase_ts") - F.unix_micros("c.cart_ts") > F.lit(window_us)))
         .select("customer_id", F.struct(
-            F.col("c.cart_ts").alias("cart_ts"),
-            F.col("c.burst_ts").alias("burst_ts"),
-            F.col("c.views").alias("views_in_window"),
+            F.col("c.cart_ts").alias("cart_ts"), *extra,
             F.col("c.next_purchase_ts").alias("next_purchase_ts"),
             F.round(gap_us / F.lit(3_600_000_000), 2).alias("hours_without_purchase"),
         ).alias("evidence"))
