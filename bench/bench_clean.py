@@ -1,34 +1,29 @@
 """Clean-stage throughput: bronze.events_raw -> silver.events (+ quarantine, GX gate, run log).
 
 Uses the generated data of ``<workdir>/../_data-<events>`` (shared with bench_ingest; generated
-untimed when missing), ingests it untimed into a fresh lakehouse, then times
+untimed when missing). Cleans the ingest benchmark's lakehouse of the same size when it holds
+bronze and no silver yet; otherwise ingests (untimed) into a fresh lakehouse. Times
 ``seglake.clean.run`` only, and checks its counts against counts.json.
 """
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from pathlib import Path
+
+from benchdata import config_for, ensure_data, lake_config, sibling_lake
 
 
 def bench_clean(spark, workdir: Path, events: int) -> dict:
     from seglake import clean, ingest, tables
-    from seglake.config import load_config
     from seglake.context import JobContext
-    from seglake.generate import generate
 
-    data = workdir.parent / f"_data-{events}"
-    counts_file = data / "ground_truth" / "counts.json"
-    if not (counts_file.exists() and json.loads(counts_file.read_text()).get("events_requested") == events):
-        generate(spark, data, events, seed=42)
-    counts = json.loads(counts_file.read_text())
-    lake = workdir / "lake"
-    shutil.rmtree(lake, ignore_errors=True)
-    repo = Path(__file__).resolve().parents[1]
-    cfg = load_config("local", repo / "conf", overrides={"paths": {"lakehouse": str(lake),
-                                                                   "landing": str(data / "landing")}})
-    ingest.run(JobContext(spark, cfg))
+    data, counts = ensure_data(spark, workdir, events)
+    ingested = sibling_lake(workdir, "ingest", events, "bronze/events_raw")
+    if ingested and not (ingested / "silver" / "events").exists():
+        cfg = config_for(ingested, data)
+    else:
+        cfg = lake_config(workdir, data)
+        ingest.run(JobContext(spark, cfg))
 
     t0 = time.perf_counter()
     summary = clean.run(JobContext(spark, cfg))
@@ -48,6 +43,7 @@ def bench_clean(spark, workdir: Path, events: int) -> dict:
             "events_per_s": round(summary["records_in"] / seconds, 1), "silver_rows": silver,
             "deduplicated": summary["deduplicated"], "quarantined": summary["quarantined"],
             "imputed": summary["imputed_durations"], "rerun_seconds": round(rerun_seconds, 1),
+            "lakehouse": str(cfg.lakehouse),
             "checks": checks}
 
 

@@ -1,9 +1,8 @@
 """Benchmark: identity + sessions + features throughput (events/s of silver.events).
 
 Benchmark-module contract: ``benchmarks() -> {name: fn(spark, workdir, events) -> dict}``.
-``fn`` reuses ``<workdir>/lakehouse`` when silver.events is already there (built by an
-earlier benchmark of the same size); otherwise it generates ``events`` events and runs
-ingest + clean first (not timed). Then it times the identity job (full build), the
+``fn`` reuses the clean benchmark's lakehouse of the same size when it is there; otherwise
+it ingests and cleans the shared generated data (``bench/benchdata.py``) first (not timed). Then it times the identity job (full build), the
 sessions job and the features job for one as_of, and returns seconds and events/s.
 
 Standalone: ``python bench/bench_features.py --events 100000 --workdir /tmp/bench_feat``.
@@ -16,25 +15,38 @@ import time
 from pathlib import Path
 from typing import Callable
 
+REPO = Path(__file__).resolve().parents[1]
 
-def _cfg(workdir: Path):
+
+def _cfg(lake: Path, landing: Path | None = None):
     from seglake.config import load_config
-    return load_config("local", overrides={"paths": {"lakehouse": str(Path(workdir) / "lakehouse")}})
+    paths = {"lakehouse": str(lake)} | ({"landing": str(landing)} if landing else {})
+    return load_config("local", REPO / "conf", overrides={"paths": paths})
 
 
-def _prepare(spark, cfg, workdir: Path, events: int) -> dict:
+def _prepare(spark, workdir: Path, events: int) -> tuple[object, dict]:
+    """A config whose lakehouse holds silver.events for ``events`` generated events.
+
+    Reuses the lakehouse the clean benchmark of the same size cleaned (its own, or the ingest
+    benchmark's) when it is there; otherwise ingests and cleans the shared generated data (untimed).
+    """
     from seglake import tables
     from seglake.context import JobContext
     from seglake.pipeline import run_job
-    if tables.exists(spark, cfg, "silver.events"):
-        return {"prepared": "reused"}
-    from seglake.generate import generate
+    from benchdata import config_for, ensure_data, lake_config, sibling_lake
+
+    data, _ = ensure_data(spark, workdir, events)
+    cleaned = (sibling_lake(workdir, "clean", events, "silver/events")
+               or sibling_lake(workdir, "ingest", events, "silver/events"))
+    if cleaned:
+        return config_for(cleaned, data), {"prepared": f"reused {cleaned}"}
     t0 = time.perf_counter()
-    generate(spark, str(Path(cfg.lakehouse) / "_input"), events=events, customers=max(100, events // 50), seed=1)
+    cfg = lake_config(workdir, data)
     ctx = JobContext(spark, cfg, run_id="bench-prep")
     for job in ("ingest", "clean"):
         run_job(ctx, job)
-    return {"prepared": "generated", "prepare_s": round(time.perf_counter() - t0, 1)}
+    assert tables.exists(spark, cfg, "silver.events")
+    return cfg, {"prepared": "ingested and cleaned", "prepare_s": round(time.perf_counter() - t0, 1)}
 
 
 def identity_sessions_features(spark, workdir, events: int) -> dict:
@@ -42,11 +54,10 @@ def identity_sessions_features(spark, workdir, events: int) -> dict:
     from seglake import tables
     from seglake.context import JobContext
     from seglake.pipeline import run_job
-    workdir = Path(workdir)
-    cfg = _cfg(workdir)
-    out: dict = {"events_requested": events, **_prepare(spark, cfg, workdir, events)}
+    cfg, prepared = _prepare(spark, Path(workdir), events)
+    out: dict = {"events_requested": events, **prepared}
     n = tables.read(spark, cfg, "silver.events").count()
-    out["silver_events"] = n
+    out["silver_events"] = out["events"] = n
     ctx = JobContext(spark, cfg, run_id="bench", args={"full": True})
     for job in ("identity", "sessions", "features"):
         result = run_job(ctx, job)
@@ -55,6 +66,7 @@ def identity_sessions_features(spark, workdir, events: int) -> dict:
         out[f"{job}_summary"] = {k: v for k, v in result.summary.items() if isinstance(v, (int, float, str))}
     total = out["identity_s"] + out["sessions_s"] + out["features_s"]
     out["total_s"] = round(total, 2)
+    out["seconds"] = total
     out["events_per_s"] = round(n / total) if total else None
     return out
 
@@ -69,10 +81,11 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/seglake_bench_features")
     parser.add_argument("--out", default=None, help="write the result JSON here")
     a = parser.parse_args()
+    import sys
+    sys.path[:0] = [str(REPO / "libs"), str(REPO / "bench")]
     from seglake.spark import get_spark
-    cfg = _cfg(Path(a.workdir))
-    spark = get_spark(cfg, app_name="bench-features")
-    res = identity_sessions_features(spark, a.workdir, a.events)
+    spark = get_spark(_cfg(Path(a.workdir) / "lake"), app_name="bench-features")
+    res = identity_sessions_features(spark, Path(a.workdir) / f"identity_sessions_features-{a.events}", a.events)
     text = json.dumps(res, indent=2, default=str)
     print(text)
     if a.out:

@@ -6,26 +6,16 @@ into a fresh lakehouse and times that call only.
 """
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from pathlib import Path
 
-
-def _data_dir(workdir: Path, events: int) -> Path:
-    return workdir.parent / f"_data-{events}"
-
-
-def _generate(spark, out: Path, events: int) -> dict:
-    from seglake.generate import generate
-
-    return generate(spark, out, events, seed=42)
+from benchdata import data_dir, ensure_data, generate_into, lake_config
 
 
 def bench_generate(spark, workdir: Path, events: int) -> dict:
-    out = _data_dir(workdir, events)
+    out = data_dir(workdir, events)
     t0 = time.perf_counter()
-    counts = _generate(spark, out, events)
+    counts = generate_into(spark, out, events)
     seconds = time.perf_counter() - t0
     return {"events": counts["valid_events"], "raw_records": counts["raw_records"], "seconds": seconds,
             "persons": counts["persons"], "files": sum(counts["files_by_format"].values()),
@@ -34,19 +24,10 @@ def bench_generate(spark, workdir: Path, events: int) -> dict:
 
 def bench_ingest(spark, workdir: Path, events: int) -> dict:
     from seglake import ingest, tables
-    from seglake.config import load_config
     from seglake.context import JobContext
 
-    data = _data_dir(workdir, events)
-    counts_file = data / "ground_truth" / "counts.json"
-    if not (counts_file.exists() and json.loads(counts_file.read_text()).get("events_requested") == events):
-        _generate(spark, data, events)
-    counts = json.loads(counts_file.read_text())
-    lake = workdir / "lake"
-    shutil.rmtree(lake, ignore_errors=True)
-    repo = Path(__file__).resolve().parents[1]
-    cfg = load_config("local", repo / "conf", overrides={"paths": {"lakehouse": str(lake),
-                                                                   "landing": str(data / "landing")}})
+    data, counts = ensure_data(spark, workdir, events)
+    cfg = lake_config(workdir, data)
     t0 = time.perf_counter()
     summary = ingest.run(JobContext(spark, cfg))
     seconds = time.perf_counter() - t0

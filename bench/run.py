@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)       # workers need pandas/pyarrow
     sys.path.insert(0, str(REPO / "libs"))
+    sys.path.insert(0, str(BENCH_DIR))                              # bench/benchdata.py
     from seglake.config import load_config
     from seglake.spark import get_spark
 
