@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Mapping
 
 import yaml
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from seglake import ops, pii, quality, tables
 from seglake.context import JobContext
+from seglake.spark import persist_events
 
 log = logging.getLogger(__name__)
 
@@ -403,7 +403,7 @@ def _run(ctx: JobContext, started: datetime) -> dict:
     max_ts = started + timedelta(minutes=float(cfg.get("clean.max_future_skew_minutes")))
     standardized = standardize(bronze.where(F.col("_batch_id").isin(batch_ids)), std, salt, max_ts,
                                bool(cfg.get("clean.consent_default", False)))
-    standardized = standardized.persist(StorageLevel.MEMORY_AND_DISK)
+    standardized = persist_events(standardized)
     try:
         return _write(ctx, started, standardized, batch_ids, max_ts)
     finally:
@@ -427,9 +427,9 @@ def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_id
             f"more than clean.max_reject_share={max_share:.1%} (by reason: {dict(sorted(by_reason.items()))})")
 
     unique = dedupe_batch(standardized.where(F.col("_reason").isNull()).drop("_bronze", "_reason"))
-    unique = unique.persist(StorageLevel.MEMORY_AND_DISK)
+    unique = persist_events(unique)
     medians = duration_medians(unique, int(cfg.get("clean.impute_accuracy") or 10000)).cache()
-    silver = to_silver(impute_duration(unique, medians), ctx.run_id).persist(StorageLevel.MEMORY_AND_DISK)
+    silver = persist_events(to_silver(impute_duration(unique, medians), ctx.run_id))
     try:
         # a handful of numbers: small
         stats = silver.agg(

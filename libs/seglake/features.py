@@ -300,6 +300,7 @@ def build(features: DataFrame, inputs: Sequence[str]) -> tuple[DataFrame, DataFr
 def run(ctx) -> dict:
     """``seglake run features [--as-of D | --start D1 --end D2 [--step-days N]]``."""
     from seglake import cohorts, sessions, tables
+    from seglake.spark import persist_events
     spark, cfg = ctx.spark, ctx.cfg
     params = FeatureParams.from_config(cfg)
     dates = as_of_dates(ctx)
@@ -310,7 +311,7 @@ def run(ctx) -> dict:
         F.col("customer_id").isNotNull() & (F.col("event_ts") < _ts(max(dates))))
     sev = sessions.sessionize(events, int(cfg["sessions"]["inactivity_minutes"]),
                               bool(cfg["sessions"]["split_on_session_id"]))
-    sev = sev.persist()  # reused by every as_of of a backfill and by the retention matrix
+    sev = persist_events(sev)  # reused by every as_of of a backfill and by the retention matrix
     out: dict = {}
     try:
         for d in dates:

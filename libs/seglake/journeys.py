@@ -684,6 +684,7 @@ def run(ctx) -> dict:
     """``seglake run journeys``: transition matrices, journey metrics, paths (see module doc)."""
     from seglake import journey_graph as G
     from seglake import tables
+    from seglake.spark import persist_events
 
     spark, cfg = ctx.spark, ctx.cfg
     jcfg = cfg["journeys"]
@@ -698,7 +699,7 @@ def run(ctx) -> dict:
 
     # sessionized events are reused by journeys, channel touchpoints and the page graph
     events = assign_states(sessionized_events(spark, cfg, window_start, as_of), spec, keep_unmapped=True)
-    events = events.persist()
+    events = persist_events(events)
     membership = _membership(spark, cfg, as_of)
     try:
         journeys = build_journeys(events, spec)
