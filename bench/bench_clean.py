@@ -19,7 +19,7 @@ def bench_clean(spark, workdir: Path, events: int) -> dict:
 
     data, counts = ensure_data(spark, workdir, events)
     ingested = sibling_lake(workdir, "ingest", events, "bronze/events_raw")
-    if ingested and not (ingested / "silver" / "events").exists():
+    if ingested and not sibling_lake(workdir, "ingest", events, "silver/events"):
         cfg = config_for(ingested, data)
     else:
         cfg = lake_config(workdir, data)

@@ -2,8 +2,9 @@
 
 Benchmark-module contract: ``benchmarks() -> {name: fn(spark, workdir, events) -> dict}``.
 ``fn`` reuses the clean benchmark's lakehouse of the same size when it is there; otherwise
-it ingests and cleans the shared generated data (``bench/benchdata.py``) first (not timed). Then it times the identity job (full build), the
-sessions job and the features job for one as_of, and returns seconds and events/s.
+it ingests and cleans the shared generated data (``bench/benchdata.py``) first (not timed).
+Then it times the identity job (full build), the sessions job and the features job for one
+as_of, and returns seconds and events/s.
 
 Standalone: ``python bench/bench_features.py --events 100000 --workdir /tmp/bench_feat``.
 """
@@ -16,12 +17,6 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _cfg(lake: Path, landing: Path | None = None):
-    from seglake.config import load_config
-    paths = {"lakehouse": str(lake)} | ({"landing": str(landing)} if landing else {})
-    return load_config("local", REPO / "conf", overrides={"paths": paths})
 
 
 def _prepare(spark, workdir: Path, events: int) -> tuple[object, dict]:
@@ -83,8 +78,9 @@ def main() -> None:
     a = parser.parse_args()
     import sys
     sys.path[:0] = [str(REPO / "libs"), str(REPO / "bench")]
+    from benchdata import config_for
     from seglake.spark import get_spark
-    spark = get_spark(_cfg(Path(a.workdir) / "lake"), app_name="bench-features")
+    spark = get_spark(config_for(Path(a.workdir) / "lake"), app_name="bench-features")
     res = identity_sessions_features(spark, Path(a.workdir) / f"identity_sessions_features-{a.events}", a.events)
     text = json.dumps(res, indent=2, default=str)
     print(text)

@@ -46,10 +46,10 @@ def sibling_lake(workdir: Path, bench: str, events: int, table: str) -> Path | N
     return lake if (lake / table / "_delta_log").exists() else None
 
 
-def config_for(lake: Path, data: Path):
-    """A local config over an existing lakehouse ``lake`` reading ``data``'s landing files."""
+def config_for(lake: Path, data: Path | None = None):
+    """A local config over the lakehouse ``lake`` (reading ``data``'s landing files when given)."""
     from seglake.config import load_config
 
     repo = Path(__file__).resolve().parents[1]
-    return load_config("local", repo / "conf", overrides={"paths": {"lakehouse": str(lake),
-                                                                    "landing": str(data / "landing")}})
+    paths = {"lakehouse": str(lake)} | ({"landing": str(Path(data) / "landing")} if data else {})
+    return load_config("local", repo / "conf", overrides={"paths": paths})
