@@ -82,3 +82,14 @@ def test_cli_bad_config_exits_2_with_one_sentence(tmp_path, capsys):
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "seglake.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("seglake ")
+
+
+def test_window_warning_is_quieted_only_for_window_exec(spark):
+    """The small top-k / PageRank ranking windows must not flood users' logs with WARNs."""
+    jvm_ = spark.sparkContext._jvm
+    level = jvm_.org.apache.logging.log4j.LogManager.getLogger(
+        "org.apache.spark.sql.execution.window.WindowExec").getLevel().toString()
+    other = jvm_.org.apache.logging.log4j.LogManager.getLogger(
+        "org.apache.spark.sql.execution.SparkPlan").getLevel().toString()
+    assert level == "ERROR"
+    assert other != "ERROR"

@@ -90,10 +90,27 @@ def get_spark(cfg: Config, app_name: str | None = None) -> "SparkSession":
             f"{jvm.jar_dir()} are readable."
         ) from exc
     spark.sparkContext.setLogLevel(spark_cfg["log_level"])
+    _quiet_small_window_warning(spark)
     spark.sparkContext.setCheckpointDir(join(cfg.path("checkpoints"), "spark"))
     log.info("Spark %s session '%s' on %s", spark.version, spark.sparkContext.appName,
              spark.sparkContext.master)
     return spark
+
+
+def _quiet_small_window_warning(spark: SparkSession) -> None:
+    """Raise WindowExec's logger to ERROR.
+
+    seglake's only unpartitioned windows rank results that are small by construction (the
+    top-k journey paths after ``limit``, PageRank of page vertices). Spark warns "No Partition
+    Defined for Window operation" for each of them (about 40 lines per journeys run), which
+    reads like a fault to users; a literal partition key does not help, Spark folds it away.
+    """
+    try:
+        jvm = spark.sparkContext._jvm
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
+            "org.apache.spark.sql.execution.window.WindowExec", jvm.org.apache.logging.log4j.Level.ERROR)
+    except Exception as exc:  # no JVM gateway (e.g. Spark Connect): keep Spark's default
+        log.debug("could not quiet WindowExec warnings: %s", exc)
 
 
 def persist_events(df: "DataFrame") -> "DataFrame":
