@@ -60,6 +60,7 @@ def _mlflow_store(tmp_path, monkeypatch):
 E2E_EVENTS = 20_000
 E2E_CUSTOMERS = 400
 E2E_SEED = 7
+E2E_PROPENSITY = {"grid_max_depth": [3], "grid_max_iter": [15], "cv_folds": 2}
 
 
 class _Pipeline:
@@ -70,7 +71,9 @@ class _Pipeline:
 
         self.root = root
         self.gen_dir = root / "lakehouse" / "_input"
-        self.cfg = make_cfg(root / "lakehouse")
+        # propensity's default grid (3 folds x 2 depths, two models) is the demo's slowest
+        # stage; the e2e tests check its outputs, not its tuning, so they use a 1-point grid
+        self.cfg = make_cfg(root / "lakehouse", propensity=E2E_PROPENSITY)
         self.ctx = JobContext(spark, self.cfg)
         self.spark = spark
         self.done: list[str] = []
@@ -85,6 +88,13 @@ class _Pipeline:
                                    customers=E2E_CUSTOMERS, seed=E2E_SEED)
         return self.counts
 
+    @property
+    def mlflow_uri(self) -> str:
+        """The MLflow store the pipeline's stages log and register models in."""
+        store = Path(self.cfg.lakehouse) / "_mlflow"
+        store.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{store / 'mlflow.db'}"
+
     def through(self, stage: str):
         from seglake import registry
         from seglake.pipeline import run_job
@@ -94,10 +104,8 @@ class _Pipeline:
             raise KeyError(f"{stage} is not a pipeline stage: {order}")
         self.generate()
         # the stages log to the lakehouse's own MLflow store, whichever test asks first
-        store = Path(self.cfg.lakehouse) / "_mlflow"
-        store.mkdir(parents=True, exist_ok=True)
         previous = os.environ.get("MLFLOW_TRACKING_URI")
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
+        os.environ["MLFLOW_TRACKING_URI"] = self.mlflow_uri
         try:
             for job in order[: order.index(stage) + 1]:
                 if job not in self.done:

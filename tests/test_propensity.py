@@ -137,13 +137,13 @@ def test_gbt_beats_baseline_floor_champion_alias_and_reload(spark, cfg):
 
 
 @pytest.mark.slow
-def test_propensity_on_generated_data_finds_planted_churners(spark, pipeline_through):
+def test_propensity_on_generated_data_finds_planted_churners(spark, pipeline_through, monkeypatch):
     from seglake import tables
     from seglake.context import JobContext
 
-    cfg, gen_dir = pipeline_through("features")
-    small = cfg.with_overrides({"propensity": {"grid_max_depth": [3], "grid_max_iter": [15], "cv_folds": 2}})
-    summary = propensity.run(JobContext(spark, small))
+    # the shared pipeline runs propensity with conftest.E2E_PROPENSITY's 1-point grid
+    cfg, gen_dir = pipeline_through("propensity")
+    summary = pipeline_through.summaries["propensity"]
     scores = tables.read(spark, cfg, "gold.propensity_scores")
     n = scores.count()
     assert n == summary["scored_customers"] > 100
@@ -166,7 +166,9 @@ def test_propensity_on_generated_data_finds_planted_churners(spark, pipeline_thr
     assert auc >= 0.85, auc
 
     # rerun: same scores table, the equal model does not take the alias
-    again = propensity.run(JobContext(spark, small))
+    # in the MLflow store the pipeline registered its models in
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", pipeline_through.pipeline.mlflow_uri)
+    again = propensity.run(JobContext(spark, cfg))
     assert tables.read(spark, cfg, "gold.propensity_scores").count() == n
     # the alias moves only on a strictly better held-out metric
     if "champion stays" not in again["churn_model"]:
