@@ -137,13 +137,15 @@ def test_gbt_beats_baseline_floor_champion_alias_and_reload(spark, cfg):
 
 
 @pytest.mark.slow
-def test_propensity_on_generated_data_finds_planted_churners(spark, pipeline_through, monkeypatch):
+def test_propensity_on_generated_data_finds_planted_churners(spark, pipeline_through):
     from seglake import tables
     from seglake.context import JobContext
 
-    # the shared pipeline runs propensity with conftest.E2E_PROPENSITY's 1-point grid
-    cfg, gen_dir = pipeline_through("propensity")
-    summary = pipeline_through.summaries["propensity"]
+    from conftest import E2E_PROPENSITY
+
+    cfg, gen_dir = pipeline_through("features")
+    small = cfg.with_overrides({"propensity": E2E_PROPENSITY})  # the shared pipeline's 1-point grid
+    summary = propensity.run(JobContext(spark, small))
     scores = tables.read(spark, cfg, "gold.propensity_scores")
     n = scores.count()
     assert n == summary["scored_customers"] > 100
@@ -166,9 +168,7 @@ def test_propensity_on_generated_data_finds_planted_churners(spark, pipeline_thr
     assert auc >= 0.85, auc
 
     # rerun: same scores table, the equal model does not take the alias
-    # in the MLflow store the pipeline registered its models in
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", pipeline_through.pipeline.mlflow_uri)
-    again = propensity.run(JobContext(spark, cfg))
+    again = propensity.run(JobContext(spark, small))
     assert tables.read(spark, cfg, "gold.propensity_scores").count() == n
     # the alias moves only on a strictly better held-out metric
     if "champion stays" not in again["churn_model"]:
