@@ -88,13 +88,6 @@ class _Pipeline:
                                    customers=E2E_CUSTOMERS, seed=E2E_SEED)
         return self.counts
 
-    @property
-    def mlflow_uri(self) -> str:
-        """The MLflow store the pipeline's stages log and register models in."""
-        store = Path(self.cfg.lakehouse) / "_mlflow"
-        store.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{store / 'mlflow.db'}"
-
     def through(self, stage: str):
         from seglake import registry
         from seglake.pipeline import run_job
@@ -104,8 +97,10 @@ class _Pipeline:
             raise KeyError(f"{stage} is not a pipeline stage: {order}")
         self.generate()
         # the stages log to the lakehouse's own MLflow store, whichever test asks first
+        store = Path(self.cfg.lakehouse) / "_mlflow"
+        store.mkdir(parents=True, exist_ok=True)
         previous = os.environ.get("MLFLOW_TRACKING_URI")
-        os.environ["MLFLOW_TRACKING_URI"] = self.mlflow_uri
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
         try:
             for job in order[: order.index(stage) + 1]:
                 if job not in self.done:
