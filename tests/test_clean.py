@@ -186,6 +186,49 @@ def test_impute_duration_median_per_type_device_then_type_then_global(spark):
     assert all(r["duration_s"] is not None for r in out)
 
 
+def test_duration_medians_are_exact_lower_medians_on_any_partitioning(spark):
+    # percentile_approx merged its sketches differently on a cluster than locally, so the
+    # cluster run imputed other values; the counted median must not depend on the layout
+    rng = np.random.default_rng(3)
+    types = rng.choice(["page_view", "search"], 30_000)
+    devices = rng.choice(["ios", "android", "desktop"], 30_000)
+    durations = np.round(rng.lognormal(3.0, 0.8, 30_000), 3)
+    df = spark.createDataFrame([(str(t), str(d), float(x)) for t, d, x in zip(types, devices, durations)],
+                               "event_type STRING, device_type STRING, duration_s DOUBLE")
+
+    def medians(frame):
+        return {(r["level"], r["event_type"], r["device_type"]): r["median"]
+                for r in clean.duration_medians(frame).collect()}
+
+    got = medians(df.repartition(1))
+    assert medians(df.repartition(7)) == got == medians(df.orderBy(F.rand(5)).repartition(3))
+    lower = lambda xs: float(np.percentile(xs, 50, method="lower"))  # noqa: E731
+    assert got[("global", None, None)] == lower(durations)
+    for t in ("page_view", "search"):
+        assert got[("type", t, None)] == lower(durations[types == t])
+        for d in ("ios", "android", "desktop"):
+            assert got[("type_device", t, d)] == lower(durations[(types == t) & (devices == d)])
+    assert len(got) == 1 + 2 + 6
+
+
+def test_duration_medians_round_to_the_configured_decimals(spark):
+    df = spark.createDataFrame([("a", "ios", 1.04), ("a", "ios", 1.06), ("a", "ios", 2.0)],
+                               "event_type STRING, device_type STRING, duration_s DOUBLE")
+    by_level = {r["level"]: r["median"] for r in clean.duration_medians(df, decimals=1).collect()}
+    assert by_level == {"type_device": 1.1, "type": 1.1, "global": 1.1}   # 1.0, 1.1, 2.0 -> lower median 1.1
+
+
+def test_clean_refuses_a_bad_impute_decimals_setting(spark, lakehouse):
+    from conftest import make_cfg
+
+    from seglake.config import ConfigError
+    with pytest.raises(ConfigError, match="key 'clean.impute_decimals' must be an integer, got string 'ms'"):
+        make_cfg(lakehouse, clean={"impute_decimals": "ms"})
+    bad = make_cfg(lakehouse, clean={"impute_decimals": 12})
+    with pytest.raises(ValueError, match="clean.impute_decimals must be a whole number from 0 to 9, got 12"):
+        clean._run(JobContext(spark, bad), datetime.now(timezone.utc))
+
+
 def test_profiling_events_drops_consent_false(spark):
     df = spark.createDataFrame([("a", True), ("b", False), ("c", None)], "k STRING, consent BOOLEAN")
     assert [r["k"] for r in clean.profiling_events(df).collect()] == ["a"]

@@ -45,13 +45,13 @@ def test_unknown_key_names_key_and_file_with_hint(tmp_path):
 
 def test_wrong_type_names_key_expected_and_actual(tmp_path):
     conf = _conf(tmp_path, "sessions:\n  inactivity_minutes: thirty\n")
-    with pytest.raises(ConfigError, match=r"local\.yaml: key 'sessions\.inactivity_minutes' must be a integer, got string 'thirty'"):
+    with pytest.raises(ConfigError, match=r"local\.yaml: key 'sessions\.inactivity_minutes' must be an integer, got string 'thirty'"):
         load_config("local", conf)
 
 
 def test_bool_is_not_an_int_and_int_is_a_float(tmp_path):
     conf = _conf(tmp_path, "sessions:\n  inactivity_minutes: true\n")
-    with pytest.raises(ConfigError, match="must be a integer, got boolean"):
+    with pytest.raises(ConfigError, match="must be an integer, got boolean"):
         load_config("local", conf)
     ok = load_config("local", _conf(tmp_path / "b", "clean:\n  max_reject_share: 1\n"))
     assert ok.get("clean.max_reject_share") == 1

@@ -10,7 +10,7 @@
 4. deduplicates exactly once: ``event_key`` = event_id, else a hash of identifiers + UTC
    epoch millis + canonical type; duplicates inside the batch are dropped here, duplicates of
    rows already in silver by the MERGE on ``event_key`` (pruned to the batch's dates);
-5. imputes missing durations with the approximate median per event type x device (fallback
+5. imputes missing durations with the median per event type x device (fallback
    per event type, then global), flagging ``duration_imputed``;
 6. validates the result with the Great Expectations suite ``expectations/silver_events.json``
    (:mod:`seglake.quality`); a table-level failure, or a reject share above
@@ -296,19 +296,32 @@ def dedupe_batch(valid: DataFrame) -> DataFrame:
             .where(F.col("_rn") == 1).drop("_rn"))
 
 
-def duration_medians(events: DataFrame, accuracy: int = 10000) -> DataFrame:
-    """Approximate median ``duration_s`` per (event_type, device_type), per event_type and global.
+def duration_medians(events: DataFrame, decimals: int = 3) -> DataFrame:
+    """Median ``duration_s`` per (event_type, device_type), per event_type and global.
 
-    One ``rollup`` pass; ``level`` is ``type_device`` | ``type`` | ``global``. Small output
-    (types x devices rows).
+    The lower median (``percentile_disc(0.5)``) of durations rounded to ``decimals``, found
+    from value counts: one aggregation to (group, value, count) rows, then a running sum per
+    group. Unlike ``percentile_approx``, whose sketch merges depend on how rows are
+    partitioned, the result is the same on any cluster layout, so a rerun or a cluster run
+    imputes the same values. Memory is bounded by the distinct rounded values, not by events.
+    ``level`` is ``type_device`` | ``type`` | ``global``. Small output (types x devices rows).
     """
-    g = F.grouping_id("event_type", "device_type")
-    return (events.where(F.col("duration_s").isNotNull())
-            .rollup("event_type", "device_type")
-            .agg(F.percentile_approx("duration_s", 0.5, accuracy).alias("median"), g.alias("_g"))
-            .select("event_type", "device_type", "median",
-                    F.when(F.col("_g") == 0, "type_device").when(F.col("_g") == 1, "type")
-                    .otherwise("global").alias("level")))
+    value = F.round(F.col("duration_s"), int(decimals)).alias("_v")
+    counts = (events.where(F.col("duration_s").isNotNull())
+              .groupBy("event_type", "device_type", value).agg(F.count(F.lit(1)).alias("_n")))
+    null = F.lit(None).cast("string")
+    levels = (counts.select("event_type", "device_type", "_v", "_n", F.lit("type_device").alias("level"))
+              .unionByName(counts.groupBy("event_type", "_v").agg(F.sum("_n").alias("_n"))
+                           .select("event_type", null.alias("device_type"), "_v", "_n", F.lit("type").alias("level")))
+              .unionByName(counts.groupBy("_v").agg(F.sum("_n").alias("_n"))
+                           .select(null.alias("event_type"), null.alias("device_type"), "_v", "_n",
+                                   F.lit("global").alias("level"))))
+    group = Window.partitionBy("level", "event_type", "device_type")
+    running = F.sum("_n").over(group.orderBy("_v").rowsBetween(Window.unboundedPreceding, Window.currentRow))
+    return (levels.withColumn("_cum", running).withColumn("_total", F.sum("_n").over(group))
+            .where(F.col("_cum") * 2 >= F.col("_total"))
+            .groupBy("level", "event_type", "device_type").agg(F.min("_v").alias("median"))
+            .select("event_type", "device_type", "median", "level"))
 
 
 def impute_duration(events: DataFrame, medians: DataFrame) -> DataFrame:
@@ -381,8 +394,16 @@ def run(ctx: JobContext) -> dict:
     return summary
 
 
+def _impute_decimals(cfg) -> int:
+    decimals = cfg.get("clean.impute_decimals", 3)
+    if isinstance(decimals, bool) or not isinstance(decimals, int) or not 0 <= decimals <= 9:
+        raise ValueError(f"clean.impute_decimals must be a whole number from 0 to 9, got {decimals!r}")
+    return decimals
+
+
 def _run(ctx: JobContext, started: datetime) -> dict:
     spark, cfg = ctx.spark, ctx.cfg
+    _impute_decimals(cfg)                             # a config error fails before any work
     std = load_standards(cfg.conf_file(cfg.get("clean.standardize_file") or "standardize.yaml"))
     salt = pii.salt(cfg)
     bronze = tables.read(spark, cfg, BRONZE)
@@ -428,7 +449,7 @@ def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_id
 
     unique = dedupe_batch(standardized.where(F.col("_reason").isNull()).drop("_bronze", "_reason"))
     unique = persist_events(unique)
-    medians = duration_medians(unique, int(cfg.get("clean.impute_accuracy") or 10000)).cache()
+    medians = duration_medians(unique, _impute_decimals(cfg)).cache()
     silver = persist_events(to_silver(impute_duration(unique, medians), ctx.run_id))
     try:
         # a handful of numbers: small

@@ -92,11 +92,12 @@ def _merge(base: dict, overlay: dict, source: Path, prefix: str = "") -> dict:
             out[key] = value
         else:
             if value is None and current is not None:
-                raise ConfigError(f"{source}: key '{dotted}' is required and cannot be null (a {_type_name(current)}).")
+                raise ConfigError(f"{source}: key '{dotted}' is required and cannot be null.")
             if not _compatible(current, value):
                 want = "string or null" if current is None else _type_name(current)
+                article = "an" if want[0] in "aeiou" else "a"
                 raise ConfigError(
-                    f"{source}: key '{dotted}' must be a {want}, got {_type_name(value)} {value!r}."
+                    f"{source}: key '{dotted}' must be {article} {want}, got {_type_name(value)} {value!r}."
                 )
             out[key] = value
     return out

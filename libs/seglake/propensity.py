@@ -22,7 +22,8 @@
 - **Registry**: the better of GBT and baseline (on ``propensity.selection_metric``) is logged
   with its signature and registered as ``<propensity.model_name_prefix>-<target>``; the alias
   ``champion`` moves to it only when it beats the current champion, both scored on the same
-  held-out snapshot.
+  held-out snapshot, by more than ``propensity.min_improvement`` (retraining on the same data
+  gives metrics equal up to float rounding, and such a tie must not move the alias).
 - **Scoring**: the champions score the features at D -> gold.propensity_scores
   (customer_id, as_of_date, churn_probability, purchase_probability, model_version, ...).
 """
@@ -54,6 +55,8 @@ FEATURES_TABLE = "gold.customer_features"
 EVENTS_TABLE = "silver.events"
 SCORES_TABLE = "gold.propensity_scores"
 CHAMPION = "champion"
+#: metric differences up to this are float noise (a retrain on the same data differs by ~1e-16)
+TIE_TOLERANCE = 1e-9
 _METRIC_KEYS = {"auc_roc": "areaUnderROC", "auc_pr": "areaUnderPR"}
 
 
@@ -345,12 +348,13 @@ def log_and_register(best: Candidate, held: DataFrame, inputs: Sequence[str], na
 
 
 def update_champion(name: str, version: int, new_metric: float, held: DataFrame,
-                    selection: str) -> tuple[bool, float, int, PipelineModel | None]:
+                    selection: str, min_improvement: float = 0.0) -> tuple[bool, float, int, PipelineModel | None]:
     """Move alias ``champion`` of ``name`` to ``version`` when it beats the current champion.
 
     The current champion is loaded and scored on the same held-out rows; the new version
-    wins when its ``selection`` metric is strictly higher, when there is no champion yet, or
-    when the champion cannot score these rows (e.g. other inputs).
+    wins when its ``selection`` metric is higher by more than ``min_improvement`` (and by more
+    than float noise, ``TIE_TOLERANCE``, even when that is 0), when there is no champion yet,
+    or when the champion cannot score these rows (e.g. other inputs).
 
     Returns:
         (promoted, champion's held-out metric or NaN, champion version after the call,
@@ -370,12 +374,13 @@ def update_champion(name: str, version: int, new_metric: float, held: DataFrame,
             log.warning("propensity: the current %s champion (v%s) cannot score the held-out rows (%s); "
                         "the new model replaces it", name, current.version, exc)
             champ_model = None
-    promote = current is None or champ_model is None or _num(new_metric) > _num(champ_metric)
+    margin = max(float(min_improvement), TIE_TOLERANCE)
+    promote = current is None or champ_model is None or _num(new_metric) > _num(champ_metric) + margin
     if promote:
         client.set_registered_model_alias(name, CHAMPION, str(version))
         return True, champ_metric, version, None
-    log.info("propensity: %s v%d (%s %.4f) does not beat champion v%s (%.4f); alias unchanged",
-             name, version, selection, new_metric, current.version, champ_metric)
+    log.info("propensity: %s v%d (%s %.4f) does not beat champion v%s (%.4f) by more than %g; alias unchanged",
+             name, version, selection, new_metric, current.version, champ_metric, margin)
     return False, champ_metric, int(current.version), champ_model
 
 
@@ -395,6 +400,12 @@ def run(ctx: JobContext) -> dict:
 
     spark, cfg = ctx.spark, ctx.cfg
     pc = cfg["propensity"]
+    selection = str(pc["selection_metric"])
+    if selection not in _METRIC_KEYS:
+        raise ValueError(f"propensity.selection_metric must be one of {', '.join(_METRIC_KEYS)}, got {selection!r}")
+    min_improvement = float(pc["min_improvement"])
+    if not 0.0 <= min_improvement < 1.0:
+        raise ValueError(f"propensity.min_improvement must be in [0, 1), got {min_improvement}")
     as_of = ctx.resolve_as_of()
     horizon = int(ctx.args.get("horizon_days") or pc["horizon_days"])
     seed = int(pc["seed"])
@@ -419,9 +430,6 @@ def run(ctx: JobContext) -> dict:
     if n_current == 0:
         raise ValueError(f"no customers with features at as_of {as_of}: run features first")
 
-    selection = str(pc["selection_metric"])
-    if selection not in _METRIC_KEYS:
-        raise ValueError(f"propensity.selection_metric must be one of {', '.join(_METRIC_KEYS)}, got {selection!r}")
     summary: dict[str, Any] = {"as_of": as_of.isoformat(), "train_snapshots": ", ".join(map(str, train_dates)),
                                "eval_snapshot": eval_date.isoformat()}
     champions: dict[str, tuple[PipelineModel, str, int]] = {}
@@ -468,7 +476,7 @@ def run(ctx: JobContext) -> dict:
             name = f"{pc['model_name_prefix']}-{target}"
             v = log_and_register(best, held, inputs, name, tags={"target": target, "as_of": str(as_of)})
             promote, champ_metric, champ_v, champ_model = update_champion(
-                name, v, best.metrics[selection], held, selection)
+                name, v, best.metrics[selection], held, selection, min_improvement)
             champions[target] = (best.model if promote else champ_model, name, champ_v)
             new_metric = best.metrics[selection]
             mlflow.log_metric(f"{target}_promoted", float(promote))
@@ -479,6 +487,8 @@ def run(ctx: JobContext) -> dict:
             summary[f"{target}_model"] = f"{best.kind} v{v}" + (" -> champion" if promote else
                                                                    f" (champion stays v{champ_v})")
             summary[f"{target}_heldout_{selection}"] = round(_num(new_metric), 4)
+            if champ_metric == champ_metric:
+                summary[f"{target}_champion_heldout_{selection}"] = round(champ_metric, 4)
             summary[f"{target}_heldout_brier"] = round(best.metrics["brier"], 4)
             train.unpersist()
             held.unpersist()
