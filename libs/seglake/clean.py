@@ -300,22 +300,20 @@ def duration_medians(events: DataFrame, decimals: int = 3) -> DataFrame:
     """Median ``duration_s`` per (event_type, device_type), per event_type and global.
 
     The lower median (``percentile_disc(0.5)``) of durations rounded to ``decimals``, found
-    from value counts: one aggregation to (group, value, count) rows, then a running sum per
-    group. Unlike ``percentile_approx``, whose sketch merges depend on how rows are
-    partitioned, the result is the same on any cluster layout, so a rerun or a cluster run
-    imputes the same values. Memory is bounded by the distinct rounded values, not by events.
+    from value counts: one aggregation (grouping sets) to (level, group, value, count) rows,
+    then a running sum per group. Unlike ``percentile_approx``, whose sketch merges depend on
+    how rows are partitioned, the result is the same on any cluster layout, so a rerun or a
+    cluster run imputes the same values. Memory is bounded by the distinct rounded values,
+    not by events.
     ``level`` is ``type_device`` | ``type`` | ``global``. Small output (types x devices rows).
     """
-    value = F.round(F.col("duration_s"), int(decimals)).alias("_v")
-    counts = (events.where(F.col("duration_s").isNotNull())
-              .groupBy("event_type", "device_type", value).agg(F.count(F.lit(1)).alias("_n")))
-    null = F.lit(None).cast("string")
-    levels = (counts.select("event_type", "device_type", "_v", "_n", F.lit("type_device").alias("level"))
-              .unionByName(counts.groupBy("event_type", "_v").agg(F.sum("_n").alias("_n"))
-                           .select("event_type", null.alias("device_type"), "_v", "_n", F.lit("type").alias("level")))
-              .unionByName(counts.groupBy("_v").agg(F.sum("_n").alias("_n"))
-                           .select(null.alias("event_type"), null.alias("device_type"), "_v", "_n",
-                                   F.lit("global").alias("level"))))
+    levels = (events.where(F.col("duration_s").isNotNull())
+              .withColumn("_v", F.round(F.col("duration_s"), int(decimals)))
+              .groupingSets([["event_type", "device_type", "_v"], ["event_type", "_v"], ["_v"]],
+                            "event_type", "device_type", "_v")
+              .agg(F.count(F.lit(1)).alias("_n"),
+                   F.when(F.grouping("event_type") == 1, "global").when(F.grouping("device_type") == 1, "type")
+                   .otherwise("type_device").alias("level")))
     group = Window.partitionBy("level", "event_type", "device_type")
     running = F.sum("_n").over(group.orderBy("_v").rowsBetween(Window.unboundedPreceding, Window.currentRow))
     return (levels.withColumn("_cum", running).withColumn("_total", F.sum("_n").over(group))
@@ -395,15 +393,15 @@ def run(ctx: JobContext) -> dict:
 
 
 def _impute_decimals(cfg) -> int:
-    decimals = cfg.get("clean.impute_decimals", 3)
-    if isinstance(decimals, bool) or not isinstance(decimals, int) or not 0 <= decimals <= 9:
+    decimals = cfg.get("clean.impute_decimals")     # an int: the config layer checks the type
+    if not 0 <= decimals <= 9:
         raise ValueError(f"clean.impute_decimals must be a whole number from 0 to 9, got {decimals!r}")
     return decimals
 
 
 def _run(ctx: JobContext, started: datetime) -> dict:
     spark, cfg = ctx.spark, ctx.cfg
-    _impute_decimals(cfg)                             # a config error fails before any work
+    decimals = _impute_decimals(cfg)                  # a config error fails before any work
     std = load_standards(cfg.conf_file(cfg.get("clean.standardize_file") or "standardize.yaml"))
     salt = pii.salt(cfg)
     bronze = tables.read(spark, cfg, BRONZE)
@@ -426,13 +424,13 @@ def _run(ctx: JobContext, started: datetime) -> dict:
                                bool(cfg.get("clean.consent_default", False)))
     standardized = persist_events(standardized)
     try:
-        return _write(ctx, started, standardized, batch_ids, max_ts)
+        return _write(ctx, started, standardized, batch_ids, max_ts, decimals)
     finally:
         standardized.unpersist()
 
 
 def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_ids: list[str],
-           max_ts: datetime) -> dict:
+           max_ts: datetime, impute_decimals: int) -> dict:
     spark, cfg = ctx.spark, ctx.cfg
     # one row per reason code (<= len(REASONS) + 1): small
     by_reason_rows = standardized.groupBy("_reason").count().collect()
@@ -449,7 +447,7 @@ def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_id
 
     unique = dedupe_batch(standardized.where(F.col("_reason").isNull()).drop("_bronze", "_reason"))
     unique = persist_events(unique)
-    medians = duration_medians(unique, _impute_decimals(cfg)).cache()
+    medians = duration_medians(unique, impute_decimals).cache()
     silver = persist_events(to_silver(impute_duration(unique, medians), ctx.run_id))
     try:
         # a handful of numbers: small
