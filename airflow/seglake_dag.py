@@ -29,7 +29,7 @@ SEGLAKE_HOME = os.environ.get("SEGLAKE_HOME", "/opt/seglake")
 SPARK_MASTER = os.environ.get("SEGLAKE_SPARK_MASTER", "yarn")
 SEGLAKE_ENV = os.environ.get("SEGLAKE_ENV", "prod")
 SEGLAKE_VERSION = os.environ.get("SEGLAKE_VERSION", "0.1.0")
-#: JVM packages (seglake.jvm.packages_arg()): Delta Lake for the Spark 4.1 line
+#: JVM packages (seglake.core.jvm.packages_arg()): Delta Lake for the Spark 4.1 line
 SPARK_PACKAGES = os.environ.get("SEGLAKE_SPARK_PACKAGES", "io.delta:delta-spark_4.1_2.13:4.4.0")
 
 WHEEL = f"{SEGLAKE_HOME}/dist/seglake-{SEGLAKE_VERSION}-py3-none-any.whl"

@@ -3,7 +3,7 @@
 Uses the generated data of ``<workdir>/../_data-<events>`` (shared with bench_ingest; generated
 untimed when missing). Cleans the ingest benchmark's lakehouse of the same size when it holds
 bronze and no silver yet; otherwise ingests (untimed) into a fresh lakehouse. Times
-``seglake.clean.run`` only, and checks its counts against counts.json.
+``seglake.stages.clean.run`` only, and checks its counts against counts.json.
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from benchdata import config_for, ensure_data, lake_config, sibling_lake
 
 
 def bench_clean(spark, workdir: Path, events: int) -> dict:
-    from seglake import clean, ingest, tables
-    from seglake.context import JobContext
+    from seglake.stages import clean, ingest
+    from seglake.core import tables
+    from seglake.core.context import JobContext
 
     data, counts = ensure_data(spark, workdir, events)
     ingested = sibling_lake(workdir, "ingest", events, "bronze/events_raw")

@@ -25,9 +25,9 @@ def _prepare(spark, workdir: Path, events: int) -> tuple[object, dict]:
     Reuses the lakehouse the clean benchmark of the same size cleaned (its own, or the ingest
     benchmark's) when it is there; otherwise ingests and cleans the shared generated data (untimed).
     """
-    from seglake import tables
-    from seglake.context import JobContext
-    from seglake.pipeline import run_job
+    from seglake.core import tables
+    from seglake.core.context import JobContext
+    from seglake.core.runner import run_job
     from benchdata import config_for, ensure_data, lake_config, sibling_lake
 
     data, _ = ensure_data(spark, workdir, events)
@@ -46,9 +46,9 @@ def _prepare(spark, workdir: Path, events: int) -> tuple[object, dict]:
 
 def identity_sessions_features(spark, workdir, events: int) -> dict:
     """Time the identity (full), sessions and features jobs on ``events`` generated events."""
-    from seglake import tables
-    from seglake.context import JobContext
-    from seglake.pipeline import run_job
+    from seglake.core import tables
+    from seglake.core.context import JobContext
+    from seglake.core.runner import run_job
     cfg, prepared = _prepare(spark, Path(workdir), events)
     out: dict = {"events_requested": events, **prepared}
     n = tables.read(spark, cfg, "silver.events").count()
@@ -79,7 +79,7 @@ def main() -> None:
     import sys
     sys.path[:0] = [str(REPO / "libs"), str(REPO / "bench")]
     from benchdata import config_for
-    from seglake.spark import get_spark
+    from seglake.core.spark import get_spark
     spark = get_spark(config_for(Path(a.workdir) / "lake"), app_name="bench-features")
     res = identity_sessions_features(spark, Path(a.workdir) / f"identity_sessions_features-{a.events}", a.events)
     text = json.dumps(res, indent=2, default=str)

@@ -1,7 +1,7 @@
 """Generation and bronze-ingestion throughput.
 
 ``generate`` writes ``<workdir>/../_data-<events>`` (shared with ``ingest``, which reuses it
-when present and generates it, untimed, otherwise). ``ingest`` runs ``seglake.ingest.run``
+when present and generates it, untimed, otherwise). ``ingest`` runs ``seglake.stages.ingest.run``
 into a fresh lakehouse and times that call only.
 """
 from __future__ import annotations
@@ -23,8 +23,9 @@ def bench_generate(spark, workdir: Path, events: int) -> dict:
 
 
 def bench_ingest(spark, workdir: Path, events: int) -> dict:
-    from seglake import ingest, tables
-    from seglake.context import JobContext
+    from seglake.stages import ingest
+    from seglake.core import tables
+    from seglake.core.context import JobContext
 
     data, counts = ensure_data(spark, workdir, events)
     cfg = lake_config(workdir, data)

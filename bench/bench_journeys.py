@@ -52,7 +52,7 @@ def _truth_events(spark, workdir: Path, events: int):
 def _matrix(spark, sessionized, out: Path) -> dict:
     from pyspark.sql import functions as F
 
-    from seglake import journeys as J
+    from seglake.stages import journeys as J
 
     spec = J.load_states(REPO / "conf" / "states.yaml")
     states = J.assign_states(sessionized, spec, keep_unmapped=True)
@@ -67,7 +67,7 @@ def _matrix(spark, sessionized, out: Path) -> dict:
 
 
 def _sessionize(events):
-    from seglake.sessions import sessionize
+    from seglake.stages.sessions import sessionize
 
     return sessionize(events, 30).select("customer_id", "session_key", "event_ts", "event_seq",
                                          "event_type", "channel")

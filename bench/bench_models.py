@@ -29,7 +29,7 @@ CENTRES = 6
 
 
 def _cfg(workdir: Path):
-    from seglake.config import load_config
+    from seglake.core.config import load_config
     return load_config("local", overrides={"paths": {"lakehouse": str(Path(workdir) / "lakehouse")}})
 
 
@@ -62,7 +62,7 @@ def _table(spark, workdir: Path, customers: int, inputs: list[str]):
 
 def cluster_sweep(spark, workdir, events: int) -> dict:
     """Time the k sweep of the cluster stage on ``events`` customers."""
-    from seglake import cluster
+    from seglake.stages import cluster
 
     workdir = Path(workdir)
     cfg = _cfg(workdir)
@@ -87,7 +87,7 @@ def cluster_sweep(spark, workdir, events: int) -> dict:
 
 def gbt_train(spark, workdir, events: int) -> dict:
     """Time one GBT pipeline fit and the LR baseline on ``events`` customers; held-out AUC."""
-    from seglake import propensity
+    from seglake.stages import propensity
 
     workdir = Path(workdir)
     cfg = _cfg(workdir)
@@ -128,7 +128,7 @@ def main() -> int:
     parser.add_argument("--workdir", default="/tmp/seglake-bench-models")
     parser.add_argument("--only", nargs="+", choices=list(benchmarks()), default=list(benchmarks()))
     args = parser.parse_args()
-    from seglake.spark import get_spark
+    from seglake.core.spark import get_spark
     workdir = Path(args.workdir)
     spark = get_spark(_cfg(workdir), app_name="seglake-bench-models")
     for name in args.only:

@@ -17,7 +17,7 @@ def data_dir(workdir: Path, events: int) -> Path:
 
 
 def generate_into(spark, out: Path, events: int) -> dict:
-    from seglake.generate import generate
+    from seglake.devtools.generate import generate
 
     return generate(spark, out, events, seed=SEED)
 
@@ -48,7 +48,7 @@ def sibling_lake(workdir: Path, bench: str, events: int, table: str) -> Path | N
 
 def config_for(lake: Path, data: Path | None = None):
     """A local config over the lakehouse ``lake`` (reading ``data``'s landing files when given)."""
-    from seglake.config import load_config
+    from seglake.core.config import load_config
 
     repo = Path(__file__).resolve().parents[1]
     paths = {"lakehouse": str(lake)} | ({"landing": str(Path(data) / "landing")} if data else {})

@@ -7,7 +7,7 @@ processed; optionally ``seconds`` when it timed a narrower span than the whole c
 Each result is written to ``bench/results/<name>-<events>.json`` with machine information,
 and a table is printed at the end.
 
-The session comes from ``seglake.spark.get_spark`` with a bench config: ``local[2]``,
+The session comes from ``seglake.core.spark.get_spark`` with a bench config: ``local[2]``,
 6g driver memory (``--master`` / ``--driver-memory`` change it).
 """
 from __future__ import annotations
@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)       # workers need pandas/pyarrow
     sys.path.insert(0, str(REPO / "libs"))
     sys.path.insert(0, str(BENCH_DIR))                              # bench/benchdata.py
-    from seglake.config import load_config
-    from seglake.spark import get_spark
+    from seglake.core.config import load_config
+    from seglake.core.spark import get_spark
 
     benches = discover(args.only)
     workdir = Path(args.workdir).resolve()

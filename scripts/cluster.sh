@@ -10,4 +10,4 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
-exec "$PY" -m seglake.cluster_local "$@"
+exec "$PY" -m seglake.devtools.local_cluster "$@"

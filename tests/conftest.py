@@ -13,7 +13,7 @@ os.environ.setdefault("SEGLAKE_PII_SALT", "test-salt-not-secret")
 
 def make_cfg(lakehouse: Path | str, **overrides):
     """A validated local config rooted at ``lakehouse`` (tests pass their own overrides)."""
-    from seglake.config import load_config
+    from seglake.core.config import load_config
 
     base = {"paths": {"lakehouse": str(lakehouse)},
             "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "3g"}}
@@ -29,7 +29,7 @@ def spark_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def spark(spark_home):
-    from seglake.spark import get_spark
+    from seglake.core.spark import get_spark
 
     session = get_spark(make_cfg(spark_home / "lakehouse"), app_name="seglake-tests")
     yield session
@@ -67,7 +67,7 @@ class _Pipeline:
     """Runs the pipeline stages in order into one lakehouse, each stage at most once."""
 
     def __init__(self, spark, root: Path):
-        from seglake.context import JobContext
+        from seglake.core.context import JobContext
 
         self.root = root
         self.gen_dir = root / "lakehouse" / "_input"
@@ -82,7 +82,7 @@ class _Pipeline:
 
     def generate(self) -> dict:
         if self.counts is None:
-            from seglake.generate import generate
+            from seglake.devtools.generate import generate
 
             self.counts = generate(self.spark, str(self.gen_dir), events=E2E_EVENTS,
                                    customers=E2E_CUSTOMERS, seed=E2E_SEED)
@@ -90,7 +90,7 @@ class _Pipeline:
 
     def through(self, stage: str):
         from seglake import registry
-        from seglake.pipeline import run_job
+        from seglake.core.runner import run_job
 
         order = list(registry.PIPELINE)
         if stage not in order:

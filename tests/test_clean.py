@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from seglake import clean, pii, tables
-from seglake.clean import RAW_FIELDS
-from seglake.context import JobContext
+from seglake.stages import clean
+from seglake.core import pii, tables
+from seglake.stages.clean import RAW_FIELDS
+from seglake.core.context import JobContext
 
 SALT = "test-salt-not-secret"  # conftest sets SEGLAKE_PII_SALT to this
 BRONZE_DDL = ", ".join(f"{c} STRING" for c in RAW_FIELDS) + (
@@ -221,7 +222,7 @@ def test_duration_medians_round_to_the_configured_decimals(spark):
 def test_clean_refuses_a_bad_impute_decimals_setting(spark, lakehouse):
     from conftest import make_cfg
 
-    from seglake.config import ConfigError
+    from seglake.core.config import ConfigError
     with pytest.raises(ConfigError, match="key 'clean.impute_decimals' must be an integer, got string 'ms'"):
         make_cfg(lakehouse, clean={"impute_decimals": "ms"})
     bad = make_cfg(lakehouse, clean={"impute_decimals": 12})

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seglake import cluster
+from seglake.stages import cluster
 
 sk_metrics = pytest.importorskip("sklearn.metrics")
 
@@ -168,8 +168,8 @@ def test_run_writes_labelled_clusters_profiles_mlflow_and_stability(spark, lakeh
     import mlflow
     from mlflow import MlflowClient
 
-    from seglake import tables
-    from seglake.context import JobContext
+    from seglake.core import tables
+    from seglake.core.context import JobContext
     from conftest import make_cfg
 
     cfg = make_cfg(lakehouse, cluster={"inputs": RAW, "k_min": 2, "k_max": 4, "max_iter": 20})
@@ -225,8 +225,8 @@ def test_run_writes_labelled_clusters_profiles_mlflow_and_stability(spark, lakeh
 
 
 def test_run_refuses_an_as_of_without_features(spark, lakehouse):
-    from seglake import tables
-    from seglake.context import JobContext
+    from seglake.core import tables
+    from seglake.core.context import JobContext
     from conftest import make_cfg
 
     cfg = make_cfg(lakehouse, cluster={"inputs": RAW})

@@ -16,7 +16,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from seglake import cluster_local, registry
+from seglake.devtools import local_cluster as cluster_local
+from seglake import registry
 
 pytestmark = pytest.mark.slow
 
@@ -30,16 +31,16 @@ RUN_COLUMNS = {"_run_id", "run_id", "_batch_id", "batch_id", "model_run_id", "_i
                "_quarantined_at", "_updated_at", "updated_at", "_computed_at", "computed_at", "created_at"}
 
 SMOKE_SCRIPT = '''
-"""Cluster smoke job: seglake imported on the driver, Delta write + read through seglake.tables."""
+"""Cluster smoke job: seglake imported on the driver, Delta write + read through seglake.core.tables."""
 import argparse, json, os, sys
 parser = argparse.ArgumentParser()
 parser.add_argument("--env"); parser.add_argument("--lakehouse"); parser.add_argument("--conf-dir")
 a = parser.parse_args()
 from pyspark.sql import functions as F
 import seglake
-from seglake import tables
-from seglake.config import load_config
-from seglake.spark import get_spark
+from seglake.core import tables
+from seglake.core.config import load_config
+from seglake.core.spark import get_spark
 cfg = load_config(a.env, a.conf_dir, {"paths": {"lakehouse": a.lakehouse}})
 spark = get_spark(cfg, "seglake-smoke")
 def where(_):

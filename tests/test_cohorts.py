@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seglake import cohorts
+from seglake.stages import cohorts
 
 DDL = "customer_id STRING, event_ts TIMESTAMP"
 AS_OF = date(2026, 8, 27)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from seglake.config import ConfigError, load_config
+from seglake.core.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from seglake import clean, erase, pii, tables
-from seglake.context import JobContext
+from seglake.stages import clean, erase
+from seglake.core import pii, tables
+from seglake.core.context import JobContext
 from test_clean import SALT, bronze_df, raw
 
 EMAIL = "erase.me@example.org"

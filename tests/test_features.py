@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from seglake import features, sessions
-from seglake.features import FeatureParams
+from seglake.stages import features, sessions
+from seglake.stages.features import FeatureParams
 
 DDL = ("event_key STRING, customer_id STRING, event_type STRING, event_ts TIMESTAMP, source STRING, "
        "device_type STRING, revenue_usd DOUBLE, scroll_depth DOUBLE, duration_s DOUBLE, "
@@ -190,8 +190,9 @@ def test_scaling_matches_sklearn_and_reuses_saved_stats(spark):
 
 
 def test_features_job_backfill_is_idempotent(spark, cfg):
-    from seglake import identity, tables
-    from seglake.context import JobContext
+    from seglake.stages import identity
+    from seglake.core import tables
+    from seglake.core.context import JobContext
     rows = []
     for r in A + B + C + FUTURE:
         key, cust, et, ts, src, dev, rev, scroll, dur, props, sid = r
@@ -227,7 +228,7 @@ def test_features_job_backfill_is_idempotent(spark, cfg):
 
 @pytest.mark.slow
 def test_end_to_end_features_follow_the_planted_archetypes(spark, pipeline_through):
-    from seglake import tables
+    from seglake.core import tables
     cfg, gen_dir = pipeline_through("features")
     gold = tables.read(spark, cfg, "gold.customer_features")
     as_of = gold.agg(F.max("as_of_date")).first()[0]

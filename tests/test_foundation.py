@@ -5,7 +5,7 @@ import sys
 import pytest
 from pyspark.sql import functions as F
 
-from seglake import jvm, tables
+from seglake.core import jvm, tables
 from seglake.cli import EXIT_UNAVAILABLE, EXIT_USAGE, main
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from seglake import generate as gen
+from seglake.devtools import generate as gen
 
 SEED = 11
 EVENTS = 3000

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from seglake import identity
-from seglake.context import JobContext
+from seglake.stages import identity
+from seglake.core.context import JobContext
 
 EVENT_DDL = ("event_key STRING, user_id STRING, anonymous_id STRING, device_id STRING, email_hash STRING, "
              "phone_hash STRING, event_type STRING, event_ts TIMESTAMP, consent BOOLEAN, _ingested_at TIMESTAMP")
@@ -177,7 +177,7 @@ def _events(spark, rows, ingested):
 
 
 def test_run_full_then_incremental(spark, cfg):
-    from seglake import tables
+    from seglake.core import tables
     batch1 = [("u1", "a1", "d1", None, True), ("u2", "a2", None, "e2", True), (None, "a3", "d3", None, True),
               ("u9", "a9", None, None, False)]  # consent=false: never linked
     tables.overwrite(_events(spark, batch1, datetime(2026, 8, 1)), cfg, "silver.events")
@@ -217,7 +217,8 @@ def _pair_scores(df):
 
 @pytest.mark.slow
 def test_identity_recovers_planted_persons(spark, pipeline_through):
-    from seglake import clean, pii, tables
+    from seglake.stages import clean
+    from seglake.core import pii, tables
     cfg, gen_dir = pipeline_through("identity")
     salt = pii.salt(cfg)
     gt = spark.read.parquet(str(gen_dir / "ground_truth" / "identifiers.parquet"))

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from seglake import ingest, tables
-from seglake.context import JobContext
+from seglake.stages import ingest
+from seglake.core import tables
+from seglake.core.context import JobContext
 from conftest import make_cfg
 
 LINES = "value STRING, _source_file STRING"
@@ -74,7 +75,7 @@ def test_add_metadata_gives_bronze_schema(spark):
 # ------------------------------------------------------------------ end to end on generated data
 @pytest.fixture(scope="module")
 def landing(spark, tmp_path_factory):
-    from seglake.generate import generate
+    from seglake.devtools.generate import generate
 
     out = tmp_path_factory.mktemp("ingest_gen")
     counts = generate(spark, out, 1500, 30, seed=3, start_date=date(2026, 9, 1), end_date=date(2026, 9, 14))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from seglake import journeys as J
+from seglake.stages import journeys as J
 
 REPO = Path(__file__).resolve().parents[1]
 EVENTS_DDL = ("customer_id string, session_key string, event_ts timestamp, event_seq int, "
@@ -304,7 +304,7 @@ def test_kstep_paths_from_the_matrix(spark, spec):
 
 def _customer_archetypes(spark, cfg, gen_dir):
     """customer_id -> archetype via ground truth (majority person of the customer's user/anonymous ids)."""
-    from seglake import tables
+    from seglake.core import tables
 
     ids = spark.read.parquet(str(Path(gen_dir) / "ground_truth" / "identifiers.parquet"))
     persons = spark.read.parquet(str(Path(gen_dir) / "ground_truth" / "persons.parquet"))
@@ -320,7 +320,7 @@ def _customer_archetypes(spark, cfg, gen_dir):
 @pytest.mark.slow
 def test_end_to_end_recovers_planted_transitions(spark, pipeline_through):
     cfg, gen_dir = pipeline_through("journeys")
-    from seglake import tables
+    from seglake.core import tables
 
     summary = pipeline_through.summaries["journeys"]
     assert summary["journeys"] > 0
@@ -351,7 +351,7 @@ def test_end_to_end_recovers_planted_transitions(spark, pipeline_through):
 
 
 def _write_silver(spark, cfg, as_of):
-    from seglake import tables
+    from seglake.core import tables
 
     rows = []
     plan = [("u1", ["page_view", "product_view", "add_to_cart", "checkout_start", "purchase"], "email", True),
@@ -381,8 +381,8 @@ def _write_silver(spark, cfg, as_of):
 def test_run_writes_the_gold_tables_idempotently(spark, cfg):
     from datetime import date
 
-    from seglake import tables
-    from seglake.context import JobContext
+    from seglake.core import tables
+    from seglake.core.context import JobContext
 
     as_of = date(2026, 9, 10)
     cfg = cfg.with_overrides({"journeys": {"pagerank_max_iter": 4}})  # PageRank is tested on its own
@@ -441,7 +441,7 @@ def _check_recovery(est, truth, min_n=100):
 @pytest.mark.slow
 def test_generated_truth_events_recover_planted_chains(spark, pipeline_through):
     """The journey transforms on the generator's own per-event truth (person = customer)."""
-    from seglake.sessions import sessionize
+    from seglake.stages.sessions import sessionize
 
     pipeline_through.pipeline.generate()
     gen_dir = pipeline_through.pipeline.gen_dir

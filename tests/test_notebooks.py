@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from seglake import tables
+from seglake.core import tables
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = {

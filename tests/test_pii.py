@@ -7,7 +7,7 @@ import logging
 import pytest
 from pyspark.sql import functions as F
 
-from seglake import pii
+from seglake.core import pii
 from conftest import make_cfg
 
 
@@ -45,7 +45,7 @@ def test_missing_salt_is_an_error_when_required(monkeypatch, tmp_path):
 def test_missing_salt_dev_fallback_warns_without_leaking(monkeypatch, tmp_path, caplog):
     monkeypatch.delenv("MY_SALT", raising=False)
     cfg = make_cfg(tmp_path, clean={"pii_salt_env": "MY_SALT", "require_pii_salt": False})
-    with caplog.at_level(logging.WARNING, logger="seglake.pii"):
+    with caplog.at_level(logging.WARNING, logger="seglake.core.pii"):
         assert pii.salt(cfg) == pii.DEV_SALT
     assert "MY_SALT" in caplog.text and pii.DEV_SALT not in caplog.text
 

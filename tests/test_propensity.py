@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from seglake import propensity
+from seglake.stages import propensity
 
 sk_metrics = pytest.importorskip("sklearn.metrics")
 
@@ -92,7 +92,7 @@ def test_gbt_beats_baseline_floor_champion_alias_and_reload(spark, cfg):
     import mlflow
     from mlflow import MlflowClient
 
-    from seglake import tracking
+    from seglake.core import tracking
 
     tracking.setup(cfg)
     train, held = synthetic(spark, 600, 1).cache(), synthetic(spark, 400, 2).cache()
@@ -147,8 +147,8 @@ def test_gbt_beats_baseline_floor_champion_alias_and_reload(spark, cfg):
 
 @pytest.mark.slow
 def test_propensity_on_generated_data_finds_planted_churners(spark, pipeline_through):
-    from seglake import tables
-    from seglake.context import JobContext
+    from seglake.core import tables
+    from seglake.core.context import JobContext
 
     from conftest import E2E_PROPENSITY
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from seglake import quality
+from seglake.core import quality
 from conftest import make_cfg
 
 SUITE = {
@@ -66,6 +66,6 @@ def test_missing_suite_is_clear(spark, qcfg):
 def test_project_suite_is_valid_gx_json():
     from conftest import REPO
     data = quality.load_suite("silver_events", REPO / "expectations")
-    from seglake.clean import SILVER_COLUMNS
+    from seglake.stages.clean import SILVER_COLUMNS
     cols = next(e for e in data["expectations"] if e["type"] == "expect_table_columns_to_match_ordered_list")
     assert tuple(cols["kwargs"]["column_list"]) == SILVER_COLUMNS

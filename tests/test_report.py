@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from seglake import ops, report, tables
+from seglake.core import ops, tables
+from seglake import report
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -101,7 +102,7 @@ def _log_cluster_sweep(cfg) -> dict[int, dict]:
     """A clustering sweep in the test's MLflow store, tagged like `seglake run cluster` does."""
     import mlflow
 
-    from seglake import tracking
+    from seglake.core import tracking
 
     tracking.setup(cfg)
     sweep = {3: {"wssse": 90.0, "silhouette": 0.41, "davies_bouldin": 0.9},

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from seglake import jvm, registry
+from seglake.core import jvm
+from seglake import registry
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "databricks.yml"

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from pyspark.sql import functions as F
 
-from seglake import segments as S
-from seglake.config import load_config
+from seglake.stages import segments as S
+from seglake.core.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 AS_OF = date(2026, 11, 1)
@@ -198,8 +198,8 @@ def test_validation_wrong_threshold_type_duplicate_and_placeholders(spark):
 
 
 def test_validation_failure_writes_nothing(spark, lakehouse, tmp_path):
-    from seglake import tables
-    from seglake.context import JobContext
+    from seglake.core import tables
+    from seglake.core.context import JobContext
 
     conf = tmp_path / "conf"
     shutil.copytree(REPO / "conf", conf)
@@ -440,8 +440,8 @@ def _features_only_conf(tmp_path: Path, edit=None) -> Path:
 
 def test_run_history_changes_health_and_threshold_edit(spark, lakehouse, tmp_path):
     """Two as-of dates, a rerun, then a YAML threshold edit that changes membership."""
-    from seglake import tables
-    from seglake.context import JobContext
+    from seglake.core import tables
+    from seglake.core.context import JobContext
 
     d1, d2 = date(2026, 10, 25), AS_OF
     rows1 = [{"customer_id": f"r{i}", "purchases_180d": 3, "purchases_total": 3} for i in range(10)] \
@@ -531,7 +531,7 @@ def segment_scores(members, person_of, persons) -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_generated_data_precision_recall_against_planted_archetypes(spark, pipeline_through):
-    from seglake import pii, tables
+    from seglake.core import pii, tables
 
     cfg, gen_dir = pipeline_through("segments")
     summary = pipeline_through.summaries["segments"]

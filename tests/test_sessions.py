@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seglake import sessions
+from seglake.stages import sessions
 
 DDL = ("event_key STRING, customer_id STRING, event_type STRING, event_ts TIMESTAMP, session_id STRING, "
        "product_id STRING, device_type STRING, channel STRING")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from seglake import tables, tracking
+from seglake.core import tables, tracking
 from conftest import make_cfg
 
 

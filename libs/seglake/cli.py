@@ -15,7 +15,7 @@ from datetime import date
 from pathlib import Path
 
 from seglake import __version__, registry
-from seglake.config import ENVIRONMENTS
+from seglake.core.config import ENVIRONMENTS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_SPARK = 0, 1, 2, 3, 4
 
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args, lakehouse: str | None = None):
-    from seglake.config import load_config
+    from seglake.core.config import load_config
     overrides = {}
     lake = lakehouse or getattr(args, "lakehouse", None)
     if lake:
@@ -116,7 +116,7 @@ def _config(args, lakehouse: str | None = None):
 
 
 def _spark(cfg, app: str):
-    from seglake.spark import get_spark
+    from seglake.core.spark import get_spark
     return get_spark(cfg, app_name=app)
 
 
@@ -126,8 +126,8 @@ def _job_args(args) -> dict:
 
 
 def cmd_run(args) -> int:
-    from seglake import pipeline
-    from seglake.context import JobContext
+    from seglake.core import runner as pipeline
+    from seglake.core.context import JobContext
     if args.job != "all":
         registry.load(args.job)  # JobNotAvailable before any Spark start
     cfg = _config(args)
@@ -147,7 +147,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from seglake import generate
+    from seglake.devtools import generate
     cfg = _config(args, lakehouse=str(Path(args.out) / "_spark"))
     spark = _spark(cfg, "seglake-generate")
     kwargs = {k: v for k, v in (("start_date", args.start_date), ("end_date", args.end_date)) if v}
@@ -160,8 +160,9 @@ def cmd_generate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from seglake import generate, pipeline
-    from seglake.context import JobContext
+    from seglake.devtools import generate
+    from seglake.core import runner as pipeline
+    from seglake.core.context import JobContext
     lake = Path(args.lakehouse).expanduser().resolve()
     cfg = _config(args, lakehouse=str(lake))
     spark = _spark(cfg, "seglake-demo")
@@ -212,7 +213,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_setup(args) -> int:
-    from seglake import jvm
+    from seglake.core import jvm
     jars = jvm.ensure_jars()
     print(f"{len(jars)} jars cached in {jvm.jar_dir()}; cluster users pass --packages {jvm.packages_arg()}")
     return EXIT_OK
@@ -237,9 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("py4j", "urllib3", "great_expectations", "alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from seglake.config import ConfigError
-    from seglake.jvm import JarResolutionError
-    from seglake.spark import SparkStartError
+    from seglake.core.config import ConfigError
+    from seglake.core.jvm import JarResolutionError
+    from seglake.core.spark import SparkStartError
     handlers = {"run": cmd_run, "demo": cmd_demo, "generate": cmd_generate, "report": cmd_report, "setup": cmd_setup}
     try:
         return handlers[args.verb](args)
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SPARK
     except Exception as exc:  # noqa: BLE001 - a scheduler needs the exit code and one clear line
-        from seglake.pipeline import JobFailed
+        from seglake.core.runner import JobFailed
         if isinstance(exc, JobFailed):
             log.debug("traceback", exc_info=exc.cause)
             print(f"error: job '{exc.job}' failed: {type(exc.cause).__name__}: {explain(exc.cause)}\n(rerun this job alone with: seglake run {exc.job}; add -v for the traceback)",

@@ -11,19 +11,19 @@ from types import ModuleType
 
 #: verb -> module, in the order of the flow (DESIGN.md).
 JOBS: dict[str, str] = {
-    "ingest": "seglake.ingest",
-    "clean": "seglake.clean",
-    "identity": "seglake.identity",
-    "sessions": "seglake.sessions",
-    "features": "seglake.features",
-    "segments": "seglake.segments",
-    "cluster": "seglake.cluster",
-    "propensity": "seglake.propensity",
-    "journeys": "seglake.journeys",
-    "experiments": "seglake.experiments",
-    "stream": "seglake.stream",
-    "export": "seglake.export",
-    "erase": "seglake.erase",
+    "ingest": "seglake.stages.ingest",
+    "clean": "seglake.stages.clean",
+    "identity": "seglake.stages.identity",
+    "sessions": "seglake.stages.sessions",
+    "features": "seglake.stages.features",
+    "segments": "seglake.stages.segments",
+    "cluster": "seglake.stages.cluster",
+    "propensity": "seglake.stages.propensity",
+    "journeys": "seglake.stages.journeys",
+    "experiments": "seglake.stages.experiments",
+    "stream": "seglake.stages.stream",
+    "export": "seglake.stages.export",
+    "erase": "seglake.stages.erase",
 }
 
 #: the jobs `seglake run all` and `seglake demo` chain, in order.

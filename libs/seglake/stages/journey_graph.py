@@ -19,7 +19,7 @@ from typing import Sequence
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from seglake.journeys import ALL, StateSpec, _require
+from seglake.stages.journeys import ALL, StateSpec, _require
 
 
 def page_edges(events: DataFrame) -> DataFrame:
@@ -116,7 +116,7 @@ def event_edges(journeys: DataFrame, spec: StateSpec) -> DataFrame:
     ``<journey_key>:exit`` = its exit vertex).
 
     Args:
-        journeys: output of :func:`seglake.journeys.build_journeys`.
+        journeys: output of :func:`seglake.stages.journeys.build_journeys`.
         spec: the states spec.
 
     Returns:
@@ -124,7 +124,7 @@ def event_edges(journeys: DataFrame, spec: StateSpec) -> DataFrame:
     """
     _require(journeys, ["customer_id", "journey_key", "journey_part", "journey_pos", "is_last", "state",
                         "event_ts", "event_seq"], "event_edges")
-    from seglake.journeys import _journey_window
+    from seglake.stages.journeys import _journey_window
 
     w = _journey_window(spec)
     vid = lambda pos: F.concat_ws(":", F.col("journey_key"), pos.cast("string"))  # noqa: E731

@@ -8,7 +8,7 @@ The first-order matrices are tiny (states x states per segment/channel), so the 
 chain algebra (fundamental matrix ``N = (I - Q)^-1``, absorption ``B = N R``, expected steps
 ``t = N 1``, removal effects) runs on the driver in numpy -> ``gold.journey_metrics``.
 Journey paths and the funnel -> ``gold.journey_paths`` / ``gold.journey_metrics``.
-The journey graph (PageRank, motif) lives in :mod:`seglake.journey_graph`.
+The journey graph (PageRank, motif) lives in :mod:`seglake.stages.journey_graph`.
 
 A *journey* is the ordered list of mapped events of one session (scope ``session``) or of
 one customer over the window (scope ``customer``), split after every conversion. It begins
@@ -636,7 +636,7 @@ def matrix_metrics(first_order: Iterable[Any], spec: StateSpec) -> list[dict]:
 
 def _membership(spark, cfg, as_of: date) -> DataFrame | None:
     """customer_id, segment of gold.segment_membership at ``as_of`` (else the latest before), or None."""
-    from seglake import tables
+    from seglake.core import tables
 
     if not cfg.get("journeys.per_segment", True) or not tables.exists(spark, cfg, "gold.segment_membership"):
         return None
@@ -656,10 +656,10 @@ def sessionized_events(spark, cfg, window_start: date, as_of: date) -> DataFrame
     Returns:
         ``customer_id, session_key, event_ts, event_seq, event_type, channel, page_url``.
     """
-    from seglake import tables
-    from seglake.clean import profiling_events
-    from seglake.identity import attach_customer_id
-    from seglake.sessions import sessionize
+    from seglake.core import tables
+    from seglake.stages.clean import profiling_events
+    from seglake.stages.identity import attach_customer_id
+    from seglake.stages.sessions import sessionize
 
     events = tables.read(spark, cfg, "silver.events")
     events = profiling_events(events).where(
@@ -682,9 +682,9 @@ def add_arguments(parser) -> None:  # noqa: D103 - argparse hook
 
 def run(ctx) -> dict:
     """``seglake run journeys``: transition matrices, journey metrics, paths (see module doc)."""
-    from seglake import journey_graph as G
-    from seglake import tables
-    from seglake.spark import persist_events
+    from seglake.stages import journey_graph as G
+    from seglake.core import tables
+    from seglake.core.spark import persist_events
 
     spark, cfg = ctx.spark, ctx.cfg
     jcfg = cfg["journeys"]
@@ -729,7 +729,7 @@ def run(ctx) -> dict:
             F.lit("kstep").alias("path_kind"), F.lit(k).alias("k"), "path", "journeys", "share", "rank")
         tables.overwrite(full.unionByName(kstep).select("*", *stamp), cfg, PATHS_TABLE,
                          partition_by=["as_of_date"], replace_where=slice_)
-        # ---- journey graph (native DataFrame implementation, see seglake.journey_graph)
+        # ---- journey graph (native DataFrame implementation, see seglake.stages.journey_graph)
         top_page = None
         if not ctx.args.get("no_graph"):
             edges = (G.state_edges(matrix) if jcfg["graph_vertices"] == "state" else G.page_edges(events))

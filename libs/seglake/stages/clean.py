@@ -5,7 +5,7 @@
 1. standardizes every record (timestamps in any contract format -> UTC ``event_ts``;
    event types, devices, sources, channels and currencies from ``conf/standardize.yaml``;
    numeric casts; durations in seconds; scroll depth 0..1; properties as a map);
-2. hashes PII (``device_id``, email, phone) with the salted SHA-256 of :mod:`seglake.pii`;
+2. hashes PII (``device_id``, email, phone) with the salted SHA-256 of :mod:`seglake.core.pii`;
 3. routes each bad record to quarantine with one reason code (:data:`REASONS`);
 4. deduplicates exactly once: ``event_key`` = event_id, else a hash of identifiers + UTC
    epoch millis + canonical type; duplicates inside the batch are dropped here, duplicates of
@@ -13,7 +13,7 @@
 5. imputes missing durations with the median per event type x device (fallback
    per event type, then global), flagging ``duration_imputed``;
 6. validates the result with the Great Expectations suite ``expectations/silver_events.json``
-   (:mod:`seglake.quality`); a table-level failure, or a reject share above
+   (:mod:`seglake.core.quality`); a table-level failure, or a reject share above
    ``clean.max_reject_share``, stops the job before silver is written;
 7. writes one ``ops.run_log`` row.
 
@@ -34,9 +34,9 @@ import yaml
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from seglake import ops, pii, quality, tables
-from seglake.context import JobContext
-from seglake.spark import persist_events
+from seglake.core import ops, pii, quality, tables
+from seglake.core.context import JobContext
+from seglake.core.spark import persist_events
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import subprocess
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from seglake import tables
-from seglake.config import Config, join
+from seglake.core import tables
+from seglake.core.config import Config, join
 
 log = logging.getLogger(__name__)
 

@@ -95,7 +95,7 @@ def compute_features(events: DataFrame, as_of: date, params: FeatureParams = Fea
     """Customer features as of ``as_of`` from sessionized events (no scaling columns).
 
     Args:
-        events: :func:`seglake.sessions.sessionize` output over silver events with
+        events: :func:`seglake.stages.sessions.sessionize` output over silver events with
             customer_id (event_type, event_ts, source, device_type, revenue_usd,
             scroll_depth, duration_s, properties, session_key). Events at or after as_of
             are ignored here, so the caller may pass everything.
@@ -257,7 +257,7 @@ def apply_scaling(features: DataFrame, stats: DataFrame | Iterable) -> DataFrame
 
 def load_scaling(spark: SparkSession, cfg, as_of: date) -> DataFrame:
     """The saved scaling statistics of ``as_of`` from gold.feature_scaling."""
-    from seglake import tables
+    from seglake.core import tables
     return tables.read(spark, cfg, "gold.feature_scaling").filter(F.col("as_of_date") == F.lit(as_of))
 
 
@@ -299,8 +299,9 @@ def build(features: DataFrame, inputs: Sequence[str]) -> tuple[DataFrame, DataFr
 
 def run(ctx) -> dict:
     """``seglake run features [--as-of D | --start D1 --end D2 [--step-days N]]``."""
-    from seglake import cohorts, sessions, tables
-    from seglake.spark import persist_events
+    from seglake.stages import cohorts, sessions
+    from seglake.core import tables
+    from seglake.core.spark import persist_events
     spark, cfg = ctx.spark, ctx.cfg
     params = FeatureParams.from_config(cfg)
     dates = as_of_dates(ctx)

@@ -70,7 +70,7 @@ def retention_matrix(events: DataFrame, as_of: date, granularity: str = "week", 
 
 def write_retention(spark, cfg, events: DataFrame, as_of: date) -> int:
     """Compute and write gold.retention_matrix for ``as_of`` (replaceWhere); returns its row count."""
-    from seglake import tables
+    from seglake.core import tables
     fcfg = cfg["features"]
     rm = retention_matrix(events, as_of, fcfg["retention_granularity"], int(fcfg["retention_periods"]))
     tables.overwrite(rm, cfg, "gold.retention_matrix", partition_by=["as_of_date"],

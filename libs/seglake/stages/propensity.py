@@ -10,7 +10,7 @@
   (``propensity.train_snapshots`` of them, ``propensity.train_step_days`` apart): every
   training label window ends on or before the evaluation date. Features of a snapshot come
   from gold.customer_features when that as-of date is there, else they are computed with
-  :func:`seglake.features.compute_features` (same code, same point-in-time cut).
+  :func:`seglake.stages.features.compute_features` (same code, same point-in-time cut).
 - **Models**: a Spark ML Pipeline (null fill -> VectorAssembler -> GBTClassifier) tuned by
   ``CrossValidator`` over ``propensity.grid_max_depth`` x ``propensity.grid_max_iter``, against
   a logistic-regression baseline (fill -> assemble -> standardize -> LogisticRegression).
@@ -43,8 +43,8 @@ from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from seglake import tables
-from seglake.context import JobContext
+from seglake.core import tables
+from seglake.core.context import JobContext
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ def _log_figure(fig, path: str) -> None:
 
 def _profiling_events(ctx: JobContext) -> DataFrame:
     """Consented silver events with customer_id (the features stage's own reader)."""
-    from seglake import sessions
+    from seglake.stages import sessions
 
     events, _ = sessions.customer_events(ctx.spark, ctx.cfg)
     return events
@@ -279,8 +279,8 @@ def _profiling_events(ctx: JobContext) -> DataFrame:
 
 def features_at(ctx: JobContext, dates: Sequence[date], events: DataFrame | None = None) -> DataFrame:
     """Features for ``dates``: from gold.customer_features, computing dates absent there."""
-    from seglake import features as feat
-    from seglake import sessions
+    from seglake.stages import features as feat
+    from seglake.stages import sessions
 
     spark, cfg = ctx.spark, ctx.cfg
     dates = sorted(set(dates))
@@ -331,7 +331,7 @@ def log_and_register(best: Candidate, held: DataFrame, inputs: Sequence[str], na
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
-    from seglake import tracking
+    from seglake.core import tracking
 
     with mlflow.start_run(run_id=best.info["run_id"], nested=True):
         sample = held.limit(20)  # 20 rows for the signature: small
@@ -396,7 +396,7 @@ def run(ctx: JobContext) -> dict:
     """Build labels, train and evaluate both targets, update champions, score as_of."""
     import mlflow
 
-    from seglake import tracking
+    from seglake.core import tracking
 
     spark, cfg = ctx.spark, ctx.cfg
     pc = cfg["propensity"]

@@ -13,7 +13,7 @@ import os
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from seglake.config import Config
+from seglake.core.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ cluster folder, default ``$SEGLAKE_CLUSTER_DIR`` or ``<tmp>/seglake-cluster-<uid
 
 Command line (also ``scripts/cluster.sh``)::
 
-    python -m seglake.cluster_local start [--workers 2]      # master + workers, waits until ALIVE
-    python -m seglake.cluster_local status
-    python -m seglake.cluster_local submit ingest --lakehouse ./lakehouse_cluster
-    python -m seglake.cluster_local stop
+    python -m seglake.devtools.local_cluster start [--workers 2]      # master + workers, waits until ALIVE
+    python -m seglake.devtools.local_cluster status
+    python -m seglake.devtools.local_cluster submit ingest --lakehouse ./lakehouse_cluster
+    python -m seglake.devtools.local_cluster stop
 
 ``submit`` builds the wheel (into ``dist/``) and runs ``spark-submit --master spark://...
 --py-files dist/seglake-*.whl --jars <Delta jars> jobs/<job>.py --env cluster --lakehouse DIR``.
@@ -65,7 +65,7 @@ def spark_home() -> Path:
 
 def repo_root() -> Path:
     """The source tree this module was loaded from (setup.py, jobs/, conf/)."""
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[3]
 
 
 def default_dir() -> Path:
@@ -387,12 +387,12 @@ def submit(master_url: str, job: str, lakehouse: str | Path, wheel: str | Path |
 
     The driver runs here (client mode) with this python; executors use the same python
     (``PYSPARK_PYTHON``), import seglake from the shipped wheel, and get the Delta jars
-    (:func:`seglake.jvm.ensure_jars`) with ``--jars``. Output goes to ``log_path`` when given
+    (:func:`seglake.core.jvm.ensure_jars`) with ``--jars``. Output goes to ``log_path`` when given
     (else it is captured). ``script`` replaces ``jobs/<job>.py`` (e.g. a smoke-test script;
     ``job`` then only names the application). Raises ClusterError naming the job and the end of its output when
     spark-submit exits non-zero.
     """
-    from seglake import jvm
+    from seglake.core import jvm
 
     source = Path(source or repo_root())
     script = Path(script) if script else job_script(job, source)

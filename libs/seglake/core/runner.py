@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from seglake import registry
-from seglake.context import JobContext
+from seglake.core.context import JobContext
 
 log = logging.getLogger(__name__)
 

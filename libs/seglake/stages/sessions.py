@@ -139,7 +139,8 @@ def session_table(sessionized: DataFrame, states: Mapping[str, str] | None = Non
 
 def customer_events(spark, cfg) -> tuple[DataFrame, str]:
     """Profiling (consented) silver events with customer_id attached; events without one dropped."""
-    from seglake import identity, tables
+    from seglake.stages import identity
+    from seglake.core import tables
     events, consent_via = identity._profiling(tables.read(spark, cfg, "silver.events"))
     idmap = tables.read(spark, cfg, identity.MAP_TABLE)
     excluded = (tables.read(spark, cfg, identity.EXCLUDED_TABLE)
@@ -155,7 +156,7 @@ def states_for(cfg) -> dict[str, str]:
 
 def run(ctx) -> dict:
     """``seglake run sessions``: rebuild silver.sessions from silver.events + identity map."""
-    from seglake import tables
+    from seglake.core import tables
     spark, cfg = ctx.spark, ctx.cfg
     scfg = cfg["sessions"]
     events, consent_via = customer_events(spark, cfg)

@@ -26,9 +26,9 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from seglake import ops, pii, tables
-from seglake.config import Config
-from seglake.context import JobContext
+from seglake.core import ops, pii, tables
+from seglake.core.config import Config
+from seglake.core.context import JobContext
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from seglake import jvm
-from seglake.config import Config, join
+from seglake.core import jvm
+from seglake.core.config import Config, join
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession

@@ -118,7 +118,7 @@ def ensure_jars(coordinates: tuple[str, ...] = COORDINATES) -> list[Path]:
 
 
 def main() -> int:
-    """``python -m seglake.jvm``: resolve and cache the jars, print where they are."""
+    """``python -m seglake.core.jvm``: resolve and cache the jars, print where they are."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         jars = ensure_jars()

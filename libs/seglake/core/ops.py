@@ -9,8 +9,8 @@ from typing import Any, Mapping
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from seglake import tables
-from seglake.config import Config
+from seglake.core import tables
+from seglake.core.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -907,9 +907,9 @@ def segments_file(cfg) -> Path:
 
 
 def _events_for_sequences(ctx, as_of: date, segments: list[Segment]) -> DataFrame:
-    from seglake import tables
-    from seglake.clean import profiling_events
-    from seglake.identity import attach_customer_id
+    from seglake.core import tables
+    from seglake.stages.clean import profiling_events
+    from seglake.stages.identity import attach_customer_id
 
     days = max(int(s.thresholds[SEQUENCE_KINDS[s.sequence].lookback_param].value)
                for s in segments if s.sequence is not None) + 2
@@ -927,7 +927,7 @@ def _events_for_sequences(ctx, as_of: date, segments: list[Segment]) -> DataFram
 
 def run(ctx) -> dict:
     """Compute segment membership, changes, health and overlap for ``--as-of``."""
-    from seglake import tables
+    from seglake.core import tables
 
     cfg, spark = ctx.cfg, ctx.spark
     source = segments_file(cfg)

@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 
-from seglake.config import Config
+from seglake.core.config import Config
 
 log = logging.getLogger(__name__)
 

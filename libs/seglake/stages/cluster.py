@@ -34,8 +34,8 @@ from pyspark.ml.stat import Summarizer
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from seglake import tables
-from seglake.context import JobContext
+from seglake.core import tables
+from seglake.core.context import JobContext
 
 log = logging.getLogger(__name__)
 
@@ -490,7 +490,7 @@ def run(ctx: JobContext) -> dict:
     """Sweep k, pick one, label and write the clusters; track everything in MLflow."""
     import mlflow
 
-    from seglake import tracking
+    from seglake.core import tracking
 
     spark, cfg = ctx.spark, ctx.cfg
     as_of = ctx.resolve_as_of()

@@ -39,7 +39,7 @@ def default_conf_dir() -> Path:
     cwd = Path.cwd() / "conf"
     if (cwd / "base.yaml").exists():
         return cwd
-    return Path(__file__).resolve().parents[2] / "conf"
+    return Path(__file__).resolve().parents[3] / "conf"
 
 
 def _read_yaml(path: Path) -> dict:

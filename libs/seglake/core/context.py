@@ -10,8 +10,8 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from seglake import tables
-from seglake.config import Config
+from seglake.core import tables
+from seglake.core.config import Config
 
 
 def new_run_id() -> str:

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from pyspark.sql import DataFrame
 
-from seglake.config import Config, join
+from seglake.core.config import Config, join
 
 log = logging.getLogger(__name__)
 

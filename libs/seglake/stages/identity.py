@@ -423,14 +423,14 @@ def attach_customer_id(events: DataFrame, identity_map: DataFrame,
 # --------------------------------------------------------------------------- job
 def _profiling(events: DataFrame) -> tuple[DataFrame, str]:
     try:
-        from seglake.clean import profiling_events
+        from seglake.stages.clean import profiling_events
     except ImportError:
-        return events.filter(F.col("consent") == F.lit(True)), "consent filter (seglake.clean.profiling_events missing)"
-    return profiling_events(events), "seglake.clean.profiling_events"
+        return events.filter(F.col("consent") == F.lit(True)), "consent filter (seglake.stages.clean.profiling_events missing)"
+    return profiling_events(events), "seglake.stages.clean.profiling_events"
 
 
 def _last_run(spark: SparkSession, cfg) -> dict | None:
-    from seglake import tables
+    from seglake.core import tables
     if not tables.exists(spark, cfg, RUNS_TABLE):
         return None
     # one row: the latest run (the runs table has one row per identity run: small)
@@ -440,7 +440,7 @@ def _last_run(spark: SparkSession, cfg) -> dict | None:
 
 def run(ctx) -> dict:
     """``seglake run identity``: build or update silver.identity_map."""
-    from seglake import tables
+    from seglake.core import tables
     spark, cfg = ctx.spark, ctx.cfg
     icfg = cfg["identity"]
     prefix = icfg["customer_id_prefix"]
@@ -559,7 +559,7 @@ def run(ctx) -> dict:
 def _log_run(spark: SparkSession, cfg, run_id: str, mode: str, watermark) -> None:
     from datetime import datetime, timezone
 
-    from seglake import tables
+    from seglake.core import tables
     row = spark.createDataFrame(
         [(run_id, mode, watermark, datetime.now(timezone.utc).replace(tzinfo=None))],
         "run_id STRING, mode STRING, watermark TIMESTAMP, finished_at TIMESTAMP")
@@ -567,7 +567,7 @@ def _log_run(spark: SparkSession, cfg, run_id: str, mode: str, watermark) -> Non
 
 
 def _finish(spark: SparkSession, cfg, summary: dict, consent_via: str) -> dict:
-    from seglake import tables
+    from seglake.core import tables
     idmap = tables.read(spark, cfg, MAP_TABLE)
     stats = idmap.agg(F.count(F.lit(1)).alias("ids"), F.countDistinct("customer_id").alias("customers")).first()
     n_ex = tables.read(spark, cfg, EXCLUDED_TABLE).count() if tables.exists(spark, cfg, EXCLUDED_TABLE) else 0

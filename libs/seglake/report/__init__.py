@@ -32,8 +32,8 @@ from typing import Any, Callable, Sequence
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from seglake import tables
-from seglake.config import Config
+from seglake.core import tables
+from seglake.core.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def mlflow_runs(cfg: Config, stage: str) -> tuple[Any, list]:
 
     A local SQLite store that does not exist yet is not created.
     """
-    from seglake import tracking
+    from seglake.core import tracking
 
     uri = tracking.tracking_uri(cfg)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
@@ -315,7 +315,7 @@ def section_cluster_sweep(spark: SparkSession, cfg: Config) -> str:
 
 def _state_order(cfg: Config, states: set[str]) -> list[str]:
     try:
-        from seglake.journeys import load_states
+        from seglake.stages.journeys import load_states
         spec = load_states(cfg.conf_file(str(cfg.get("journeys.states_file"))))
         preferred = [spec.start, *dict.fromkeys(spec.event_states.values()), *spec.funnel,
                      spec.conversion, spec.exit]
@@ -642,8 +642,8 @@ def notebook_context(dbutils: Any = None, app_name: str = "seglake-notebook") ->
     """
     from datetime import date as _date
 
-    from seglake.config import load_config
-    from seglake.spark import get_spark
+    from seglake.core.config import load_config
+    from seglake.core.spark import get_spark
 
     p = notebook_params(dbutils, env="local", lakehouse="", as_of="")
     cfg = load_config(p["env"] or "local", overrides={"paths": {"lakehouse": p["lakehouse"]}} if p["lakehouse"] else None)

@@ -19,8 +19,8 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from seglake import tables
-from seglake.context import JobContext
+from seglake.core import tables
+from seglake.core.context import JobContext
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Infrastructure every stage uses: configuration, the Spark session and its jars, Delta table I/O, the run context and stage runner, ops tables, PII hashing, data quality, MLflow tracking and the data contracts. Imports no stage."""

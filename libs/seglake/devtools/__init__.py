@@ -1,0 +1,1 @@
+"""Developer tooling: the synthetic data generator and the local standalone cluster. Not imported by core or stages."""

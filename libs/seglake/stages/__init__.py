@@ -1,0 +1,1 @@
+"""One module or sub-package per job of the flow (DESIGN.md): ingest -> clean -> identity -> sessions -> features -> segments -> cluster -> propensity -> journeys, and erase. Stages import core, never report or devtools."""
