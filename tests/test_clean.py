@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
+from seglake.core import contracts
 from seglake.stages import clean
 from seglake.core import pii, tables
-from seglake.stages.clean import RAW_FIELDS
+from seglake.core.contracts import RAW_FIELDS
 from seglake.core.context import JobContext
 
 SALT = "test-salt-not-secret"  # conftest sets SEGLAKE_PII_SALT to this
@@ -232,9 +233,9 @@ def test_clean_refuses_a_bad_impute_decimals_setting(spark, lakehouse):
 
 def test_profiling_events_drops_consent_false(spark):
     df = spark.createDataFrame([("a", True), ("b", False), ("c", None)], "k STRING, consent BOOLEAN")
-    assert [r["k"] for r in clean.profiling_events(df).collect()] == ["a"]
+    assert [r["k"] for r in contracts.profiling_events(df).collect()] == ["a"]
     with pytest.raises(ValueError, match="consent"):
-        clean.profiling_events(df.drop("consent"))
+        contracts.profiling_events(df.drop("consent"))
 
 
 # ------------------------------------------------------------------ the job

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
+from seglake.core import contracts
 from seglake.stages import identity
 from seglake.core.context import JobContext
 
@@ -161,12 +162,12 @@ def test_attach_customer_id_priority_and_excluded(spark):
         ("k4", None, None, None, "e4", None),
         ("k5", None, "unknown", None, None, None),  # not in the map -> null
     ], "event_key STRING, user_id STRING, anonymous_id STRING, device_id STRING, email_hash STRING, phone_hash STRING")
-    got = {r["event_key"]: r["customer_id"] for r in identity.attach_customer_id(ev, idmap, excluded).collect()}
+    got = {r["event_key"]: r["customer_id"] for r in contracts.attach_customer_id(ev, idmap, excluded).collect()}
     assert got == {"k1": "c1", "k2": "c2", "k3": "c3", "k4": "c4", "k5": None}
-    no_ex = {r["event_key"]: r["customer_id"] for r in identity.attach_customer_id(ev, idmap).collect()}
+    no_ex = {r["event_key"]: r["customer_id"] for r in contracts.attach_customer_id(ev, idmap).collect()}
     assert no_ex["k3"] is None
     with pytest.raises(ValueError, match="missing required column"):
-        identity.attach_customer_id(ev.drop("phone_hash"), idmap)
+        contracts.attach_customer_id(ev.drop("phone_hash"), idmap)
 
 
 def _events(spark, rows, ingested):
@@ -228,7 +229,7 @@ def test_identity_recovers_planted_persons(spark, pipeline_through):
     shared = gt.filter(F.col("person_id").isNull())
     # identifiers the pipeline may use: those in consented silver events
     seen = identity.identity_nodes(identity.identifier_tuples(
-        clean.profiling_events(tables.read(spark, cfg, "silver.events"))))
+        contracts.profiling_events(tables.read(spark, cfg, "silver.events"))))
     truth = gt.filter(F.col("person_id").isNotNull()).join(seen, ["identifier_type", "identifier"])
     idmap = tables.read(spark, cfg, identity.MAP_TABLE)
     # an identifier missing from the map counts as its own (wrong) customer

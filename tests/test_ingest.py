@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
+from seglake.core import contracts
 from seglake.stages import ingest
 from seglake.core import tables
 from seglake.core.context import JobContext
@@ -37,11 +38,11 @@ def test_parse_json_lines(spark):
     assert json.loads(ok["properties"]) == {"feature": "dark_mode"}
     assert got['{"event_id":"e2","event_type":"search"']["_malformed"] is True
     assert got["[1, 2]"]["_malformed"] is True
-    assert set(out.columns) >= set(ingest.RAW_FIELDS) | {"_raw", "_malformed", "_source_file"}
+    assert set(out.columns) >= set(contracts.RAW_FIELDS) | {"_raw", "_malformed", "_source_file"}
 
 
 def test_parse_csv_lines(spark):
-    fields = list(ingest.RAW_FIELDS)
+    fields = list(contracts.RAW_FIELDS)
     row = ["e1", "u1"] + [""] * (len(fields) - 2)
     row[fields.index("properties")] = '"{""feature"": ""a,b""}"'
     row[fields.index("event_ts")] = "2026-08-01 12:34:56"

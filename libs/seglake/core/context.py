@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 
 from seglake.core import tables
 from seglake.core.config import Config
+from seglake.core.contracts import SILVER_EVENTS
 
 
 def new_run_id() -> str:
@@ -27,6 +28,8 @@ class JobContext:
     run_id: str = field(default_factory=new_run_id)
     as_of: date | None = None
     args: dict[str, Any] = field(default_factory=dict)
+    #: the run's outcome for ``ops.run_log``: a stage sets ``"noop"`` when there was nothing to do
+    status: str = "success"
 
     def log(self, name: str) -> logging.Logger:
         return logging.getLogger(f"seglake.{name}")
@@ -38,7 +41,7 @@ class JobContext:
         """
         if self.as_of is not None:
             return self.as_of
-        last = (tables.read(self.spark, self.cfg, "silver.events")
+        last = (tables.read(self.spark, self.cfg, SILVER_EVENTS)
                 .agg(F.max("event_date").alias("d")).first()["d"])
         if last is None:
             raise ValueError("silver.events is empty: nothing to compute an as-of date from; pass --as-of")

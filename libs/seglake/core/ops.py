@@ -1,9 +1,10 @@
-"""Operations tables: ``ops.run_log`` (one row per job run), written by every stage."""
+"""Operations tables: ``ops.run_log`` (one row per job run), written for every job by
+:mod:`seglake.core.runner`."""
 from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any, Mapping
 
 from pyspark.sql import DataFrame, SparkSession
@@ -11,12 +12,13 @@ from pyspark.sql import functions as F
 
 from seglake.core import tables
 from seglake.core.config import Config
+from seglake.core.contracts import RUN_LOG
 
 log = logging.getLogger(__name__)
 
-RUN_LOG = "ops.run_log"
 RUN_LOG_DDL = ("run_id STRING, job STRING, status STRING, started_at TIMESTAMP, finished_at TIMESTAMP, "
-               "duration_s DOUBLE, metrics MAP<STRING,STRING>, metrics_json STRING")
+               "duration_s DOUBLE, metrics MAP<STRING,STRING>, metrics_json STRING, as_of_date DATE, "
+               "rows_in MAP<STRING,BIGINT>, rows_out MAP<STRING,BIGINT>, error STRING")
 
 
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -39,17 +41,22 @@ def _utc(ts: datetime) -> datetime:
 
 
 def run_log_row(spark: SparkSession, job: str, run_id: str, metrics: Mapping[str, Any],
-                started_at: datetime, status: str, finished_at: datetime | None = None) -> DataFrame:
+                started_at: datetime, status: str, finished_at: datetime | None = None,
+                as_of: date | None = None, rows_in: Mapping[str, int] | None = None,
+                rows_out: Mapping[str, int] | None = None, error: str | None = None) -> DataFrame:
     """The one-row DataFrame :func:`record_run` writes (exposed for tests)."""
     finished = _utc(finished_at or datetime.now(timezone.utc))
     started = _utc(started_at)
     row = (run_id, job, status, started, finished, (finished - started).total_seconds(),
-           flatten_metrics(metrics), json.dumps(metrics, default=str, sort_keys=True))
+           flatten_metrics(metrics), json.dumps(metrics, default=str, sort_keys=True), as_of,
+           dict(rows_in or {}), dict(rows_out or {}), error)
     return spark.createDataFrame([row], RUN_LOG_DDL)
 
 
 def record_run(spark: SparkSession, cfg: Config, job: str, run_id: str, metrics: Mapping[str, Any],
-               started_at: datetime, status: str = "success") -> None:
+               started_at: datetime, status: str = "success", as_of: date | None = None,
+               rows_in: Mapping[str, int] | None = None, rows_out: Mapping[str, int] | None = None,
+               error: str | None = None) -> None:
     """Write (or rewrite) the ``ops.run_log`` row of one job run.
 
     Generic for every stage: ``metrics`` is any JSON-able mapping (nested mappings are
@@ -65,11 +72,17 @@ def record_run(spark: SparkSession, cfg: Config, job: str, run_id: str, metrics:
         metrics: what the run produced, e.g. counts.
         started_at: when the run started (aware or naive UTC).
         status: ``success`` | ``failed`` | ``noop``.
+        as_of: the as-of date the run computed for, if any.
+        rows_in: rows of each table version the run read (from the Delta log).
+        rows_out: rows each written table received (from the Delta commit metrics).
+        error: the error message of a failed run.
     """
     if not job or not run_id:
         raise ValueError("record_run needs a job name and a run id")
-    df = run_log_row(spark, job, run_id, metrics, started_at, status)
-    tables.merge(spark, df, cfg, RUN_LOG, keys=["run_id", "job"], update=True)
+    df = run_log_row(spark, job, run_id, metrics, started_at, status, as_of=as_of, rows_in=rows_in,
+                     rows_out=rows_out, error=error)
+    # schema evolution: run logs written before as_of_date/rows_in/rows_out/error existed gain them
+    tables.merge(spark, df, cfg, RUN_LOG, keys=["run_id", "job"], update=True, schema_evolution=True)
     log.info("ops.run_log: %s run %s %s", job, run_id, status)
 
 

@@ -1,17 +1,26 @@
-"""Chaining jobs: `seglake run all` and `seglake demo`.
+"""The stage runner: every job, alone (`seglake run <job>`) or chained (`seglake run all`,
+`seglake demo`), runs through :func:`run_job`.
 
-Each job runs with a progress line, its timing and its summary; a failing job stops the
-chain with a clear message naming it (it can then be rerun alone with `seglake run <job>`).
-Jobs are idempotent, so rerunning the chain rebuilds the same tables.
+For each job it resolves the as-of date (stages with ``USES_AS_OF = True``), times the run,
+records what the job read and wrote (:func:`seglake.core.tables.recording`) and writes one
+``ops.run_log`` row: status (``success``, ``noop`` when the stage says there was nothing to
+do, ``failed``), duration, the stage's summary, ``rows_in`` per input table and ``rows_out``
+per written table, and the error message of a failed run. Row counts come from the Delta
+log, never from extra passes over the data: ``rows_out`` from the operation metrics of the
+job's own commits, ``rows_in`` from the log statistics of the table version it read.
+An exception becomes :class:`JobFailed` naming the job, which the CLI turns into exit code 1.
+Jobs are idempotent, so rerunning a job or the chain rebuilds the same tables.
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 from seglake import registry
+from seglake.core import ops, tables
 from seglake.core.context import JobContext
 
 log = logging.getLogger(__name__)
@@ -30,17 +39,57 @@ class StageResult:
     seconds: float
     summary: dict = field(default_factory=dict)
     skipped: str | None = None
+    status: str = "success"
+    rows_in: dict[str, int] = field(default_factory=dict)
+    rows_out: dict[str, int] = field(default_factory=dict)
 
 
 def run_job(ctx: JobContext, job: str) -> StageResult:
     """Run one job by verb; JobNotAvailable propagates, anything else becomes JobFailed."""
     module = registry.load(job)
+    return run_stage(ctx, job, module.run, uses_as_of=bool(getattr(module, "USES_AS_OF", False)))
+
+
+def run_stage(ctx: JobContext, job: str, run: Callable[[JobContext], dict | None],
+              uses_as_of: bool = False) -> StageResult:
+    """Run ``run(ctx)`` as job ``job`` and record its ``ops.run_log`` row (see the module doc)."""
+    started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
+    ctx.status = "success"
+    with tables.recording() as journal:
+        try:
+            if uses_as_of:
+                ctx.resolve_as_of()
+            summary = dict(run(ctx) or {})
+        except Exception as exc:  # noqa: BLE001 - recorded, then re-raised with the job's name
+            error = f"{type(exc).__name__}: {exc}"[:2000]  # names tables and counts, never identifiers
+            _record(ctx, job, journal, {"error": error}, started_at, "failed", error)
+            raise JobFailed(job, exc) from exc
+    result = StageResult(job, time.perf_counter() - started, summary, status=ctx.status)
+    result.rows_in, result.rows_out = _record(ctx, job, journal, summary, started_at, ctx.status)
+    return result
+
+
+def _counts(ctx: JobContext, journal: tables.Journal) -> tuple[dict[str, int], dict[str, int]]:
+    rows_out = {t: sum(tables.rows_written(c) for c in commits) for t, commits in sorted(journal.commits.items())}
+    rows_in = {t: tables.row_count(ctx.spark, ctx.cfg, t, v) for t, v in sorted(journal.reads.items())}
+    return rows_in, rows_out
+
+
+def _record(ctx: JobContext, job: str, journal: tables.Journal, metrics: dict, started_at: datetime,
+            status: str, error: str | None = None) -> tuple[dict[str, int], dict[str, int]]:
+    """Write the run's ``ops.run_log`` row; a failure to record is logged, never raised over
+    the job's own outcome."""
+    rows_in: dict[str, int] = {}
+    rows_out: dict[str, int] = {}
     try:
-        summary = module.run(ctx) or {}
-    except Exception as exc:  # noqa: BLE001 - re-raised with the job's name
-        raise JobFailed(job, exc) from exc
-    return StageResult(job, time.perf_counter() - started, dict(summary))
+        rows_in, rows_out = _counts(ctx, journal)
+        ops.record_run(ctx.spark, ctx.cfg, job, ctx.run_id, metrics, started_at, status=status,
+                       as_of=ctx.as_of, rows_in=rows_in, rows_out=rows_out, error=error)
+    except Exception as exc:  # noqa: BLE001 - the job's result matters more than its log row
+        log.warning("could not record the %s run %s in %s: %s: %s", job, ctx.run_id, ops.RUN_LOG,
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+    return rows_in, rows_out
 
 
 def run_chain(ctx: JobContext, jobs: Iterable[str] = registry.PIPELINE,

@@ -6,14 +6,77 @@ Tables are addressed by contract name (``silver.events``) and live at
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
-from typing import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 
 from seglake.core.config import Config
 
 log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- run journal
+
+@dataclass
+class Journal:
+    """What one job run read and wrote, filled in by :func:`read` and the writers while
+    :func:`recording` is active (the stage runner turns it into the ``ops.run_log`` counts).
+
+    Attributes:
+        reads: table -> the Delta version first read in the run.
+        commits: table -> the operation metrics of each commit the run made, in order.
+    """
+
+    reads: dict[str, int] = field(default_factory=dict)
+    commits: dict[str, list[dict]] = field(default_factory=dict)
+
+
+_journal: contextvars.ContextVar[Journal | None] = contextvars.ContextVar("seglake_tables_journal", default=None)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[Journal]:
+    """Record the reads and commits of the code run inside the block into a :class:`Journal`."""
+    journal = Journal()
+    token = _journal.set(journal)
+    try:
+        yield journal
+    finally:
+        _journal.reset(token)
+
+
+def _last_commit(spark: SparkSession, cfg: Config, table: str) -> dict:
+    from delta.tables import DeltaTable
+    row = DeltaTable.forPath(spark, cfg.table_path(table)).history(1).select(
+        "version", "operation", "operationMetrics").first()
+    return {"version": int(row["version"]), "operation": row["operation"],
+            "metrics": dict(row["operationMetrics"] or {})}
+
+
+def _journal_commit(spark: SparkSession, cfg: Config, table: str) -> None:
+    journal = _journal.get()
+    if journal is not None:
+        journal.commits.setdefault(table, []).append(_last_commit(spark, cfg, table))
+
+
+def rows_written(commit: dict) -> int:
+    """Rows a commit added or rewrote, from its Delta operation metrics (no data is read):
+    inserted + updated for MERGE, output rows for a write."""
+    m = commit.get("metrics") or {}
+    if "numTargetRowsInserted" in m:
+        return int(m.get("numTargetRowsInserted") or 0) + int(m.get("numTargetRowsUpdated") or 0)
+    return int(m.get("numOutputRows") or 0)
+
+
+def row_count(spark: SparkSession, cfg: Config, table: str, at_version: int) -> int:
+    """Rows of a table version, answered from the per-file statistics of the Delta log
+    (Delta's metadata-only COUNT(*): the plan is a local scan of the log, no data file is read)."""
+    return (spark.read.format("delta").option("versionAsOf", at_version).load(cfg.table_path(table))
+            .count())
 
 
 def exists(spark: SparkSession, cfg: Config, table: str) -> bool:
@@ -28,8 +91,15 @@ def read(spark: SparkSession, cfg: Config, table: str, version: int | None = Non
             f"table {table} does not exist yet at {cfg.table_path(table)}: run the job that builds it first"
         )
     reader = spark.read.format("delta")
+    journal = _journal.get()
+    if version is None and journal is not None and table not in journal.reads \
+            and table not in journal.commits:
+        # pin the version, so the recorded input is exactly what the job read
+        version = _last_commit(spark, cfg, table)["version"]
     if version is not None:
         reader = reader.option("versionAsOf", version)
+        if journal is not None and table not in journal.reads and table not in journal.commits:
+            journal.reads[table] = version
     return reader.load(cfg.table_path(table))
 
 
@@ -76,6 +146,7 @@ def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] =
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     writer.save(cfg.table_path(table))
+    _journal_commit(df.sparkSession, cfg, table)
 
 
 def overwrite(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] = (),
@@ -89,14 +160,17 @@ def overwrite(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     writer.save(cfg.table_path(table))
+    _journal_commit(df.sparkSession, cfg, table)
 
 
 def merge(spark: SparkSession, df: DataFrame, cfg: Config, table: str, keys: Iterable[str],
-          partition_by: Sequence[str] = (), update: bool = False, extra_condition: str | None = None) -> None:
+          partition_by: Sequence[str] = (), update: bool = False, extra_condition: str | None = None,
+          schema_evolution: bool = False) -> None:
     """Insert rows whose ``keys`` are new (and update matches when ``update``).
 
     The first write creates the table. ``extra_condition`` (on ``t.``/``s.``) can prune
-    the target, e.g. to the partitions the batch touches.
+    the target, e.g. to the partitions the batch touches. ``schema_evolution`` adds the
+    source's new columns to the target (for tables that gain columns between versions).
     """
     keys = list(keys)
     if not keys:
@@ -109,6 +183,9 @@ def merge(spark: SparkSession, df: DataFrame, cfg: Config, table: str, keys: Ite
     if extra_condition:
         cond = f"({extra_condition}) AND {cond}"
     builder = DeltaTable.forPath(spark, cfg.table_path(table)).alias("t").merge(df.alias("s"), cond)
+    if schema_evolution:
+        builder = builder.withSchemaEvolution()
     if update:
         builder = builder.whenMatchedUpdateAll()
     builder.whenNotMatchedInsertAll().execute()
+    _journal_commit(spark, cfg, table)

@@ -32,15 +32,10 @@ from typing import Iterator
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from seglake.core.contracts import RAW_FIELDS
+
 log = logging.getLogger(__name__)
 
-#: Raw event contract fields, in file order (DESIGN.md plus ``phone``).
-RAW_FIELDS: tuple[str, ...] = (
-    "event_id", "user_id", "anonymous_id", "device_id", "email", "phone", "event_type",
-    "event_ts", "source", "session_id", "page_url", "product_id", "category", "price",
-    "quantity", "revenue", "currency", "device_type", "utm_source", "utm_medium",
-    "utm_campaign", "channel", "duration_ms", "scroll_depth", "consent", "properties",
-)
 
 EVENT_TYPES: tuple[str, ...] = (
     "page_view", "search", "product_view", "add_to_cart", "remove_from_cart", "wishlist_add",

@@ -33,6 +33,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from seglake.core import tables
+from seglake.core.contracts import KNOWN_TABLES
 from seglake.core.config import Config
 
 log = logging.getLogger(__name__)
@@ -519,10 +520,6 @@ SECTIONS: tuple[tuple[str, str, Callable[[SparkSession, Config], str]], ...] = (
     ("quality", "Data quality of the last runs", section_quality),
 )
 
-KNOWN_TABLES = ("bronze.events_raw", "silver.events", "silver.events_quarantine", "silver.identity_map",
-                "silver.sessions", "gold.customer_features", "gold.segment_membership", "gold.segment_changes",
-                "gold.clusters", "gold.cluster_profiles", "gold.propensity_scores", "gold.transition_matrix",
-                "gold.journey_metrics", "gold.journey_paths", "ops.run_log")
 
 
 # --------------------------------------------------------------------------- page

@@ -15,10 +15,10 @@
 6. validates the result with the Great Expectations suite ``expectations/silver_events.json``
    (:mod:`seglake.core.quality`); a table-level failure, or a reject share above
    ``clean.max_reject_share``, stops the job before silver is written;
-7. writes one ``ops.run_log`` row.
+7. (the stage runner writes its ``ops.run_log`` row; a run with no new batch is a ``noop``).
 
 Consent: consent=false events stay in silver.events (audit, erasure, exact counts) but every
-downstream stage reads events through :func:`profiling_events`, which keeps consent=true only.
+downstream stage reads events through :func:`seglake.core.contracts.profiling_events`, which keeps consent=true only.
 
 Transformations are pure ``DataFrame -> DataFrame`` functions; :func:`run` does the I/O.
 """
@@ -34,27 +34,19 @@ import yaml
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from seglake.core import ops, pii, quality, tables
+from seglake.core import pii, quality, tables
+from seglake.core.contracts import (BRONZE_EVENTS, BRONZE_META_FIELDS, CLEAN_BATCHES, IDENTIFIER_FIELDS,
+                                    QUARANTINE, RAW_FIELDS, SILVER_EVENTS)
 from seglake.core.context import JobContext
 from seglake.core.spark import persist_events
 
 log = logging.getLogger(__name__)
 
-BRONZE = "bronze.events_raw"
-SILVER = "silver.events"
-QUARANTINE = "silver.events_quarantine"
-CLEANED_BATCHES = "ops.clean_batches"
+BRONZE = BRONZE_EVENTS
+SILVER = SILVER_EVENTS
+CLEANED_BATCHES = CLEAN_BATCHES
 
-#: Raw contract fields, all STRING in bronze.
-RAW_FIELDS = (
-    "event_id", "user_id", "anonymous_id", "device_id", "email", "phone", "event_type", "event_ts",
-    "source", "session_id", "page_url", "product_id", "category", "price", "quantity", "revenue",
-    "currency", "device_type", "utm_source", "utm_medium", "utm_campaign", "channel", "duration_ms",
-    "scroll_depth", "consent", "properties",
-)
-#: Technical bronze columns.
-META_FIELDS = ("_raw", "_malformed", "_format", "_source", "_source_file", "_batch_id", "_ingested_at")
-IDENTIFIER_FIELDS = ("user_id", "anonymous_id", "device_id", "email", "phone")
+META_FIELDS = BRONZE_META_FIELDS
 
 #: Quarantine reason codes, in the order they are checked (a record gets the first that applies).
 REASONS = (
@@ -346,17 +338,6 @@ def to_silver(events: DataFrame, run_id: str) -> DataFrame:
     return events.withColumn("_run_id", F.lit(run_id)).select(*SILVER_COLUMNS)
 
 
-def profiling_events(events: DataFrame) -> DataFrame:
-    """The events downstream stages may use for profiling: consent = true only.
-
-    Every stage that builds features, segments, models or journeys reads silver.events
-    through this function; consent=false events stay in silver for audit and erasure only.
-    """
-    if "consent" not in events.columns:
-        raise ValueError("profiling_events needs a 'consent' column (silver.events)")
-    return events.where(F.col("consent") == F.lit(True))
-
-
 # --------------------------------------------------------------------------- job
 
 def _sql_quote(value: str) -> str:
@@ -380,16 +361,7 @@ def add_arguments(parser) -> None:  # noqa: D103 - argparse hook
 
 def run(ctx: JobContext) -> dict:
     """Clean the pending bronze batches into silver.events; see the module docstring."""
-    started = datetime.now(timezone.utc)
-    spark, cfg = ctx.spark, ctx.cfg
-    try:
-        summary = _run(ctx, started)
-    except Exception as exc:
-        # the message names tables/counts only, never identifiers
-        ops.record_run(spark, cfg, "clean", ctx.run_id, {"error": f"{type(exc).__name__}: {exc}"[:2000]},
-                       started, status="failed")
-        raise
-    return summary
+    return _run(ctx, datetime.now(timezone.utc))
 
 
 def _impute_decimals(cfg) -> int:
@@ -416,7 +388,7 @@ def _run(ctx: JobContext, started: datetime) -> dict:
     batch_ids = sorted(r["_batch_id"] for r in pending.collect() if r["_batch_id"] is not None)
     if not batch_ids:
         summary = {"batches": 0, "records_in": 0, "note": "no new bronze batches: nothing to clean"}
-        ops.record_run(spark, cfg, "clean", ctx.run_id, summary, started, status="noop")
+        ctx.status = "noop"
         return summary
 
     max_ts = started + timedelta(minutes=float(cfg.get("clean.max_future_skew_minutes")))
@@ -501,5 +473,4 @@ def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_id
         "data_docs": result.docs_path,
     }
     summary["duration_s"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
-    ops.record_run(spark, cfg, "clean", ctx.run_id, summary, started, status="success")
     return summary

@@ -39,6 +39,9 @@ from seglake.core.context import JobContext
 
 log = logging.getLogger(__name__)
 
+#: the stage runner resolves ``--as-of`` (default: the day after the last event) before run()
+USES_AS_OF = True
+
 ALGORITHMS = ("kmeans", "bisecting_kmeans", "gaussian_mixture")
 FEATURES_COL = "features"
 PREDICTION_COL = "cluster"

@@ -20,29 +20,18 @@ The summary reports rows removed per table; identifiers are never logged or repo
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+
 from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from seglake.core import ops, pii, tables
+from seglake.core import pii, tables
+from seglake.core.contracts import HASHED_IN_SILVER, IDENTIFIER_COLUMNS, IDENTITY_MAP, KNOWN_TABLES, LAYERS
 from seglake.core.config import Config
 from seglake.core.context import JobContext
 
 log = logging.getLogger(__name__)
-
-LAYERS = ("bronze", "silver", "gold", "ops")
-#: Columns that hold one identifier of a person (raw or salted hash).
-IDENTIFIER_COLUMNS = ("user_id", "anonymous_id", "device_id", "email", "phone", "email_hash",
-                      "phone_hash", "identifier")
-#: Columns of raw values that silver stores hashed (matched after hashing too).
-HASHED_IN_SILVER = ("device_id", "email", "phone", "identifier")
-#: Known tables, for object stores where the lakehouse cannot be listed locally.
-KNOWN_TABLES = ("bronze.events_raw", "silver.events", "silver.events_quarantine", "silver.identity_map",
-                "silver.sessions", "gold.customer_features", "gold.segment_membership",
-                "gold.segment_changes", "gold.clusters", "gold.propensity_scores")
-
 
 def add_arguments(parser) -> None:
     """``--identifier`` (repeatable) and ``--file`` (one identifier per line)."""
@@ -50,7 +39,6 @@ def add_arguments(parser) -> None:
                         help="an identifier of the person to erase (email, phone, user id, ...); repeatable")
     parser.add_argument("--file", default=None, metavar="F",
                         help="a text file with one identifier per line")
-
 
 def identifiers_from_args(args: dict) -> list[str]:
     """The distinct non-blank identifiers from ``--identifier`` and ``--file``."""
@@ -66,7 +54,6 @@ def identifiers_from_args(args: dict) -> list[str]:
         raise ValueError("erase needs at least one identifier: pass --identifier X or --file F")
     return out
 
-
 def discover_tables(spark: SparkSession, cfg: Config) -> list[str]:
     """Every Delta table ``<layer>.<name>`` under the lakehouse (listing local folders, plus
     the known contract tables for remote lakehouses)."""
@@ -79,7 +66,6 @@ def discover_tables(spark: SparkSession, cfg: Config) -> list[str]:
                 found.update(f"{layer}.{p.name}" for p in base.iterdir() if (p / "_delta_log").is_dir())
     found.update(t for t in KNOWN_TABLES if tables.exists(spark, cfg, t))
     return sorted(found)
-
 
 def match_condition(columns: list[str], values: list[str], hashed: list[str], customer_ids: list[str],
                     raw_values: list[str], salt: str) -> Column | None:
@@ -112,12 +98,10 @@ def match_condition(columns: list[str], values: list[str], hashed: list[str], cu
         out = out | cond
     return out
 
-
 def _hashes(spark: SparkSession, values: list[str], salt: str) -> list[str]:
     # the identifiers of one request: small
     df = spark.createDataFrame([(v,) for v in values], "v STRING")
     return [r["h"] for r in df.select(pii.hash_identifier(F.col("v"), salt).alias("h")).collect() if r["h"]]
-
 
 def expand_person(identity_map: DataFrame, values: list[str]) -> tuple[list[str], list[str]]:
     """(customer_ids, identifiers) of the customers holding any of ``values`` in the identity map."""
@@ -129,7 +113,6 @@ def expand_person(identity_map: DataFrame, values: list[str]) -> tuple[list[str]
     idents = sorted({r["identifier"] for r in identity_map.where(F.col("customer_id").isin(cids))
                      .select("identifier").distinct().collect() if r["identifier"] is not None})
     return cids, idents
-
 
 def _delete(spark: SparkSession, cfg: Config, table: str, cond: Column, retention_hours: float) -> int:
     from delta.tables import DeltaTable
@@ -167,18 +150,16 @@ def _delete(spark: SparkSession, cfg: Config, table: str, cond: Column, retentio
             spark.conf.set(key, previous)
     return deleted
 
-
 def run(ctx: JobContext) -> dict:
     """Erase the person(s) named by ``--identifier`` / ``--file`` from every table; VACUUM."""
-    started = datetime.now(timezone.utc)
     spark, cfg = ctx.spark, ctx.cfg
     given = identifiers_from_args(ctx.args)
     salt = pii.salt(cfg)
     hashed = _hashes(spark, given, salt)
     customer_ids: list[str] = []
     expanded: list[str] = []
-    if tables.exists(spark, cfg, "silver.identity_map"):
-        customer_ids, expanded = expand_person(tables.read(spark, cfg, "silver.identity_map"),
+    if tables.exists(spark, cfg, IDENTITY_MAP):
+        customer_ids, expanded = expand_person(tables.read(spark, cfg, IDENTITY_MAP),
                                                sorted(set(given) | set(hashed)))
     values = sorted(set(given) | set(hashed) | set(expanded))
     # raw identifiers of the person that silver keeps unhashed (user_id, anonymous_id) are in
@@ -199,5 +180,4 @@ def run(ctx: JobContext) -> dict:
     summary = {"identifiers_given": len(given), "customers_matched": len(customer_ids),
                "identifiers_matched": len(values), "rows_removed": sum(removed.values()),
                "removed_by_table": removed, "vacuum_retention_hours": retention}
-    ops.record_run(spark, cfg, "erase", ctx.run_id, summary, started)
     return summary

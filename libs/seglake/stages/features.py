@@ -42,6 +42,9 @@ from pyspark.sql import functions as F
 
 log = logging.getLogger(__name__)
 
+#: the stage runner resolves ``--as-of`` (default: the day after the last event) before run()
+USES_AS_OF = True
+
 FEATURE_COLUMNS = (
     "customer_id", "as_of_date", "first_seen_ts", "last_seen_ts", "tenure_days", "recency_days",
     "recency_purchase_days", "sessions_7d", "sessions_30d", "sessions_90d", "sessions_180d", "purchases_7d",
@@ -301,15 +304,17 @@ def run(ctx) -> dict:
     """``seglake run features [--as-of D | --start D1 --end D2 [--step-days N]]``."""
     from seglake.stages import cohorts, sessions
     from seglake.core import tables
+    from seglake.core.contracts import CONSENT_RULE, customer_events
     from seglake.core.spark import persist_events
     spark, cfg = ctx.spark, ctx.cfg
     params = FeatureParams.from_config(cfg)
     dates = as_of_dates(ctx)
-    events, consent_via = sessions.customer_events(spark, cfg)
-    keep = ["customer_id", "event_key", "event_type", "event_ts", "session_id", "source", "device_type",
-            "revenue_usd", "scroll_depth", "duration_s", "properties"]
-    events = events.select(*[c for c in keep if c in events.columns]).filter(
-        F.col("customer_id").isNotNull() & (F.col("event_ts") < _ts(max(dates))))
+    ctx.as_of = dates[-1]  # recorded in ops.run_log (a backfill's last date)
+    consent_via = CONSENT_RULE
+    events = customer_events(spark, cfg, columns=("event_key", "event_type", "event_ts", "session_id", "source",
+                                                  "device_type", "revenue_usd", "scroll_depth", "duration_s",
+                                                  "properties"))
+    events = events.filter(F.col("event_ts") < _ts(max(dates)))
     sev = sessions.sessionize(events, int(cfg["sessions"]["inactivity_minutes"]),
                               bool(cfg["sessions"]["split_on_session_id"]))
     sev = persist_events(sev)  # reused by every as_of of a backfill and by the retention matrix

@@ -41,24 +41,19 @@ from typing import Any
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from seglake.core.contracts import (CONSENT_RULE, IDENTIFIERS, IDENTITY_EDGES, IDENTITY_EXCLUDED, IDENTITY_MAP,
+                                    IDENTITY_RUNS, SILVER_EVENTS, profiling_events,
+                                    require_columns)
+
 log = logging.getLogger(__name__)
 
-#: (identifier_type in the map, column in silver.events), in the priority order of
-#: :func:`attach_customer_id` and of the component representative.
-IDENTIFIERS: tuple[tuple[str, str], ...] = (
-    ("user_id", "user_id"),
-    ("anonymous_id", "anonymous_id"),
-    ("device_id", "device_id"),
-    ("email", "email_hash"),
-    ("phone", "phone_hash"),
-)
 _RANK = {t: i + 1 for i, (t, _) in enumerate(IDENTIFIERS)}
 _CUSTOMER_NODE = "customer"  # virtual node type used by incremental runs (rank 0)
 
-MAP_TABLE = "silver.identity_map"
-EDGES_TABLE = "silver.identity_edges"
-EXCLUDED_TABLE = "silver.identity_excluded"
-RUNS_TABLE = "ops.identity_runs"
+MAP_TABLE = IDENTITY_MAP
+EDGES_TABLE = IDENTITY_EDGES
+EXCLUDED_TABLE = IDENTITY_EXCLUDED
+RUNS_TABLE = IDENTITY_RUNS
 
 
 class ConvergenceError(RuntimeError):
@@ -66,12 +61,6 @@ class ConvergenceError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- helpers
-def _require(df: DataFrame, columns: list[str], what: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what} is missing required column(s) {', '.join(missing)}; it has {', '.join(df.columns)}")
-
-
 def _rank_col(type_col: Column) -> Column:
     expr = F.lit(9)
     for t, rank in sorted(_RANK.items(), key=lambda kv: -kv[1]):
@@ -100,7 +89,7 @@ def identifier_tuples(events: DataFrame) -> DataFrame:
         One row per distinct (user_id, anonymous_id, device_id, email_hash, phone_hash).
     """
     cols = [c for _, c in IDENTIFIERS]
-    _require(events, cols, "events")
+    require_columns(events, cols, "events")
     return events.select(*cols).distinct()
 
 
@@ -186,7 +175,7 @@ def _checksum(e: DataFrame) -> tuple[int, Any]:
 def connected_components_with_rounds(edges: DataFrame, max_iterations: int = 50,
                                      checkpoint_interval: int = 1) -> tuple[DataFrame, int]:
     """:func:`connected_components` plus the number of rounds it took."""
-    _require(edges, ["src", "dst"], "edges")
+    require_columns(edges, ["src", "dst"], "edges")
     if max_iterations < 1:
         raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
     if checkpoint_interval < 1:
@@ -249,7 +238,7 @@ def graphframes_components(edges: DataFrame, max_iterations: int = 50) -> DataFr
     Raises:
         RuntimeError: graphframes-py is not installed or its JVM jar is not on the classpath.
     """
-    _require(edges, ["src", "dst"], "edges")
+    require_columns(edges, ["src", "dst"], "edges")
     try:
         from graphframes import GraphFrame
     except ImportError as exc:
@@ -288,7 +277,7 @@ def assign_customer_ids(components: DataFrame, previous: DataFrame | None, prefi
     Returns:
         identifier_type, identifier, customer_id for every real (non-virtual) identifier.
     """
-    _require(components, ["identifier_type", "identifier", "component"], "components")
+    require_columns(components, ["identifier_type", "identifier", "component"], "components")
     comp = components.withColumn("_key", _node_key(F.col("identifier_type"), F.col("identifier")))
     reps = (comp.filter(F.col("identifier_type") != _CUSTOMER_NODE)
             .groupBy("component").agg(F.min("_key").alias("_rep")))
@@ -376,59 +365,7 @@ def resolve(edges: DataFrame, nodes: DataFrame, previous: DataFrame | None = Non
     return assign_customer_ids(comps, previous, prefix, customer_sizes), rounds
 
 
-def attach_customer_id(events: DataFrame, identity_map: DataFrame,
-                       excluded: DataFrame | None = None) -> DataFrame:
-    """Add ``customer_id`` to silver events.
-
-    The event's anchor is its first non-null identifier in the order user_id, anonymous_id,
-    device_id, email_hash, phone_hash, skipping identifiers in ``excluded`` (the guard's
-    shared identifiers, which have no customer of their own); one join with the map.
-    An event whose anchor is unknown to the map gets a null customer_id.
-
-    Args:
-        events: silver events (the identifier columns are required).
-        identity_map: identifier_type, identifier, customer_id.
-        excluded: optional identifier_type, identifier of excluded identifiers (small).
-
-    Returns:
-        ``events`` plus customer_id.
-    """
-    _require(events, [c for _, c in IDENTIFIERS], "events")
-    _require(identity_map, ["identifier_type", "identifier", "customer_id"], "identity_map")
-    if "customer_id" in events.columns:
-        raise ValueError("events already has a customer_id column; drop it before attach_customer_id")
-    df = events
-    usable = {}
-    for t, c in IDENTIFIERS:
-        ok = F.col(c).isNotNull()
-        if excluded is not None:
-            flag = f"_ex_{t}"
-            ex = F.broadcast(excluded.filter(F.col("identifier_type") == t)
-                             .select(F.col("identifier").alias(c), F.lit(True).alias(flag)).distinct())
-            df = df.join(ex, c, "left")
-            ok = ok & F.col(flag).isNull()
-        usable[t] = ok
-    anchor_type = F.lit(None).cast("string")
-    anchor = F.lit(None).cast("string")
-    for t, c in reversed(IDENTIFIERS):
-        anchor_type = F.when(usable[t], F.lit(t)).otherwise(anchor_type)
-        anchor = F.when(usable[t], F.col(c)).otherwise(anchor)
-    df = df.withColumn("_a_type", anchor_type).withColumn("_a_id", anchor)
-    m = identity_map.select(F.col("identifier_type").alias("_a_type"), F.col("identifier").alias("_a_id"),
-                            "customer_id")
-    out = df.join(m, ["_a_type", "_a_id"], "left")
-    return out.select(*events.columns, "customer_id")
-
-
 # --------------------------------------------------------------------------- job
-def _profiling(events: DataFrame) -> tuple[DataFrame, str]:
-    try:
-        from seglake.stages.clean import profiling_events
-    except ImportError:
-        return events.filter(F.col("consent") == F.lit(True)), "consent filter (seglake.stages.clean.profiling_events missing)"
-    return profiling_events(events), "seglake.stages.clean.profiling_events"
-
-
 def _last_run(spark: SparkSession, cfg) -> dict | None:
     from seglake.core import tables
     if not tables.exists(spark, cfg, RUNS_TABLE):
@@ -445,8 +382,8 @@ def run(ctx) -> dict:
     icfg = cfg["identity"]
     prefix = icfg["customer_id_prefix"]
     max_persons = int(icfg["max_persons_per_identifier"])
-    events_all = tables.read(spark, cfg, "silver.events")
-    events, consent_via = _profiling(events_all)
+    events_all = tables.read(spark, cfg, SILVER_EVENTS)
+    events, consent_via = profiling_events(events_all), CONSENT_RULE
     last = _last_run(spark, cfg)
     have_map = tables.exists(spark, cfg, MAP_TABLE) and tables.exists(spark, cfg, EDGES_TABLE)
     incremental = bool(icfg["incremental"]) and last is not None and have_map \

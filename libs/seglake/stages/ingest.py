@@ -20,20 +20,15 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from seglake.core import tables
+from seglake.core.contracts import BRONZE_EVENTS, INGESTED_FILES, RAW_FIELDS
 from seglake.core.context import JobContext
 
 log = logging.getLogger(__name__)
 
-BRONZE = "bronze.events_raw"
-LEDGER = "ops.ingested_files"
+BRONZE = BRONZE_EVENTS
+LEDGER = INGESTED_FILES
 
-#: Raw contract fields (DESIGN.md plus ``phone``), in CSV column order.
-RAW_FIELDS: tuple[str, ...] = (
-    "event_id", "user_id", "anonymous_id", "device_id", "email", "phone", "event_type",
-    "event_ts", "source", "session_id", "page_url", "product_id", "category", "price",
-    "quantity", "revenue", "currency", "device_type", "utm_source", "utm_medium",
-    "utm_campaign", "channel", "duration_ms", "scroll_depth", "consent", "properties",
-)
+#: The CSV header line (raw contract fields in bronze order).
 CSV_HEADER = ",".join(RAW_FIELDS)
 FORMAT_BY_EXTENSION = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".csv": "csv",
                        ".parquet": "parquet"}

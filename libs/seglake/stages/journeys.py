@@ -36,6 +36,9 @@ from pyspark.sql import functions as F
 
 log = logging.getLogger(__name__)
 
+#: the stage runner resolves ``--as-of`` (default: the day after the last event) before run()
+USES_AS_OF = True
+
 ALL = "all"  # segment / channel value of the rows that aggregate over that dimension
 UNKNOWN_CHANNEL = "unknown"
 PATH_SEP = ">"
@@ -656,19 +659,10 @@ def sessionized_events(spark, cfg, window_start: date, as_of: date) -> DataFrame
     Returns:
         ``customer_id, session_key, event_ts, event_seq, event_type, channel, page_url``.
     """
-    from seglake.core import tables
-    from seglake.stages.clean import profiling_events
-    from seglake.stages.identity import attach_customer_id
+    from seglake.core.contracts import customer_events
     from seglake.stages.sessions import sessionize
 
-    events = tables.read(spark, cfg, "silver.events")
-    events = profiling_events(events).where(
-        (F.col("event_date") >= F.lit(window_start)) & (F.col("event_date") < F.lit(as_of)))
-    events = events.select(*[c for c in _EVENT_COLUMNS if c in events.columns])
-    idmap = tables.read(spark, cfg, "silver.identity_map")
-    excluded = (tables.read(spark, cfg, "silver.identity_excluded").select("identifier_type", "identifier")
-                if tables.exists(spark, cfg, "silver.identity_excluded") else None)
-    with_customer = attach_customer_id(events, idmap, excluded).where(F.col("customer_id").isNotNull())
+    with_customer = customer_events(spark, cfg, start=window_start, end=as_of, columns=_EVENT_COLUMNS)
     sessions = sessionize(with_customer, int(cfg.get("sessions.inactivity_minutes")),
                           split_on_session_id=bool(cfg.get("sessions.split_on_session_id", True)))
     return sessions.select("customer_id", "session_key", "event_ts", "event_seq", "event_type",

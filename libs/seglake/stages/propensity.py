@@ -44,9 +44,13 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from seglake.core import tables
+from seglake.core.contracts import customer_events
 from seglake.core.context import JobContext
 
 log = logging.getLogger(__name__)
+
+#: the stage runner resolves ``--as-of`` (default: the day after the last event) before run()
+USES_AS_OF = True
 
 TARGETS = ("churn", "purchase")
 LABEL_COL = "label"
@@ -269,14 +273,6 @@ def _log_figure(fig, path: str) -> None:
 # --------------------------------------------------------------------------- I/O helpers
 
 
-def _profiling_events(ctx: JobContext) -> DataFrame:
-    """Consented silver events with customer_id (the features stage's own reader)."""
-    from seglake.stages import sessions
-
-    events, _ = sessions.customer_events(ctx.spark, ctx.cfg)
-    return events
-
-
 def features_at(ctx: JobContext, dates: Sequence[date], events: DataFrame | None = None) -> DataFrame:
     """Features for ``dates``: from gold.customer_features, computing dates absent there."""
     from seglake.stages import features as feat
@@ -295,7 +291,7 @@ def features_at(ctx: JobContext, dates: Sequence[date], events: DataFrame | None
     missing = [d for d in dates if d not in have]
     if missing:
         log.info("propensity: computing features for snapshot dates %s (not in %s)", missing, FEATURES_TABLE)
-        ev = events if events is not None else _profiling_events(ctx)
+        ev = events if events is not None else customer_events(spark, cfg, drop_unattached=False)
         ev = ev.filter(F.col("event_ts") < F.lit(max(missing)).cast("timestamp"))
         sev = sessions.sessionize(ev, int(cfg.get("sessions.inactivity_minutes")),
                                   bool(cfg.get("sessions.split_on_session_id", True)))
@@ -412,7 +408,7 @@ def run(ctx: JobContext) -> dict:
     inputs = input_features(cfg)
     purchase_types = list(cfg.get("features.purchase_event_types") or ["purchase"])
 
-    events = _profiling_events(ctx).select("customer_id", "event_key", "event_type", "event_ts", "session_id",
+    events = customer_events(spark, cfg, drop_unattached=False).select("customer_id", "event_key", "event_type", "event_ts", "session_id",
                                            "source", "device_type", "revenue_usd", "scroll_depth",
                                            "duration_s", "properties")
     first = tables.read(spark, cfg, EVENTS_TABLE).agg(F.min("event_date")).first()[0]

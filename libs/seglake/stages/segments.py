@@ -41,6 +41,9 @@ from pyspark.sql import types as T
 
 log = logging.getLogger(__name__)
 
+#: the stage runner resolves ``--as-of`` (default: the day after the last event) before run()
+USES_AS_OF = True
+
 MEMBERSHIP = "gold.segment_membership"
 CHANGES = "gold.segment_changes"
 HEALTH = "gold.segment_health"
@@ -907,22 +910,15 @@ def segments_file(cfg) -> Path:
 
 
 def _events_for_sequences(ctx, as_of: date, segments: list[Segment]) -> DataFrame:
-    from seglake.core import tables
-    from seglake.stages.clean import profiling_events
-    from seglake.stages.identity import attach_customer_id
+    from datetime import timedelta
+
+    from seglake.core.contracts import customer_events
 
     days = max(int(s.thresholds[SEQUENCE_KINDS[s.sequence].lookback_param].value)
                for s in segments if s.sequence is not None) + 2
-    events = tables.read(ctx.spark, ctx.cfg, "silver.events")
-    events = events.where((F.col("event_date") >= F.date_sub(F.lit(as_of), days))
-                          & (F.col("event_date") <= F.lit(as_of))
-                          & F.col("event_type").isin("product_view", "add_to_cart", "purchase"))
-    events = profiling_events(events)
-    identity = tables.read(ctx.spark, ctx.cfg, "silver.identity_map")
-    excluded = (tables.read(ctx.spark, ctx.cfg, "silver.identity_excluded")
-                if tables.exists(ctx.spark, ctx.cfg, "silver.identity_excluded") else None)
-    return (attach_customer_id(events, identity, excluded)
-            .select("customer_id", "event_type", "event_ts").where(F.col("customer_id").isNotNull()))
+    return customer_events(ctx.spark, ctx.cfg, start=as_of - timedelta(days=days), end=as_of, end_inclusive=True,
+                           event_types=("product_view", "add_to_cart", "purchase"),
+                           columns=("event_type", "event_ts")).select("customer_id", "event_type", "event_ts")
 
 
 def run(ctx) -> dict:

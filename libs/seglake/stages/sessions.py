@@ -137,17 +137,6 @@ def session_table(sessionized: DataFrame, states: Mapping[str, str] | None = Non
         F.to_date("session_start").alias("session_date"))
 
 
-def customer_events(spark, cfg) -> tuple[DataFrame, str]:
-    """Profiling (consented) silver events with customer_id attached; events without one dropped."""
-    from seglake.stages import identity
-    from seglake.core import tables
-    events, consent_via = identity._profiling(tables.read(spark, cfg, "silver.events"))
-    idmap = tables.read(spark, cfg, identity.MAP_TABLE)
-    excluded = (tables.read(spark, cfg, identity.EXCLUDED_TABLE)
-                if tables.exists(spark, cfg, identity.EXCLUDED_TABLE) else None)
-    return identity.attach_customer_id(events, idmap, excluded), consent_via
-
-
 def states_for(cfg) -> dict[str, str]:
     """The event_type -> state mapping of the journeys' states file, else the default."""
     name = cfg.get("journeys.states_file") or "states.yaml"
@@ -159,10 +148,11 @@ def run(ctx) -> dict:
     from seglake.core import tables
     spark, cfg = ctx.spark, ctx.cfg
     scfg = cfg["sessions"]
-    events, consent_via = customer_events(spark, cfg)
-    keep = [c for c in ("customer_id", "event_key", "event_ts", "session_id", "event_type", "product_id",
-                        "device_type", "channel") if c in events.columns]
-    events = events.select(*keep).localCheckpoint()  # read twice: unattached count + sessions
+    from seglake.core.contracts import CONSENT_RULE, customer_events
+    events = customer_events(spark, cfg, columns=("event_key", "event_ts", "session_id", "event_type", "product_id",
+                                                  "device_type", "channel"), drop_unattached=False)
+    consent_via = CONSENT_RULE
+    events = events.localCheckpoint()  # read twice: unattached count + sessions
     counts = events.agg(F.count(F.lit(1)).alias("n"),
                         F.sum(F.col("customer_id").isNull().cast("int")).alias("no_customer")).first()
     sess = session_table(

@@ -1,0 +1,206 @@
+"""The data contract of DESIGN.md, defined once: raw fields, identifier columns, table names,
+and the one reader of consented events with their customer_id.
+
+Every stage, the generator, erase and the report import these names instead of spelling
+them again. Table names are ``<layer>.<table>`` (stored at ``<lakehouse>/<layer>/<table>/``).
+"""
+from __future__ import annotations
+
+from datetime import date
+from typing import Iterable, Sequence
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from seglake.core import tables
+from seglake.core.config import Config
+
+# --------------------------------------------------------------------------- raw events
+
+#: Fields of the raw event contract (landing files), in bronze column order; ``phone`` is an
+#: identifier the generator writes beside the contract's email.
+RAW_FIELDS: tuple[str, ...] = (
+    "event_id", "user_id", "anonymous_id", "device_id", "email", "phone", "event_type",
+    "event_ts", "source", "session_id", "page_url", "product_id", "category", "price",
+    "quantity", "revenue", "currency", "device_type", "utm_source", "utm_medium",
+    "utm_campaign", "channel", "duration_ms", "scroll_depth", "consent", "properties",
+)
+#: Technical bronze columns, after the raw fields.
+BRONZE_META_FIELDS: tuple[str, ...] = (
+    "_raw", "_malformed", "_format", "_source", "_source_file", "_batch_id", "_ingested_at")
+
+# --------------------------------------------------------------------------- identifiers
+
+#: Raw identifier fields; a record without any of them is quarantined (missing_identifiers).
+IDENTIFIER_FIELDS: tuple[str, ...] = ("user_id", "anonymous_id", "device_id", "email", "phone")
+#: (identifier_type in silver.identity_map, column in silver.events), in priority order: the
+#: anchor of an event (:func:`attach_customer_id`) and the representative of a component.
+IDENTIFIERS: tuple[tuple[str, str], ...] = (
+    ("user_id", "user_id"),
+    ("anonymous_id", "anonymous_id"),
+    ("device_id", "device_id"),
+    ("email", "email_hash"),
+    ("phone", "phone_hash"),
+)
+#: Columns of any table that hold one identifier of a person (raw or salted hash).
+IDENTIFIER_COLUMNS: tuple[str, ...] = ("user_id", "anonymous_id", "device_id", "email", "phone",
+                                       "email_hash", "phone_hash", "identifier")
+#: Columns of raw values that silver stores hashed (erase matches them after hashing too).
+HASHED_IN_SILVER: tuple[str, ...] = ("device_id", "email", "phone", "identifier")
+
+# --------------------------------------------------------------------------- tables
+
+LAYERS: tuple[str, ...] = ("bronze", "silver", "gold", "ops")
+
+BRONZE_EVENTS = "bronze.events_raw"
+SILVER_EVENTS = "silver.events"
+QUARANTINE = "silver.events_quarantine"
+IDENTITY_MAP = "silver.identity_map"
+IDENTITY_EDGES = "silver.identity_edges"
+IDENTITY_EXCLUDED = "silver.identity_excluded"
+SESSIONS = "silver.sessions"
+CUSTOMER_FEATURES = "gold.customer_features"
+FEATURE_SCALING = "gold.feature_scaling"
+RETENTION_MATRIX = "gold.retention_matrix"
+SEGMENT_MEMBERSHIP = "gold.segment_membership"
+SEGMENT_CHANGES = "gold.segment_changes"
+SEGMENT_HEALTH = "gold.segment_health"
+SEGMENT_OVERLAP = "gold.segment_overlap"
+CLUSTERS = "gold.clusters"
+CLUSTER_PROFILES = "gold.cluster_profiles"
+CLUSTER_SWEEP = "gold.cluster_sweep"
+PROPENSITY_SCORES = "gold.propensity_scores"
+TRANSITION_MATRIX = "gold.transition_matrix"
+JOURNEY_METRICS = "gold.journey_metrics"
+JOURNEY_PATHS = "gold.journey_paths"
+RUN_LOG = "ops.run_log"
+INGESTED_FILES = "ops.ingested_files"
+CLEAN_BATCHES = "ops.clean_batches"
+IDENTITY_RUNS = "ops.identity_runs"
+
+#: Every table of the contract, in the order of the flow (for object stores, where the
+#: lakehouse cannot be listed, and for the report's table inventory).
+KNOWN_TABLES: tuple[str, ...] = (
+    BRONZE_EVENTS, SILVER_EVENTS, QUARANTINE, IDENTITY_MAP, IDENTITY_EDGES, IDENTITY_EXCLUDED, SESSIONS,
+    CUSTOMER_FEATURES, FEATURE_SCALING, RETENTION_MATRIX, SEGMENT_MEMBERSHIP, SEGMENT_CHANGES,
+    SEGMENT_HEALTH, SEGMENT_OVERLAP, CLUSTERS, CLUSTER_PROFILES, CLUSTER_SWEEP, PROPENSITY_SCORES,
+    TRANSITION_MATRIX, JOURNEY_METRICS, JOURNEY_PATHS, RUN_LOG, INGESTED_FILES, CLEAN_BATCHES,
+    IDENTITY_RUNS,
+)
+
+
+def require_columns(df: DataFrame, columns: Iterable[str], what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` and the missing columns unless ``df`` has them all."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} is missing required column(s) {', '.join(missing)}; "
+                         f"it has {', '.join(df.columns)}")
+
+
+# --------------------------------------------------------------------------- consented events
+
+CONSENT_RULE = "consent = true"  # what profiling_events keeps (stage summaries report it)
+
+
+def profiling_events(events: DataFrame) -> DataFrame:
+    """The events downstream stages may use for profiling: consent = true only.
+
+    Every stage that builds features, segments, models or journeys reads silver.events
+    through this function; consent=false events stay in silver for audit and erasure only.
+    """
+    if "consent" not in events.columns:
+        raise ValueError("profiling_events needs a 'consent' column (silver.events)")
+    return events.where(F.col("consent") == F.lit(True))
+
+
+def attach_customer_id(events: DataFrame, identity_map: DataFrame,
+                       excluded: DataFrame | None = None) -> DataFrame:
+    """Add ``customer_id`` to silver events.
+
+    The event's anchor is its first non-null identifier in the order user_id, anonymous_id,
+    device_id, email_hash, phone_hash, skipping identifiers in ``excluded`` (the guard's
+    shared identifiers, which have no customer of their own); one join with the map.
+    An event whose anchor is unknown to the map gets a null customer_id.
+
+    Args:
+        events: silver events (the identifier columns are required).
+        identity_map: identifier_type, identifier, customer_id.
+        excluded: optional identifier_type, identifier of excluded identifiers (small).
+
+    Returns:
+        ``events`` plus customer_id.
+    """
+    require_columns(events, [c for _, c in IDENTIFIERS], "events")
+    require_columns(identity_map, ["identifier_type", "identifier", "customer_id"], "identity_map")
+    if "customer_id" in events.columns:
+        raise ValueError("events already has a customer_id column; drop it before attach_customer_id")
+    df = events
+    usable = {}
+    for t, c in IDENTIFIERS:
+        ok = F.col(c).isNotNull()
+        if excluded is not None:
+            flag = f"_ex_{t}"
+            ex = F.broadcast(excluded.filter(F.col("identifier_type") == t)
+                             .select(F.col("identifier").alias(c), F.lit(True).alias(flag)).distinct())
+            df = df.join(ex, c, "left")
+            ok = ok & F.col(flag).isNull()
+        usable[t] = ok
+    anchor_type = F.lit(None).cast("string")
+    anchor = F.lit(None).cast("string")
+    for t, c in reversed(IDENTIFIERS):
+        anchor_type = F.when(usable[t], F.lit(t)).otherwise(anchor_type)
+        anchor = F.when(usable[t], F.col(c)).otherwise(anchor)
+    df = df.withColumn("_a_type", anchor_type).withColumn("_a_id", anchor)
+    m = identity_map.select(F.col("identifier_type").alias("_a_type"), F.col("identifier").alias("_a_id"),
+                            "customer_id")
+    out = df.join(m, ["_a_type", "_a_id"], "left")
+    return out.select(*events.columns, "customer_id")
+
+
+def customer_events(spark: SparkSession, cfg: Config, *, start: date | None = None,
+                    end: date | None = None, end_inclusive: bool = False,
+                    event_types: Sequence[str] | None = None, columns: Sequence[str] | None = None,
+                    drop_unattached: bool = True) -> DataFrame:
+    """Consented silver.events with their ``customer_id`` (the one reader every later stage uses).
+
+    Filters are applied to silver.events before the identity join (``event_date`` is its
+    partition column, so a window prunes files); then :func:`profiling_events` and
+    :func:`attach_customer_id` with the guard's excluded identifiers.
+
+    Args:
+        spark: the session.
+        cfg: the configuration (table paths).
+        start: first ``event_date`` kept (inclusive), or None.
+        end: last ``event_date`` bound, exclusive unless ``end_inclusive``, or None.
+        end_inclusive: keep ``event_date == end`` too.
+        event_types: keep only these event types, or None for all.
+        columns: the silver columns to keep (identifier columns are added for the join and
+            dropped again unless listed), or None for all.
+        drop_unattached: drop events whose anchor identifier has no customer (default); with
+            False they are kept with a null ``customer_id``.
+
+    Returns:
+        The selected silver columns plus ``customer_id``.
+    """
+    events = tables.read(spark, cfg, SILVER_EVENTS)
+    if start is not None:
+        events = events.where(F.col("event_date") >= F.lit(start))
+    if end is not None:
+        events = events.where((F.col("event_date") <= F.lit(end)) if end_inclusive
+                              else (F.col("event_date") < F.lit(end)))
+    if event_types is not None:
+        events = events.where(F.col("event_type").isin(*event_types))
+    events = profiling_events(events)
+    if columns is not None:
+        id_cols = [c for _, c in IDENTIFIERS]
+        keep = [c for c in columns if c in events.columns and c != "customer_id"]
+        events = events.select(*dict.fromkeys([*keep, *id_cols]))
+    idmap = tables.read(spark, cfg, IDENTITY_MAP)
+    excluded = (tables.read(spark, cfg, IDENTITY_EXCLUDED).select("identifier_type", "identifier")
+                if tables.exists(spark, cfg, IDENTITY_EXCLUDED) else None)
+    out = attach_customer_id(events, idmap, excluded)
+    if drop_unattached:
+        out = out.where(F.col("customer_id").isNotNull())
+    if columns is not None:
+        out = out.select(*[c for c in columns if c in out.columns and c != "customer_id"], "customer_id")
+    return out
