@@ -14,6 +14,7 @@ from seglake.stages import clean
 from seglake.core import pii, tables
 from seglake.core.contracts import RAW_FIELDS
 from seglake.core.context import JobContext
+from seglake.core.runner import JobFailed, run_job
 
 SALT = "test-salt-not-secret"  # conftest sets SEGLAKE_PII_SALT to this
 BRONZE_DDL = ", ".join(f"{c} STRING" for c in RAW_FIELDS) + (
@@ -244,24 +245,29 @@ def _ctx(spark, cfg, run_id):
     return JobContext(spark, cfg, run_id=run_id, args={"skip_docs": True})
 
 
+def _run(spark, cfg, run_id):
+    """clean through the stage runner (as the CLI runs it): the summary; ops.run_log gets its row."""
+    return run_job(_ctx(spark, cfg, run_id), "clean").summary
+
+
 def test_run_twice_and_resent_across_batches(spark, cfg):
     batch1 = [raw(event_id="e1"), raw(event_id="e1"), raw(event_id="e2", duration_ms=None),
               raw(event_id="bad", event_type="click_xyz"), raw(event_id="e3", email="p@x.io", consent="false")]
     tables.append(bronze_df(spark, batch1, batch="b1"), cfg, "bronze.events_raw")
-    s1 = clean.run(_ctx(spark, cfg, "r1"))
+    s1 = _run(spark, cfg, "r1")
     assert (s1["records_in"], s1["valid"], s1["inserted"], s1["duplicates_in_batch"]) == (5, 4, 3, 1)
     assert s1["quarantined_by_reason"] == {"unknown_event_type": 1}
     assert (s1["imputed_durations"], s1["consent_false"]) == (1, 1)
     v1 = tables.version(spark, cfg, "silver.events")
 
-    s2 = clean.run(_ctx(spark, cfg, "r2"))  # nothing new: nothing changes
+    s2 = _run(spark, cfg, "r2")  # nothing new: nothing changes
     assert s2["batches"] == 0 and tables.version(spark, cfg, "silver.events") == v1
 
     # batch 2 re-sends e2 (other offset, same instant) and brings one new event
     batch2 = [raw(event_id="e2", event_ts="2026-08-01T14:00:00+02:00", duration_ms=None),
               raw(event_id="e4", event_ts="1785585600000")]
     tables.append(bronze_df(spark, batch2, batch="b2", ingested=datetime(2026, 11, 2)), cfg, "bronze.events_raw")
-    s3 = clean.run(_ctx(spark, cfg, "r3"))
+    s3 = _run(spark, cfg, "r3")
     assert (s3["records_in"], s3["inserted"], s3["duplicates_vs_silver"], s3["duplicates_in_batch"]) == (2, 1, 1, 0)
     silver = tables.read(spark, cfg, "silver.events")
     assert silver.count() == 4 and silver.select("event_key").distinct().count() == 4
@@ -273,8 +279,17 @@ def test_run_twice_and_resent_across_batches(spark, cfg):
 
     log = tables.read(spark, cfg, "ops.run_log").where("job = 'clean'")
     assert {r["run_id"]: r["status"] for r in log.collect()} == {"r1": "success", "r2": "noop", "r3": "success"}
-    m = log.where("run_id = 'r1'").first()["metrics"]
+    r1 = log.where("run_id = 'r1'").first()
+    m = r1["metrics"]
     assert (m["records_in"], m["quarantined_by_reason.unknown_event_type"], m["imputed_durations"]) == ("5", "1", "1")
+    # counts from the Delta log: 5 bronze rows read; 3 events, 1 quarantined row, 1 batch written
+    assert r1["rows_in"]["bronze.events_raw"] == 5
+    assert (r1["rows_out"]["silver.events"], r1["rows_out"]["silver.events_quarantine"],
+            r1["rows_out"]["ops.clean_batches"]) == (3, 1, 1)
+    r3 = log.where("run_id = 'r3'").first()
+    assert r3["rows_in"]["bronze.events_raw"] == 7           # both batches are in bronze now
+    assert r3["rows_out"]["silver.events"] == 1              # e4 inserted; the re-sent e2 is not
+    assert r3["error"] is None and r1["duration_s"] > 0
 
 
 def test_reject_share_above_threshold_fails_before_silver(spark, lakehouse):
@@ -282,11 +297,13 @@ def test_reject_share_above_threshold_fails_before_silver(spark, lakehouse):
     cfg = make_cfg(lakehouse, clean={"max_reject_share": 0.3})
     records = [raw(event_id="ok1"), raw(event_id="n1", price="-1"), raw(event_id="n2", event_ts="nope")]
     tables.append(bronze_df(spark, records), cfg, "bronze.events_raw")
-    with pytest.raises(ValueError, match=r"2 of 3 records .* clean.max_reject_share"):
-        clean.run(_ctx(spark, cfg, "rx"))
+    with pytest.raises(JobFailed, match=r"job 'clean' failed: QualityError: .*2 of 3 records .* clean.max_reject_share"):
+        _run(spark, cfg, "rx")
     assert not tables.exists(spark, cfg, "silver.events")
     assert not tables.exists(spark, cfg, "silver.events_quarantine")
-    assert tables.read(spark, cfg, "ops.run_log").first()["status"] == "failed"
+    failed = tables.read(spark, cfg, "ops.run_log").first()
+    assert (failed["job"], failed["run_id"], failed["status"]) == ("clean", "rx", "failed")
+    assert "2 of 3 records" in failed["error"] and failed["rows_out"] == {}
 
 
 def test_broken_bronze_schema_is_a_clear_error(spark, cfg):

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seglake.stages import journey_graph as G
 from seglake.stages import journeys as J
+from seglake.stages.journeys import graph as G
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 9, 1, 12, 0, 0)

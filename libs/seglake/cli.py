@@ -126,7 +126,7 @@ def _job_args(args) -> dict:
 
 
 def cmd_run(args) -> int:
-    from seglake.core import runner as pipeline
+    from seglake.core import runner
     from seglake.core.context import JobContext
     if args.job != "all":
         registry.load(args.job)  # JobNotAvailable before any Spark start
@@ -136,13 +136,16 @@ def cmd_run(args) -> int:
     print(f"seglake {args.job}: run {ctx.run_id}, env {cfg.env}, lakehouse {cfg.lakehouse}")
     if args.job == "all":
         started = time.perf_counter()
-        results = pipeline.run_chain(ctx)
-        print(f"\nchain finished in {time.perf_counter() - started:.1f} s\n" + pipeline.summary_table(results))
+        results = runner.run_chain(ctx)
+        print(f"\nchain finished in {time.perf_counter() - started:.1f} s\n" + runner.summary_table(results))
         return EXIT_OK
-    result = pipeline.run_job(ctx, args.job)
-    print(f"{args.job} done in {result.seconds:.1f} s")
+    result = runner.run_job(ctx, args.job)
+    print(f"{args.job} done in {result.seconds:.1f} s ({result.status})")
     for key, value in result.summary.items():
         print(f"  {key}: {value}")
+    if result.rows_out:
+        print("  rows written: " + ", ".join(f"{t}={n}" for t, n in result.rows_out.items()))
+    print(f"  recorded in ops.run_log (run_id {ctx.run_id}, job {args.job})")
     return EXIT_OK
 
 
@@ -161,7 +164,7 @@ def cmd_generate(args) -> int:
 
 def cmd_demo(args) -> int:
     from seglake.devtools import generate
-    from seglake.core import runner as pipeline
+    from seglake.core import runner
     from seglake.core.context import JobContext
     lake = Path(args.lakehouse).expanduser().resolve()
     cfg = _config(args, lakehouse=str(lake))
@@ -183,8 +186,8 @@ def cmd_demo(args) -> int:
         print(f"[0] generate    done in {time.perf_counter() - started:.1f} s  raw_records={counts['raw_records']}")
     ctx = JobContext(spark, cfg)
     started = time.perf_counter()
-    results = pipeline.run_chain(ctx)
-    print(f"\ndemo finished in {time.perf_counter() - started:.1f} s\n" + pipeline.summary_table(results))
+    results = runner.run_chain(ctx)
+    print(f"\ndemo finished in {time.perf_counter() - started:.1f} s\n" + runner.summary_table(results))
     print(f"\nlakehouse: {lake}")
     for layer in ("bronze", "silver", "gold", "ops"):
         folder = lake / layer

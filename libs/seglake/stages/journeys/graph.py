@@ -19,7 +19,7 @@ from typing import Sequence
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from seglake.stages.journeys import ALL, StateSpec, _require
+from seglake.stages.journeys.states import ALL, StateSpec, _journey_window, _require
 
 
 def page_edges(events: DataFrame) -> DataFrame:
@@ -124,8 +124,6 @@ def event_edges(journeys: DataFrame, spec: StateSpec) -> DataFrame:
     """
     _require(journeys, ["customer_id", "journey_key", "journey_part", "journey_pos", "is_last", "state",
                         "event_ts", "event_seq"], "event_edges")
-    from seglake.stages.journeys import _journey_window
-
     w = _journey_window(spec)
     vid = lambda pos: F.concat_ws(":", F.col("journey_key"), pos.cast("string"))  # noqa: E731
     df = journeys.select("customer_id", "journey_key", "journey_pos", "is_last", "state",

@@ -1,0 +1,355 @@
+"""Per-person simulation (plain Python, runs inside ``mapInPandas``).
+
+:class:`_Person` draws, from ``random.Random`` seeded per (seed, person), an archetype,
+identifiers and a list of sessions whose journeys follow the archetype's Markov chain
+(:mod:`.journey`); journeys are re-drawn until the archetype's planted fact holds, then the
+sessions are placed on a timeline and every event gets its identifiers. The result is rows
+of numbers only (``_SIM_SCHEMA``); :func:`_simulate_batches` is the ``mapInPandas``
+function. The order of random draws is part of the output: the same seed gives the same rows.
+"""
+from __future__ import annotations
+
+import random
+from typing import Iterator
+
+from seglake.devtools.generate.journey import (
+    _count, _high_intent, _product_in, _product_price_c, draw_journey,
+)
+from seglake.devtools.generate.model import (
+    _ACTIVITY_NORM, _MUST_LOG_IN, _SIM_COLS, ARCH_NAMES, ARCHETYPES, CATEGORIES, CH, CHAINS,
+    DAY_MS, ET, FEATURES, KIOSK_BASE, LUXURY, MIN_SESSION_GAP_MS, SRC,
+)
+
+_DURATION_TYPES = (ET["page_view"], ET["product_view"], ET["search"], ET["app_open"],
+                   ET["video_play"], ET["feature_use"])
+
+
+def _active_window(r: random.Random, arch_name: str, start_ms: int, end_ms: int) -> tuple[int, int]:
+    """The span in which a person of ``arch_name`` is active (one draw unless fixed)."""
+    span = end_ms - start_ms
+    if arch_name == "churner":
+        return start_ms, start_ms + span // 2
+    elif arch_name == "new_user":
+        return end_ms - 7 * DAY_MS + 3_600_000, end_ms
+    else:
+        return start_ms + int(r.random() * 0.25 * span), end_ms
+
+
+def _regular_channel(x: float) -> int:
+    """The acquisition channel of a regular session from a uniform draw ``x``."""
+    return (CH["direct"] if x < 0.35 else CH["organic_search"] if x < 0.65 else
+            CH["paid_search"] if x < 0.8 else CH["social"] if x < 0.92 else CH["referral"])
+
+
+def _fixed_events(r: random.Random, kind: str, events: list[list], fav_cat: int) -> list[list]:
+    """A session's events with the side events of its kind (email, CRM contact, store)."""
+    if kind == "email":
+        return ([[ET["email_open"], -1, 0, -1, -1, -1, -1, -1, -1],
+                 [ET["email_click"], -1, int(5 + r.random() * 240), -1, -1, -1, -1, -1, -1]]
+                + events)
+    elif kind == "email_open":
+        return [[ET["email_open"], -1, 0, -1, -1, -1, -1, -1, -1]]
+    elif kind == "call_center":
+        return [[ET["call_center"], -1, 0, -1, -1, -1, -1, -1, -1]]
+    elif kind == "store":
+        prod = _product_in(r, fav_cat)
+        price = _product_price_c(prod)
+        return [[ET["store_purchase"], -1, 0, prod, 1, price, price, -1, -1]]
+    return events
+
+
+def _source(kind: str, app: bool) -> int:
+    return (SRC["app"] if app else SRC["web"]) if kind in ("regular", "email") else (
+        SRC["email"] if kind == "email_open" else SRC["crm"] if kind == "call_center" else SRC["offline"])
+
+
+def _duration(r: random.Random, et: int, nxt_gap: int) -> int:
+    """An event's duration: a share of the gap to the next event (-1 for untimed types)."""
+    if et in _DURATION_TYPES:
+        return (int(nxt_gap * 1000 * (0.3 + 0.6 * r.random())) if nxt_gap
+                else int(2000 + r.random() * 60_000))
+    return -1
+
+
+class _Person:
+    """Simulates one person's sessions; ``events`` is a list of column tuples."""
+
+    def __init__(self, pid: int, seed: int, start_ms: int, end_ms: int, mean_events: float,
+                 kiosks: int, kiosk_share: float):
+        self.pid = pid
+        r = self.rng = random.Random(f"seglake:{seed}:{pid}")
+        names, shares = ARCH_NAMES, [ARCHETYPES[a]["share"] for a in ARCH_NAMES]
+        self.arch = r.choices(range(len(names)), weights=shares)[0]
+        self.arch_name = names[self.arch]
+        self.chain = CHAINS[self.arch_name]
+        a = ARCHETYPES[self.arch_name]
+        self.app_share = a["app"]
+        self.has_uid = self.arch_name in _MUST_LOG_IN or r.random() > 0.12
+        self.n_dev = 1 if not self.has_uid else (2 if r.random() < 0.45 else 1)
+        self.dev_kinds = []
+        for _ in range(self.n_dev):
+            x = r.random()
+            self.dev_kinds.append(0 if x < 0.32 else 1 if x < 0.6 else 2 if x < 0.9 else 3)
+        self.n_cookie = r.choice((1, 1, 2, 2, 3))
+        if not self.has_uid:
+            self.n_email = 0
+        elif self.arch_name in ("email_responder", "vip", "repeat_buyer"):
+            self.n_email = 1 if r.random() < 0.75 else 2
+        else:
+            x = r.random()
+            self.n_email = 0 if x < 0.25 else 1 if x < 0.8 else 2
+        self.has_phone = self.has_uid and r.random() < 0.4
+        self.consent = r.random() > 0.03
+        x = r.random()
+        self.currency = 0 if x < 0.7 else 1 if x < 0.9 else 2
+        self.variant = 0 if r.random() < 0.5 else 1
+        self.fav_cat = LUXURY if self.arch_name == "vip" else r.randrange(len(CATEGORIES) - 1)
+        self.kiosk = (KIOSK_BASE + r.randrange(kiosks)) if (
+            kiosks and self.has_uid and r.random() < kiosk_share) else -1
+        self.a_start, self.a_end = _active_window(r, self.arch_name, start_ms, end_ms)
+        noise = r.lognormvariate(0.0, 0.35) / 1.0632       # mean 1
+        self.target = max(3.0, mean_events * a["activity"] / _ACTIVITY_NORM * noise)
+
+    # -- one session's content: list of [etype, state, gap_s, product, qty, price_c, revenue_c,
+    #    scroll, feature]; identifiers are attached at placement -------------------------------
+    def _journey(self, app: bool, fast: bool) -> list[list]:
+        feature_p = 0.35 if self.arch_name == "power_user" else (0.05 if app else 0.0)
+        return draw_journey(self.rng, self.chain, self.fav_cat, feature_p, app, fast)
+
+    def _new_session(self, kind: str) -> dict:
+        r = self.rng
+        s = {"kind": kind, "events": []}
+        if kind in ("regular", "email"):
+            dev = r.randrange(self.n_dev)
+            mobile = self.dev_kinds[dev] != 2
+            app = kind == "regular" and mobile and r.random() < self.app_share
+            s.update(dev=dev, app=app)
+            if kind == "email":
+                s["chan"] = CH["email"]
+            else:
+                s["chan"] = _regular_channel(r.random())
+            s["events"] = self._journey(app, self.arch_name == "high_intent_abandoner")
+        return s
+
+    def _session_kinds(self) -> str:
+        x = self.rng.random()
+        if not self.has_uid:
+            return "regular"
+        if self.arch_name == "email_responder":
+            return "email" if x < 0.4 else "email_open" if x < 0.5 else "regular"
+        if self.n_email and x < 0.03:
+            return "email_open"
+        if x < 0.05:
+            return "call_center"
+        if x < 0.07:
+            return "store"
+        return "regular"
+
+    # -- planted facts: re-draw a session's journey until it holds ----------------------------
+    def _ensure(self, sessions: list[dict], ok, redraw_pred, limit: int = 400) -> None:
+        """Re-draw regular/email sessions (from the last) until ``ok(sessions)`` holds."""
+        tries = 0
+        idx = [i for i, s in enumerate(sessions) if s["kind"] in ("regular", "email")]
+        while not ok(sessions) and tries < limit and idx:
+            i = idx[-1 - (tries // 25) % len(idx)]
+            s = sessions[i]
+            events = self._journey(s["app"], self.arch_name == "high_intent_abandoner")
+            if redraw_pred(events):
+                s["events"] = events
+            tries += 1
+
+    def _draw_sessions(self) -> list[dict]:
+        """Sessions until the target event count or the active span's capacity is reached."""
+        span_capacity = max(1, (self.a_end - self.a_start) // (2 * 3_600_000))
+        sessions: list[dict] = []
+        total = 0
+        while total < self.target and len(sessions) < span_capacity:
+            s = self._new_session(self._session_kinds() if sessions else "regular")
+            sessions.append(s)
+            total += max(1, len(s["events"]))
+        return sessions
+
+    def _plant_facts(self, sessions: list[dict]) -> None:
+        """Make the archetype's planted fact hold (in place; may append sessions)."""
+        r = self.rng
+        name = self.arch_name
+        purchase = ET["purchase"]
+        if name == "cart_abandoner":
+            self._ensure(sessions, lambda ss: _count(ss, ET["add_to_cart"]) >= 1,
+                         lambda ev: any(e[0] == ET["add_to_cart"] for e in ev))
+        elif name == "high_intent_abandoner":
+            self._ensure(sessions, lambda ss: any(_high_intent(s["events"]) for s in ss),
+                         _high_intent)
+        elif name in ("repeat_buyer", "vip"):
+            need = 3 if name == "repeat_buyer" else 5
+            while len([s for s in sessions if s["kind"] == "regular"]) < need:
+                sessions.append(self._new_session("regular"))
+            self._ensure(sessions, lambda ss: _count(ss, purchase) >= need,
+                         lambda ev: bool(ev) and ev[-1][0] == purchase, limit=2000)
+        elif name == "email_responder":
+            if not any(s["kind"] == "email" for s in sessions):
+                sessions.append(self._new_session("email"))
+            mails = [s for s in sessions if s["kind"] == "email"]
+            self._ensure(mails, lambda ss: _count(ss, purchase) >= 1,
+                         lambda ev: bool(ev) and ev[-1][0] == purchase)
+        if name == "power_user":
+            used = {e[8] for s in sessions for e in s["events"] if e[0] == ET["feature_use"]}
+            missing = [f for f in range(len(FEATURES)) if f not in used][: max(0, 3 - len(used))]
+            regular = [s for s in sessions if s["kind"] == "regular"]
+            for k, f in enumerate(missing):
+                regular[-1 - (k % len(regular))]["events"].append(
+                    [ET["feature_use"], -1, int(5 + r.random() * 60), -1, -1, -1, -1, -1, f])
+
+    def _add_crm_contacts(self, sessions: list[dict]) -> None:
+        """Identifiers that would otherwise never be linked get a CRM contact (in place)."""
+        emails_used = {0} if any(s["kind"] in ("email", "email_open") for s in sessions) else set()
+        for k in range(self.n_email):
+            if k not in emails_used:
+                sessions.append({"kind": "call_center", "events": [], "email": k})
+        if self.has_phone:
+            sessions.append({"kind": "call_center", "events": [], "phone": True})
+        if self.kiosk >= 0:
+            sessions.append({"kind": "store", "events": [], "kiosk": True})
+
+    def simulate(self) -> list[tuple]:
+        sessions = self._draw_sessions()
+        self._plant_facts(sessions)
+        self._add_crm_contacts(sessions)
+        sessions = [s for s in sessions if s["events"] or s["kind"] not in ("regular", "email")]
+        return self._place(sessions)
+
+    # -- timeline and identifiers ---------------------------------------------------------------
+    def _place(self, sessions: list[dict]) -> list[tuple]:
+        r = self.rng
+        # side-event-only sessions stay where they were drawn; CRM fix-ups go to random places
+        durations = []
+        for s in sessions:
+            s["events"] = _fixed_events(r, s["kind"], s["events"], self.fav_cat)
+            durations.append(sum(e[2] for e in s["events"][1:]) * 1000)
+        n = len(sessions)
+        free = (self.a_end - self.a_start) - sum(durations) - n * (MIN_SESSION_GAP_MS + 1000)
+        free = max(0, free)
+        offsets = sorted(r.randrange(free + 1) for _ in range(n))
+        rows: list[tuple] = []
+        seen_dev: set[int] = set()
+        seen_cookie: set[int] = set()
+        cookies_of = {d: [c for c in range(self.n_cookie) if c % self.n_dev == d] or [d % self.n_cookie]
+                      for d in range(self.n_dev)}
+        cursor = self.a_start
+        for sess_no, (s, off, dur) in enumerate(zip(sessions, offsets, durations)):
+            start = (self.a_start + off + sess_no * (MIN_SESSION_GAP_MS + 1000)
+                     + sum(durations[:sess_no]))
+            start = max(start, cursor) // 1000 * 1000
+            cookie, login_at = self._login(s, cookies_of, seen_dev, seen_cookie)
+            t = self._emit(rows, s, sess_no, start, cookie, login_at)
+            cursor = t + 1000 + MIN_SESSION_GAP_MS
+        return rows
+
+    def _login(self, s: dict, cookies_of: dict[int, list[int]], seen_dev: set[int],
+               seen_cookie: set[int]) -> tuple[int, int]:
+        """A web/app session's cookie and the index of its login event (-1: none)."""
+        r = self.rng
+        kind, events = s["kind"], s["events"]
+        dev = s.get("dev", -1)
+        app = s.get("app", False)
+        cookie = -1
+        login_at = -1
+        if kind in ("regular", "email"):
+            if not app:
+                fresh = [c for c in cookies_of[dev] if c not in seen_cookie]
+                cookie = fresh[0] if fresh else r.choice(cookies_of[dev])
+            first_time = dev not in seen_dev or (cookie >= 0 and cookie not in seen_cookie)
+            seen_dev.add(dev)
+            if cookie >= 0:
+                seen_cookie.add(cookie)
+            if self.has_uid and (first_time or kind == "email" or r.random() < (0.8 if app else 0.45)):
+                login_at = 0 if (first_time or r.random() < 0.6) else r.randrange(max(1, len(events)))
+        return cookie, login_at
+
+    def _emit(self, rows: list[tuple], s: dict, sess_no: int, start: int, cookie: int,
+              login_at: int) -> int:
+        """Append one session's event rows (``seq`` continues from ``len(rows)``); return the
+        time of its last event."""
+        r = self.rng
+        kind, events = s["kind"], s["events"]
+        dev = s.get("dev", -1)
+        app = s.get("app", False)
+        chan = s.get("chan", CH["email"] if kind in ("email", "email_open") else -1)
+        src = _source(kind, app)
+        t = start
+        for k, e in enumerate(events):
+            et, state, gap, prod, qty, price_c, revenue_c, scroll, feature = e
+            t += gap * 1000
+            ms = r.randrange(1, 1000) if r.random() < 0.3 else 0
+            nxt_gap = events[k + 1][2] if k + 1 < len(events) else 0
+            is_email_evt = et in (ET["email_open"], ET["email_click"])
+            uid, anon, dv, em, ph = self._identifiers(s, et, k, cookie, login_at)
+            dur = _duration(r, et, nxt_gap)
+            echan = chan if (kind in ("regular", "email") or is_email_evt) else -1
+            variant = self.variant if et in (ET["checkout_start"], ET["purchase"]) else -1
+            rows.append((
+                self.pid, len(rows), t + ms, et, state, SRC["email"] if is_email_evt else src, sess_no, echan,
+                uid and self.has_uid, anon, dv, self.dev_kinds[dev] if (dev >= 0 and not is_email_evt) else -1,
+                em, ph, prod, qty, price_c, revenue_c, dur, scroll, feature, variant,
+                self.arch, self.consent, self.currency, self.has_uid,
+            ))
+        return t
+
+    def _identifiers(self, s: dict, et: int, k: int, cookie: int,
+                     login_at: int) -> tuple[bool, int, int, int, bool]:
+        """The identifiers on event ``k`` of session ``s``: (uid, anon, dev, email, phone)."""
+        r = self.rng
+        kind = s["kind"]
+        dev = s.get("dev", -1)
+        app = s.get("app", False)
+        is_email_evt = et in (ET["email_open"], ET["email_click"])
+        uid = False
+        anon = dv = em = -1
+        ph = False
+        if et in (ET["email_open"], ET["email_click"]):
+            uid, em = True, 0
+        elif kind == "call_center":
+            uid = True
+            if s.get("phone"):
+                ph = True
+            elif "email" in s:
+                em = s["email"]
+            elif self.has_phone and r.random() < 0.6:  # noqa: SIM114
+                ph = True
+            elif self.n_email:
+                em = r.randrange(self.n_email)
+        elif kind == "store":
+            uid = True
+            em = r.randrange(self.n_email) if self.n_email else -1
+            dv = self.kiosk if s.get("kiosk") else -1
+            ph = dv < 0 and em < 0 and self.has_phone
+        else:
+            first = k == (2 if kind == "email" else 0)
+            logged = login_at >= 0 and (k - (2 if kind == "email" else 0)) >= login_at
+            uid = logged
+            if app:
+                dv = dev
+            else:
+                anon = cookie
+                linking = first or (logged and (k - (2 if kind == "email" else 0)) == login_at)
+                dv = dev if (linking or r.random() < 0.7) else -1
+        if kind == "email" and is_email_evt:
+            uid, em = True, 0
+        return uid, anon, dv, em, ph
+
+
+def _simulate_batches(seed: int, start_ms: int, end_ms: int, mean_events: float, kiosks: int,
+                      kiosk_share: float):
+    """The mapInPandas function: person ids in, simulated event rows out (numbers only)."""
+    import pandas as pd
+
+    def run(batches: Iterator["pd.DataFrame"]) -> Iterator["pd.DataFrame"]:
+        for batch in batches:
+            ids = batch["id"].tolist()
+            for lo in range(0, len(ids), 500):               # bound memory per yielded frame
+                rows: list[tuple] = []
+                for pid in ids[lo:lo + 500]:
+                    rows.extend(_Person(int(pid), seed, start_ms, end_ms, mean_events,
+                                        kiosks, kiosk_share).simulate())
+                yield pd.DataFrame.from_records(rows, columns=_SIM_COLS)
+    return run

@@ -1,0 +1,138 @@
+"""Helpers of the notebooks in notebooks/: small aggregated DataFrames (not collected) of the
+gold tables (segment sizes and changes, segment health, cluster profiles and sizes, the wide
+transition matrix, the funnel, journey metrics and top paths), plus the two bits of glue a
+notebook needs outside Databricks (widgets or environment parameters, and display).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from seglake.core.config import Config
+from seglake.core.contracts import (
+    CLUSTER_PROFILES, CLUSTERS, JOURNEY_METRICS, JOURNEY_PATHS, SEGMENT_CHANGES, SEGMENT_HEALTH,
+    SEGMENT_MEMBERSHIP, TRANSITION_MATRIX,
+)
+from seglake.report.data import _latest, _read
+
+
+def notebook_params(dbutils: Any = None, **defaults: str) -> dict[str, str]:
+    """Notebook parameters: Databricks widgets when ``dbutils`` is given, else the environment.
+
+    Each name ``x`` gets a text widget ``x`` (default from ``defaults``); outside Databricks the
+    value is ``$SEGLAKE_<X>`` when set, else the default. Empty strings mean "not given".
+    """
+    import os
+
+    values = {}
+    for name, default in defaults.items():
+        if dbutils is not None:
+            dbutils.widgets.text(name, str(default), name)
+            values[name] = dbutils.widgets.get(name)
+        else:
+            values[name] = os.environ.get(f"SEGLAKE_{name.upper()}", str(default))
+    return values
+
+
+def notebook_context(dbutils: Any = None, app_name: str = "seglake-notebook") -> tuple[SparkSession, Config, Any]:
+    """(spark, cfg, as_of or None) from the widgets ``env``, ``lakehouse`` and ``as_of``.
+
+    On Databricks the notebook's session is reused (``get_spark`` returns the active one).
+    """
+    from datetime import date as _date
+
+    from seglake.core.config import load_config
+    from seglake.core.spark import get_spark
+
+    p = notebook_params(dbutils, env="local", lakehouse="", as_of="")
+    cfg = load_config(p["env"] or "local", overrides={"paths": {"lakehouse": p["lakehouse"]}} if p["lakehouse"] else None)
+    as_of = _date.fromisoformat(p["as_of"]) if p["as_of"] else None
+    return get_spark(cfg, app_name), cfg, as_of
+
+
+def show(df: DataFrame, display: Callable | None = None, rows: int = 50) -> None:
+    """``display(df)`` on Databricks, else ``df.show()`` (the notebook passes its ``display``)."""
+    if display is not None:
+        display(df)
+    else:
+        df.show(rows, truncate=False)
+
+
+def _at(df: DataFrame, as_of: Any) -> DataFrame:
+    """Rows of ``as_of`` (default: the latest as-of date in ``df``)."""
+    if "as_of_date" not in df.columns:
+        return df
+    day = as_of if as_of is not None else _latest(df)
+    return df.where(F.col("as_of_date") == F.lit(day))
+
+
+def segment_sizes(spark: SparkSession, cfg: Config) -> DataFrame:
+    """``as_of_date, segment, customers`` from gold.segment_membership (every as-of date)."""
+    members = _read(spark, cfg, SEGMENT_MEMBERSHIP, "segments")
+    return (members.groupBy("as_of_date", "segment").agg(F.count(F.lit(1)).alias("customers"))
+            .orderBy(F.desc("as_of_date"), F.desc("customers")))
+
+
+def segment_change_counts(spark: SparkSession, cfg: Config) -> DataFrame:
+    """``as_of_date, segment, entered, exited`` from gold.segment_changes."""
+    changes = _read(spark, cfg, SEGMENT_CHANGES, "segments")
+    return (changes.groupBy("as_of_date", "segment").pivot("change", ["entered", "exited"]).count()
+            .na.fill(0, ["entered", "exited"]).orderBy(F.desc("as_of_date"), "segment"))
+
+
+def segment_health(spark: SparkSession, cfg: Config, as_of: Any = None) -> DataFrame:
+    """gold.segment_health at ``as_of`` (default latest), largest segment first."""
+    return _at(_read(spark, cfg, SEGMENT_HEALTH, "segments"), as_of).orderBy(F.desc("size"))
+
+
+def cluster_profile_matrix(spark: SparkSession, cfg: Config, as_of: Any = None) -> DataFrame:
+    """One row per cluster: ``cluster, label, size, share`` + one column per feature holding the
+    standardized difference of the cluster mean from the overall mean (gold.cluster_profiles)."""
+    prof = _at(_read(spark, cfg, CLUSTER_PROFILES, "cluster"), as_of)
+    return (prof.groupBy("cluster", "label", "size", "share").pivot("feature").agg(F.first("relative"))
+            .orderBy("cluster"))
+
+
+def cluster_sizes(spark: SparkSession, cfg: Config, as_of: Any = None) -> DataFrame:
+    """``as_of_date, cluster, label, customers`` from gold.clusters."""
+    clusters = _at(_read(spark, cfg, CLUSTERS, "cluster"), as_of)
+    return (clusters.groupBy("as_of_date", "cluster", "label").agg(F.count(F.lit(1)).alias("customers"))
+            .orderBy("cluster"))
+
+
+def transition_matrix_wide(spark: SparkSession, cfg: Config, as_of: Any = None, segment: str = "all",
+                           channel: str = "all") -> DataFrame:
+    """First-order transition probabilities as ``from_state`` x one column per ``to_state``."""
+    matrix = _at(_read(spark, cfg, TRANSITION_MATRIX, "journeys"), as_of)
+    sel = matrix.where((F.col("order") == 1) & (F.col("segment") == segment) & (F.col("channel") == channel))
+    return sel.groupBy("from_state").pivot("to_state").agg(F.first("probability")).orderBy("from_state")
+
+
+def funnel(spark: SparkSession, cfg: Config, as_of: Any = None, segment: str = "all") -> DataFrame:
+    """``rank, step, journeys, step_rate, dropoff`` from gold.journey_metrics."""
+    metrics = _at(_read(spark, cfg, JOURNEY_METRICS, "journeys"), as_of)
+    sel = metrics.where(F.col("metric").startswith("funnel_") & (F.col("segment") == segment)
+                        & (F.col("channel") == "all"))
+    wide = sel.groupBy("rank", F.col("subject").alias("step")).pivot(
+        "metric", ["funnel_journeys", "funnel_step_rate", "funnel_dropoff"]).agg(F.first("value"))
+    return wide.select("rank", "step", F.col("funnel_journeys").cast("long").alias("journeys"),
+                       F.col("funnel_step_rate").alias("step_rate"), F.col("funnel_dropoff").alias("dropoff")
+                       ).orderBy("rank")
+
+
+def journey_metric(spark: SparkSession, cfg: Config, metric: str, as_of: Any = None,
+                   segment: str = "all") -> DataFrame:
+    """One metric of gold.journey_metrics (e.g. ``removal_effect``, ``conversion_probability``)."""
+    metrics = _at(_read(spark, cfg, JOURNEY_METRICS, "journeys"), as_of)
+    return (metrics.where((F.col("metric") == metric) & (F.col("segment") == segment))
+            .select("channel", "subject_type", "subject", "value", "rank").orderBy("channel", "rank", "subject"))
+
+
+def top_journey_paths(spark: SparkSession, cfg: Config, as_of: Any = None, limit: int = 20) -> DataFrame:
+    """The most frequent full journey paths (gold.journey_paths)."""
+    paths = _at(_read(spark, cfg, JOURNEY_PATHS, "journeys"), as_of)
+    if "path_kind" in paths.columns:
+        paths = paths.where(F.col("path_kind") == "full")
+    return paths.select("rank", "path", "journeys", "share").orderBy("rank").limit(limit)

@@ -1,0 +1,176 @@
+"""The ``seglake run identity`` job: build or update silver.identity_map, full or incremental.
+
+:func:`run` links the identifiers of consented silver.events (only the events ingested since
+the last run when possible, see ``ops.identity_runs``), rebuilding from the stored edges when
+the guard excludes new identifiers, and writes silver.identity_map, silver.identity_edges and
+silver.identity_excluded; :func:`_log_run` records the run and :func:`_finish` its summary.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from seglake.core.contracts import (CONSENT_RULE, IDENTITY_EDGES, IDENTITY_EXCLUDED, IDENTITY_MAP, IDENTITY_RUNS,
+                                    SILVER_EVENTS, profiling_events)
+from seglake.stages.identity.graph import (_CUSTOMER_NODE, drop_excluded, excluded_identifiers, identifier_tuples,
+                                           identity_edges, identity_nodes, resolve)
+
+MAP_TABLE = IDENTITY_MAP
+EDGES_TABLE = IDENTITY_EDGES
+EXCLUDED_TABLE = IDENTITY_EXCLUDED
+RUNS_TABLE = IDENTITY_RUNS
+
+
+def _last_run(spark: SparkSession, cfg) -> dict | None:
+    from seglake.core import tables
+    if not tables.exists(spark, cfg, RUNS_TABLE):
+        return None
+    # one row: the latest run (the runs table has one row per identity run: small)
+    row = tables.read(spark, cfg, RUNS_TABLE).orderBy(F.desc("finished_at")).first()
+    return row.asDict() if row else None
+
+
+def run(ctx) -> dict:
+    """``seglake run identity``: build or update silver.identity_map."""
+    from seglake.core import tables
+    spark, cfg = ctx.spark, ctx.cfg
+    icfg = cfg["identity"]
+    prefix = icfg["customer_id_prefix"]
+    max_persons = int(icfg["max_persons_per_identifier"])
+    events_all = tables.read(spark, cfg, SILVER_EVENTS)
+    events, consent_via = profiling_events(events_all), CONSENT_RULE
+    last = _last_run(spark, cfg)
+    have_map = tables.exists(spark, cfg, MAP_TABLE) and tables.exists(spark, cfg, EDGES_TABLE)
+    incremental = bool(icfg["incremental"]) and last is not None and have_map \
+        and last.get("watermark") is not None and "_ingested_at" in events.columns
+    if ctx.args.get("full"):
+        incremental = False
+    watermark = events_all.agg(F.max("_ingested_at").alias("w")).first()["w"] \
+        if "_ingested_at" in events_all.columns else None
+    summary: dict[str, Any] = {}
+
+    if incremental:
+        new_events = events.filter(F.col("_ingested_at") > F.lit(last["watermark"]))
+        tuples = identifier_tuples(new_events).localCheckpoint()
+        old_edges = tables.read(spark, cfg, EDGES_TABLE)
+        new_edges = identity_edges(tuples).join(old_edges, ["src_type", "src", "dst_type", "dst"], "left_anti")
+        new_edges = new_edges.localCheckpoint()
+        previous = tables.read(spark, cfg, MAP_TABLE).select("identifier_type", "identifier", "customer_id")
+        old_ex = (tables.read(spark, cfg, EXCLUDED_TABLE).select("identifier_type", "identifier")
+                  if tables.exists(spark, cfg, EXCLUDED_TABLE) else None)
+        touched = new_edges.filter(F.col("src_type") == "user_id").select(
+            F.col("dst_type").alias("identifier_type"), F.col("dst").alias("identifier")).distinct()
+        all_edges = old_edges.unionByName(new_edges)
+        ex_touched = excluded_identifiers(
+            all_edges.join(F.broadcast(touched.withColumnRenamed("identifier_type", "dst_type")
+                                       .withColumnRenamed("identifier", "dst")), ["dst_type", "dst"]),
+            max_persons)
+        newly = ex_touched.select("identifier_type", "identifier")
+        if old_ex is not None:
+            newly = newly.join(old_ex, ["identifier_type", "identifier"], "left_anti")
+        if newly.limit(1).count() > 0:
+            incremental = False
+            summary["rebuild_reason"] = "guard excluded new identifiers"
+        else:
+            excluded = old_ex if old_ex is not None else ex_touched.select("identifier_type", "identifier")
+            nodes = identity_nodes(tuples).join(F.broadcast(excluded), ["identifier_type", "identifier"],
+                                                "left_anti")
+            kept_edges = drop_excluded(new_edges, excluded)
+            new_nodes = nodes.join(previous.select("identifier_type", "identifier"),
+                                   ["identifier_type", "identifier"], "left_anti")
+            if kept_edges.limit(1).count() == 0 and new_nodes.limit(1).count() == 0:
+                summary.update({"mode": "incremental", "new_edges": 0, "changed_identifiers": 0})
+                _log_run(spark, cfg, ctx.run_id, "incremental", watermark)
+                return _finish(spark, cfg, summary, consent_via)
+            # attach touched identifiers to their previous customers via virtual nodes
+            ends = kept_edges.select(F.col("src_type").alias("identifier_type"), F.col("src").alias("identifier")) \
+                .unionByName(kept_edges.select(F.col("dst_type").alias("identifier_type"),
+                                               F.col("dst").alias("identifier"))) \
+                .unionByName(nodes).distinct()
+            links = ends.join(previous, ["identifier_type", "identifier"]).select(
+                "identifier_type", "identifier", F.col("customer_id"))
+            virt_edges = links.select(F.lit(_CUSTOMER_NODE).alias("src_type"), F.col("customer_id").alias("src"),
+                                      F.col("identifier_type").alias("dst_type"), F.col("identifier").alias("dst"))
+            graph_edges = kept_edges.unionByName(virt_edges)
+            involved = links.select("customer_id").distinct()
+            sizes = previous.join(involved, "customer_id").groupBy("customer_id") \
+                .agg(F.count(F.lit(1)).alias("n"))
+            local_map, rounds = resolve(graph_edges, nodes, previous=None, prefix=prefix,
+                                        max_iterations=int(icfg["max_iterations"]),
+                                        checkpoint_interval=int(icfg["checkpoint_interval"]),
+                                        engine=icfg["engine"], customer_sizes=sizes)
+            local_map = local_map.localCheckpoint()
+            # customers retired by a merge: all their identifiers move to the winner
+            retired = (links.select(F.col("customer_id").alias("old_id"), "identifier_type", "identifier")
+                       .join(local_map.withColumnRenamed("customer_id", "new_id"),
+                             ["identifier_type", "identifier"])
+                       .filter(F.col("old_id") != F.col("new_id")).select("old_id", "new_id").distinct())
+            moved = previous.join(retired.withColumnRenamed("old_id", "customer_id"), "customer_id") \
+                .select("identifier_type", "identifier", F.col("new_id").alias("customer_id"))
+            changes = local_map.unionByName(moved).dropDuplicates(["identifier_type", "identifier"]) \
+                .withColumn("_run_id", F.lit(ctx.run_id))
+            n_changes = changes.count()
+            tables.merge(spark, changes, cfg, MAP_TABLE, ["identifier_type", "identifier"], update=True)
+            tables.merge(spark, new_edges, cfg, EDGES_TABLE, ["src_type", "src", "dst_type", "dst"])
+            summary.update({"mode": "incremental", "new_edges": new_edges.count(),
+                            "changed_identifiers": n_changes, "merged_customers": retired.count(),
+                            "cc_rounds": rounds})
+            _log_run(spark, cfg, ctx.run_id, "incremental", watermark)
+            return _finish(spark, cfg, summary, consent_via)
+
+    # full build (first run, --full, or the guard changed)
+    if tables.exists(spark, cfg, EDGES_TABLE) and summary.get("rebuild_reason"):
+        edges_all = tables.read(spark, cfg, EDGES_TABLE).unionByName(new_edges).distinct()
+        nodes_all = tables.read(spark, cfg, MAP_TABLE).select("identifier_type", "identifier") \
+            .unionByName(identity_nodes(tuples)).distinct()
+    else:
+        tuples = identifier_tuples(events).localCheckpoint()  # distinct id combinations: read twice
+        edges_all = identity_edges(tuples)
+        nodes_all = identity_nodes(tuples)
+    edges_all = edges_all.localCheckpoint()
+    excluded = excluded_identifiers(edges_all, max_persons).localCheckpoint()
+    nodes = nodes_all.join(F.broadcast(excluded.select("identifier_type", "identifier")),
+                           ["identifier_type", "identifier"], "left_anti")
+    previous = (tables.read(spark, cfg, MAP_TABLE).select("identifier_type", "identifier", "customer_id")
+                .localCheckpoint() if tables.exists(spark, cfg, MAP_TABLE) else None)
+    idmap, rounds = resolve(drop_excluded(edges_all, excluded), nodes, previous, prefix,
+                            int(icfg["max_iterations"]), int(icfg["checkpoint_interval"]), icfg["engine"])
+    idmap = idmap.withColumn("_run_id", F.lit(ctx.run_id)).localCheckpoint()
+    if previous is not None:
+        retired = previous.select("customer_id").distinct().join(idmap.select("customer_id").distinct(),
+                                                                 "customer_id", "left_anti").count()
+        summary["retired_customer_ids"] = retired
+    tables.overwrite(idmap, cfg, MAP_TABLE)
+    tables.overwrite(edges_all, cfg, EDGES_TABLE)
+    tables.overwrite(excluded.withColumn("_run_id", F.lit(ctx.run_id)), cfg, EXCLUDED_TABLE)
+    summary = {"mode": "full", **summary, "edges": edges_all.count(), "cc_rounds": rounds}
+    _log_run(spark, cfg, ctx.run_id, "full", watermark)
+    return _finish(spark, cfg, summary, consent_via)
+
+
+def _log_run(spark: SparkSession, cfg, run_id: str, mode: str, watermark) -> None:
+    from datetime import datetime, timezone
+
+    from seglake.core import tables
+    row = spark.createDataFrame(
+        [(run_id, mode, watermark, datetime.now(timezone.utc).replace(tzinfo=None))],
+        "run_id STRING, mode STRING, watermark TIMESTAMP, finished_at TIMESTAMP")
+    tables.append(row, cfg, RUNS_TABLE)
+
+
+def _finish(spark: SparkSession, cfg, summary: dict, consent_via: str) -> dict:
+    from seglake.core import tables
+    idmap = tables.read(spark, cfg, MAP_TABLE)
+    stats = idmap.agg(F.count(F.lit(1)).alias("ids"), F.countDistinct("customer_id").alias("customers")).first()
+    n_ex = tables.read(spark, cfg, EXCLUDED_TABLE).count() if tables.exists(spark, cfg, EXCLUDED_TABLE) else 0
+    out = {"customers": int(stats["customers"]), "identifiers": int(stats["ids"]), "excluded_identifiers": n_ex}
+    out.update(summary)
+    out["consent"] = consent_via
+    return out
+
+
+def add_arguments(parser) -> None:
+    """``--full``: rebuild the whole map from silver.events instead of an incremental run."""
+    parser.add_argument("--full", action="store_true", help="rebuild the identity map from all events")

@@ -1,0 +1,174 @@
+"""The ``seglake run journeys`` job: read the window's sessionized events, build the
+transition matrices, metrics and paths, and write the three gold tables.
+
+Flow (:func:`run`): silver.events (consented, window ``[as_of - window_days, as_of)``) ->
+customer ids from silver.identity_map -> sessions -> journey states (``conf/states.yaml``)
+-> transitions counted in Spark -> ``gold.transition_matrix``; driver-side absorbing-chain
+metrics, channel attribution, funnel, PageRank and motif counts -> ``gold.journey_metrics``;
+full and k-step paths -> ``gold.journey_paths``. Segments come from the latest
+``gold.segment_membership`` at or before the as-of date.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import date, timedelta
+from typing import Any
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from seglake.core import tables
+from seglake.core.contracts import (JOURNEY_METRICS, JOURNEY_PATHS, SEGMENT_MEMBERSHIP, TRANSITION_MATRIX,
+                                    customer_events)
+from seglake.core.spark import persist_events
+from seglake.stages.journeys import graph as G
+from seglake.stages.journeys.attribution import channel_attribution
+from seglake.stages.journeys.chain import matrix_metrics
+from seglake.stages.journeys.matrices import (build_journeys, channel_path_transitions, channel_touchpoints,
+                                              customer_transition_counts, journey_transitions,
+                                              transition_matrix)
+from seglake.stages.journeys.paths import funnel_counts, funnel_metrics, journey_summaries, kstep_paths, top_paths
+from seglake.stages.journeys.states import ALL, PATH_SEP, assign_states, load_states
+from seglake.stages.sessions import sessionize
+
+log = logging.getLogger(__name__)
+
+#: the stage runner resolves ``--as-of`` (default: the day after the last event) before run()
+USES_AS_OF = True
+
+MATRIX_TABLE = TRANSITION_MATRIX
+METRICS_TABLE = JOURNEY_METRICS
+PATHS_TABLE = JOURNEY_PATHS
+METRICS_SCHEMA = ("segment string, channel string, metric string, subject_type string, subject string, "
+                  "value double, rank int")
+#: silver.events columns the stage reads (identifiers for attach_customer_id).
+_EVENT_COLUMNS = ("user_id", "anonymous_id", "device_id", "email_hash", "phone_hash", "event_type",
+                  "event_ts", "event_date", "channel", "page_url", "consent", "session_id", "source")
+
+
+def _membership(spark, cfg, as_of: date) -> DataFrame | None:
+    """customer_id, segment of gold.segment_membership at ``as_of`` (else the latest before), or None."""
+    if not cfg.get("journeys.per_segment", True) or not tables.exists(spark, cfg, SEGMENT_MEMBERSHIP):
+        return None
+    members = tables.read(spark, cfg, SEGMENT_MEMBERSHIP)
+    latest = (members.where(F.col("as_of_date") <= F.lit(as_of))
+              .agg(F.max("as_of_date").alias("d")).first()["d"])  # one scalar
+    if latest is None:
+        return None
+    if latest != as_of:
+        log.warning("journeys: no segment membership at %s, using the one of %s", as_of, latest)
+    return members.where(F.col("as_of_date") == F.lit(latest)).select("customer_id", "segment").distinct()
+
+
+def sessionized_events(spark, cfg, window_start: date, as_of: date) -> DataFrame:
+    """Consented silver.events of the window with customer ids and sessions (the stage's input).
+
+    Returns:
+        ``customer_id, session_key, event_ts, event_seq, event_type, channel, page_url``.
+    """
+    with_customer = customer_events(spark, cfg, start=window_start, end=as_of, columns=_EVENT_COLUMNS)
+    sessions = sessionize(with_customer, int(cfg.get("sessions.inactivity_minutes")),
+                          split_on_session_id=bool(cfg.get("sessions.split_on_session_id", True)))
+    return sessions.select("customer_id", "session_key", "event_ts", "event_seq", "event_type",
+                           "channel", "page_url")
+
+
+def add_arguments(parser) -> None:  # noqa: D103 - argparse hook
+    parser.add_argument("--no-graph", action="store_true",
+                        help="skip the journey graph (PageRank and motif counts)")
+
+
+def run(ctx) -> dict:
+    """``seglake run journeys``: transition matrices, journey metrics, paths (see module doc)."""
+    spark, cfg = ctx.spark, ctx.cfg
+    jcfg = cfg["journeys"]
+    spec = load_states(cfg.conf_file(jcfg["states_file"]))
+    max_order = int(jcfg["max_order"])
+    as_of = ctx.resolve_as_of()
+    window_start = as_of - timedelta(days=int(jcfg["window_days"]))
+    stamp = [F.lit(window_start).cast("date").alias("window_start"),
+             F.lit(as_of).cast("date").alias("window_end"),
+             F.lit(as_of).cast("date").alias("as_of_date")]
+    slice_ = f"as_of_date = '{as_of.isoformat()}'"
+
+    # sessionized events are reused by journeys, channel touchpoints and the page graph
+    events = assign_states(sessionized_events(spark, cfg, window_start, as_of), spec, keep_unmapped=True)
+    events = persist_events(events)
+    membership = _membership(spark, cfg, as_of)
+    try:
+        journeys = build_journeys(events, spec)
+        counts = customer_transition_counts(journey_transitions(journeys, spec, max_order)).persist()
+        matrix = transition_matrix(counts, membership).persist()
+        tables.overwrite(matrix.select("order", "segment", "channel", "from_state", "to_state", "count",
+                                       "probability", *stamp),
+                         cfg, MATRIX_TABLE, partition_by=["as_of_date"], replace_where=slice_)
+        # ---- driver-side algebra on small collected matrices
+        first = (matrix.where(F.col("order") == 1)
+                 .select("segment", "channel", "from_state", "to_state", "probability").collect())
+        if not first:
+            raise ValueError(f"journeys: no journey events in the window [{window_start}, {as_of}): "
+                             "nothing to analyse (check --as-of and journeys.window_days)")
+        metrics = matrix_metrics(first, spec)
+        channel_rows = [(r["from_state"], r["to_state"], r["count"]) for r in
+                        channel_path_transitions(channel_touchpoints(events, spec), spec).collect()]
+        metrics += [{"segment": ALL, "channel": ALL, **m} for m in channel_attribution(channel_rows, spec)]
+        summaries = journey_summaries(journeys, spec, int(jcfg["path_max_states"])).persist()
+        steps = {r["funnel_step"]: r["journeys"] for r in funnel_counts(summaries).collect()}
+        metrics += [{"segment": ALL, "channel": ALL, **m} for m in funnel_metrics(steps, spec)]
+        # ---- paths
+        full = top_paths(summaries, int(jcfg["top_paths"])).select(
+            F.lit("full").alias("path_kind"), F.lit(None).cast("int").alias("k"), "path", "journeys", "share", "rank")
+        k = min(int(jcfg["kstep_paths"]), max_order)
+        kstep = kstep_paths(matrix, k, int(jcfg["top_paths"])).select(
+            F.lit("kstep").alias("path_kind"), F.lit(k).alias("k"), "path", "journeys", "share", "rank")
+        tables.overwrite(full.unionByName(kstep).select("*", *stamp), cfg, PATHS_TABLE,
+                         partition_by=["as_of_date"], replace_where=slice_)
+        # ---- journey graph (native DataFrame implementation, see seglake.stages.journeys.graph)
+        top_page = None
+        if not ctx.args.get("no_graph"):
+            edges = (G.state_edges(matrix) if jcfg["graph_vertices"] == "state" else G.page_edges(events))
+            ranks = G.pagerank(edges, float(jcfg["pagerank_damping"]), int(jcfg["pagerank_max_iter"]),
+                               float(jcfg["pagerank_tol"]))
+            kind = "state" if jcfg["graph_vertices"] == "state" else "page"
+            for r in ranks.where(F.col("rank") <= int(jcfg["pagerank_top"])).collect():  # top N: small
+                metrics.append({"segment": ALL, "channel": ALL, "metric": "pagerank", "subject_type": kind,
+                                "subject": r["vertex"], "value": float(r["pagerank"]), "rank": int(r["rank"])})
+                top_page = r["vertex"] if r["rank"] == 1 else top_page
+            motif_name = PATH_SEP.join(spec.motif)
+            matches = G.find_chain(G.event_edges(journeys, spec), spec.motif)
+            for r in G.motif_counts(matches, motif_name, membership).collect():  # one row per segment
+                for metric, value in (("motif_matches", r["matches"]), ("motif_customers", r["customers"])):
+                    metrics.append({"segment": r["segment"], "channel": ALL, "metric": metric,
+                                    "subject_type": "motif", "subject": motif_name,
+                                    "value": float(value), "rank": None})
+        mdf = spark.createDataFrame([tuple(m.get(c) for c in ("segment", "channel", "metric", "subject_type",
+                                                               "subject", "value", "rank")) for m in metrics],
+                                    METRICS_SCHEMA)
+        tables.overwrite(mdf.select("*", *stamp), cfg, METRICS_TABLE, partition_by=["as_of_date"],
+                         replace_where=slice_)
+        n_journeys = sum(steps.values())
+        overall = {(m["metric"], m["subject_type"], m["subject"]): m["value"] for m in metrics
+                   if m["segment"] == ALL and m["channel"] == ALL}
+        drop = min((m for m in metrics if m["metric"] == "dropoff_mass" and m["segment"] == ALL
+                    and m["channel"] == ALL), key=lambda m: m["rank"])
+        channels = [m for m in metrics if m["metric"] == "attributed_share" and m["subject_type"] == "channel"]
+        top_channel = min(channels, key=lambda m: m["rank"]) if channels else None
+        summary: dict[str, Any] = {
+            "journeys": n_journeys,
+            "p_conversion": round(overall.get(("conversion_probability", "state", spec.start), 0.0), 4),
+            "top_dropoff": f"{drop['subject']} ({drop['value']:.3f})",
+            "top_channel": (f"{top_channel['subject']} ({top_channel['value']:.2f})" if top_channel else None),
+            "matrix_rows": matrix.count(),
+            "segments": (membership.select("segment").distinct().count() if membership is not None else 0),
+            "window": f"{window_start}..{as_of}",
+        }
+        if top_page is not None:
+            summary["top_page"] = top_page
+        motif_key = ("motif_matches", "motif", PATH_SEP.join(spec.motif))
+        if motif_key in overall:
+            summary["motif_" + PATH_SEP.join(spec.motif)] = int(overall[motif_key])
+        return summary
+    finally:
+        for df in (events, locals().get("counts"), locals().get("matrix"), locals().get("summaries")):
+            if df is not None:
+                df.unpersist()

@@ -1,0 +1,58 @@
+"""Propensity: churn and purchase probabilities per customer, trained point-in-time.
+
+``seglake run propensity --as-of D`` (D = the scoring date; features use events before D):
+
+- **Labels** (:func:`build_labels`), for a snapshot date t and horizon h = ``propensity.horizon_days``:
+  churn = 1 when the customer has NO profiling event in ``[t, t + h)``; purchase = 1 when it
+  has a purchase (``features.purchase_event_types``) in ``[t, t + h)``.
+- **No leakage** (:func:`snapshot_dates`): the evaluation snapshot is ``D - h`` (its labels
+  end at D, so they are observed); training snapshots are ``D - 2h, D - 2h - step, ...``
+  (``propensity.train_snapshots`` of them, ``propensity.train_step_days`` apart): every
+  training label window ends on or before the evaluation date. Features of a snapshot come
+  from gold.customer_features when that as-of date is there, else they are computed with
+  :func:`seglake.stages.features.compute_features` (same code, same point-in-time cut).
+- **Models**: a Spark ML Pipeline (null fill -> VectorAssembler -> GBTClassifier) tuned by
+  ``CrossValidator`` over ``propensity.grid_max_depth`` x ``propensity.grid_max_iter``, against
+  a logistic-regression baseline (fill -> assemble -> standardize -> LogisticRegression).
+  The model inputs are the RAW features (``propensity.inputs`` or ``features.model_inputs``), so
+  a model scores any as-of date without that date's scaling statistics.
+- **Evaluation** on the evaluation snapshot: AUC-ROC, AUC-PR, log loss, Brier score, a
+  calibration table by decile of predicted probability (+ plot), feature importances; all in
+  MLflow (a parent run per job run, a child run per target and model).
+- **Registry**: the better of GBT and baseline (on ``propensity.selection_metric``) is logged
+  with its signature and registered as ``<propensity.model_name_prefix>-<target>``; the alias
+  ``champion`` moves to it only when it beats the current champion, both scored on the same
+  held-out snapshot, by more than ``propensity.min_improvement`` (retraining on the same data
+  gives metrics equal up to float rounding, and such a tie must not move the alias).
+- **Scoring**: the champions score the features at D -> gold.propensity_scores
+  (customer_id, as_of_date, churn_probability, purchase_probability, model_version, ...).
+
+The package: :mod:`~seglake.stages.propensity.labels` (snapshot dates, labels, features),
+:mod:`~seglake.stages.propensity.models` (pipelines, tuning, evaluation),
+:mod:`~seglake.stages.propensity.registry` (MLflow registry, champion, scoring, plots) and
+:mod:`~seglake.stages.propensity.job` (the job: ``run``, ``add_arguments``, ``USES_AS_OF``).
+"""
+from __future__ import annotations
+
+from seglake.stages.propensity.common import (CHAMPION, EVENTS_TABLE, FEATURES_TABLE, LABEL_COL, PROB_COL,
+                                              SCORES_TABLE, TARGETS, TIE_TOLERANCE)
+from seglake.stages.propensity.job import USES_AS_OF, add_arguments, run
+from seglake.stages.propensity.labels import build_labels, features_at, snapshot_dates
+from seglake.stages.propensity.models import (Candidate, calibration, evaluate, feature_importances, gbt_pipeline,
+                                              input_features, lr_pipeline, tune_gbt, with_probability)
+from seglake.stages.propensity.registry import log_and_register, score, update_champion
+
+__all__ = [
+    # job
+    "USES_AS_OF", "run", "add_arguments",
+    # shared names
+    "TARGETS", "LABEL_COL", "PROB_COL", "FEATURES_TABLE", "EVENTS_TABLE", "SCORES_TABLE", "CHAMPION",
+    "TIE_TOLERANCE",
+    # labels and snapshots
+    "snapshot_dates", "build_labels", "features_at",
+    # models
+    "input_features", "gbt_pipeline", "lr_pipeline", "tune_gbt", "with_probability", "evaluate",
+    "calibration", "feature_importances", "Candidate",
+    # MLflow registry and scoring
+    "log_and_register", "update_champion", "score",
+]

@@ -1,0 +1,162 @@
+"""The ``seglake run propensity`` job: labels, training, evaluation, champions and scores.
+
+:func:`run` labels the snapshots, trains and evaluates a tuned GBT and a logistic-regression
+baseline per target (MLflow child runs), registers the better one, moves the ``champion``
+alias when it wins, and writes the champions' scores at the as-of date to
+gold.propensity_scores; :func:`add_arguments` adds ``--horizon-days``.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from pyspark.ml import PipelineModel
+from pyspark.sql import functions as F
+
+from seglake.core import tables
+from seglake.core.context import JobContext
+from seglake.core.contracts import IDENTITY_MAP, customer_events
+from seglake.stages.propensity.common import (_METRIC_KEYS, EVENTS_TABLE, FEATURES_TABLE, LABEL_COL, PROB_COL,
+                                              SCORES_TABLE, TARGETS, _num)
+from seglake.stages.propensity.labels import build_labels, features_at, snapshot_dates
+from seglake.stages.propensity.models import (Candidate, calibration, evaluate, feature_importances,
+                                              input_features, lr_pipeline, tune_gbt)
+from seglake.stages.propensity.registry import (_calibration_plot, _log_figure, log_and_register, score,
+                                                update_champion)
+
+#: the stage runner resolves ``--as-of`` (default: the day after the last event) before run()
+USES_AS_OF = True
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--horizon-days", type=int, default=None, dest="horizon_days",
+                        help="override propensity.horizon_days")
+
+
+def run(ctx: JobContext) -> dict:
+    """Build labels, train and evaluate both targets, update champions, score as_of."""
+    import mlflow
+
+    from seglake.core import tracking
+
+    spark, cfg = ctx.spark, ctx.cfg
+    pc = cfg["propensity"]
+    selection = str(pc["selection_metric"])
+    if selection not in _METRIC_KEYS:
+        raise ValueError(f"propensity.selection_metric must be one of {', '.join(_METRIC_KEYS)}, got {selection!r}")
+    min_improvement = float(pc["min_improvement"])
+    if not 0.0 <= min_improvement < 1.0:
+        raise ValueError(f"propensity.min_improvement must be in [0, 1), got {min_improvement}")
+    as_of = ctx.resolve_as_of()
+    horizon = int(ctx.args.get("horizon_days") or pc["horizon_days"])
+    seed = int(pc["seed"])
+    inputs = input_features(cfg)
+    purchase_types = list(cfg.get("features.purchase_event_types") or ["purchase"])
+
+    events = customer_events(spark, cfg, drop_unattached=False).select("customer_id", "event_key", "event_type", "event_ts", "session_id",
+                                           "source", "device_type", "revenue_usd", "scroll_depth",
+                                           "duration_s", "properties")
+    first = tables.read(spark, cfg, EVENTS_TABLE).agg(F.min("event_date")).first()[0]
+    if first is None:
+        raise ValueError("silver.events is empty: nothing to train propensity models on")
+    earliest = first + timedelta(days=int(pc["min_history_days"]))
+    train_dates, eval_date = snapshot_dates(as_of, horizon, int(pc["train_snapshots"]),
+                                            int(pc["train_step_days"]), earliest)
+
+    snaps = features_at(ctx, [*train_dates, eval_date, as_of], events).persist()
+    labelled = build_labels(snaps.filter(F.col("as_of_date") < F.lit(as_of)), events, horizon,
+                            purchase_types).persist()
+    current = snaps.filter(F.col("as_of_date") == F.lit(as_of))
+    n_current = current.count()
+    if n_current == 0:
+        raise ValueError(f"no customers with features at as_of {as_of}: run features first")
+
+    summary: dict[str, Any] = {"as_of": as_of.isoformat(), "train_snapshots": ", ".join(map(str, train_dates)),
+                               "eval_snapshot": eval_date.isoformat()}
+    champions: dict[str, tuple[PipelineModel, str, int]] = {}
+    with tracking.start_run(spark, cfg, "propensity", [EVENTS_TABLE, FEATURES_TABLE, IDENTITY_MAP],
+                            f"propensity {as_of}", ctx.run_id, as_of) as parent:
+        mlflow.log_params({"horizon_days": horizon, "train_dates": ",".join(map(str, train_dates)),
+                           "eval_date": str(eval_date), "inputs": ",".join(inputs),
+                           "selection_metric": selection})
+        for target in TARGETS:
+            data = labelled.withColumn(LABEL_COL, F.col(f"{target}_label"))
+            train = data.filter(F.col("as_of_date").isin(train_dates)).cache()
+            held = data.filter(F.col("as_of_date") == F.lit(eval_date)).cache()
+            counts = train.agg(F.count("*").alias("n"), F.sum(LABEL_COL).alias("pos")).first()
+            if held.limit(1).count() == 0:
+                raise ValueError(f"propensity: no customers at the evaluation snapshot {eval_date}")
+            if not counts["pos"] or counts["pos"] == counts["n"]:
+                raise ValueError(f"propensity: the {target} training labels have a single class "
+                                 f"({counts['pos']} positives of {counts['n']}): need more history or customers")
+            candidates = []
+            gbt_model, cv_info = tune_gbt(train, inputs, seed, pc["grid_max_depth"], pc["grid_max_iter"],
+                                          int(pc["cv_folds"]), int(pc["cv_parallelism"]))
+            lr_model = lr_pipeline(inputs).fit(train)
+            for kind, model, info in (("gbt", gbt_model, cv_info), ("logistic_regression", lr_model, {})):
+                scored = score(model, held).cache()
+                metrics = evaluate(scored)
+                calib = [r.asDict() for r in calibration(scored).collect()]  # <= 10 rows
+                importances = feature_importances(model, inputs)
+                with mlflow.start_run(run_name=f"{target} {kind}", nested=True) as child:
+                    mlflow.set_tags({"seglake.stage": "propensity", "seglake.target": target, "seglake.model": kind})
+                    mlflow.log_params({"target": target, "model": kind, "train_rows": int(counts["n"]),
+                                       "train_positives": int(counts["pos"]), **info})
+                    mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})
+                    mlflow.log_table({k: [r[k] for r in calib] for k in calib[0]}, "calibration.json")
+                    _log_figure(_calibration_plot(calib, f"{target} {kind}"), "plots/calibration.png")
+                    mlflow.log_dict(dict(sorted(importances.items(), key=lambda kv: -kv[1])),
+                                    "feature_importances.json")
+                candidates.append(Candidate(kind, model, metrics, {"run_id": child.info.run_id,
+                                                                   "calibration": calib}))
+                scored.unpersist()
+            best = max(candidates, key=lambda c: (_num(c.metrics[selection]), c.kind == "gbt"))
+            for c in candidates:
+                mlflow.log_metrics({f"{target}_{c.kind}_{k}": v for k, v in c.metrics.items() if v == v})
+
+            name = f"{pc['model_name_prefix']}-{target}"
+            v = log_and_register(best, held, inputs, name, tags={"target": target, "as_of": str(as_of)})
+            promote, champ_metric, champ_v, champ_model = update_champion(
+                name, v, best.metrics[selection], held, selection, min_improvement)
+            champions[target] = (best.model if promote else champ_model, name, champ_v)
+            new_metric = best.metrics[selection]
+            mlflow.log_metric(f"{target}_promoted", float(promote))
+            if new_metric == new_metric:
+                mlflow.log_metric(f"{target}_heldout_{selection}", new_metric)
+            if champ_metric == champ_metric:
+                mlflow.log_metric(f"{target}_champion_heldout_{selection}", champ_metric)
+            summary[f"{target}_model"] = f"{best.kind} v{v}" + (" -> champion" if promote else
+                                                                   f" (champion stays v{champ_v})")
+            summary[f"{target}_heldout_{selection}"] = round(_num(new_metric), 4)
+            if champ_metric == champ_metric:
+                summary[f"{target}_champion_heldout_{selection}"] = round(champ_metric, 4)
+            summary[f"{target}_heldout_brier"] = round(best.metrics["brier"], 4)
+            train.unpersist()
+            held.unpersist()
+
+        scores = None
+        for target, (model, name, v) in champions.items():
+            col = score(model, current).select("customer_id", F.col(PROB_COL).alias(f"{target}_probability"))
+            scores = col if scores is None else scores.join(col, "customer_id")
+        scores = scores.select(
+            "customer_id", F.lit(as_of).cast("date").alias("as_of_date"), "churn_probability",
+            "purchase_probability",
+            F.lit(";".join(f"{name}/{v}" for _, name, v in champions.values())).alias("model_version"),
+            F.lit(champions["churn"][2]).alias("churn_model_version"),
+            F.lit(champions["purchase"][2]).alias("purchase_model_version"),
+            F.lit(parent.info.run_id).alias("model_run_id"))
+        where = f"as_of_date = '{as_of.isoformat()}'"
+        tables.overwrite(scores, cfg, SCORES_TABLE, partition_by=("as_of_date",),
+                         replace_where=where if tables.exists(spark, cfg, SCORES_TABLE) else None)
+        written = tables.read(spark, cfg, SCORES_TABLE).filter(F.col("as_of_date") == F.lit(as_of))
+        stats = written.agg(F.count("*").alias("n"), F.avg("churn_probability").alias("churn"),
+                            F.avg("purchase_probability").alias("purchase")).first()
+        mlflow.log_metrics({"scored_customers": float(stats["n"]), "mean_churn_probability": stats["churn"],
+                            "mean_purchase_probability": stats["purchase"]})
+        summary["scored_customers"] = int(stats["n"])
+        summary["mean_churn_probability"] = round(float(stats["churn"]), 4)
+        summary["mean_purchase_probability"] = round(float(stats["purchase"]), 4)
+        summary["mlflow_run"] = parent.info.run_id
+    labelled.unpersist()
+    snaps.unpersist()
+    return summary
