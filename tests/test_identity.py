@@ -218,7 +218,6 @@ def _pair_scores(df):
 
 @pytest.mark.slow
 def test_identity_recovers_planted_persons(spark, pipeline_through):
-    from seglake.stages import clean
     from seglake.core import pii, tables
     cfg, gen_dir = pipeline_through("identity")
     salt = pii.salt(cfg)

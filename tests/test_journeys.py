@@ -171,7 +171,7 @@ def test_collapse_repeats_and_customer_scope(spark, spec):
 
 def test_bad_input_is_a_clear_error(spark, spec):
     df = spark.createDataFrame([("c1", "page_view")], "customer_id string, event_type string")
-    with pytest.raises(ValueError, match="build_journeys needs column"):
+    with pytest.raises(ValueError, match="build_journeys is missing required column"):
         J.build_journeys(J.assign_states(df, spec), spec)
     with pytest.raises(ValueError, match="max_order"):
         J.journey_transitions(df, spec, 9)

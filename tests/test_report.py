@@ -1,7 +1,6 @@
 """`seglake report`: the static HTML report, its sections, and its rendering in headless Chromium."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from seglake.core import tables
-from seglake.core.contracts import BRONZE_EVENTS, INGESTED_FILES, RAW_FIELDS
+from seglake.core.contracts import BRONZE_EVENTS, INGESTED_FILES, RAW_FIELDS, require_columns
 from seglake.core.context import JobContext
 
 log = logging.getLogger(__name__)
@@ -49,12 +49,6 @@ _PARSE_SCHEMA = T.StructType([T.StructField(c, T.StringType()) for c in RAW_FIEL
 
 
 # ------------------------------------------------------------------------------ transforms
-def _require(df: DataFrame, columns: Iterable[str], what: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what} needs the column(s) {', '.join(missing)}; got {', '.join(df.columns)}")
-
-
 def _fields_from(parsed: Column) -> list[Column]:
     return [parsed.getField(c).alias(c) for c in RAW_FIELDS]
 
@@ -70,7 +64,7 @@ def parse_json_lines(lines: DataFrame) -> DataFrame:
         ``properties`` keep their JSON text), ``_raw`` (the line) and ``_malformed`` (the
         line is not a JSON object). Blank lines are not records and are dropped.
     """
-    _require(lines, ["value", "_source_file"], "parse_json_lines")
+    require_columns(lines, ["value", "_source_file"], "parse_json_lines")
     parsed = F.from_json(F.col("value"), _PARSE_SCHEMA, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT})
     return (lines.where(F.trim(F.col("value")) != "")
             .select(parsed.alias("p"), "value", "_source_file")
@@ -90,7 +84,7 @@ def parse_csv_lines(lines: DataFrame, header: str = CSV_HEADER) -> DataFrame:
         The raw contract fields as strings, ``_raw`` (the line) and ``_malformed`` (wrong
         number of fields). Empty fields are null.
     """
-    _require(lines, ["value", "_source_file"], "parse_csv_lines")
+    require_columns(lines, ["value", "_source_file"], "parse_csv_lines")
     parsed = F.from_csv(F.col("value"), _PARSE_DDL,
                         {"mode": "PERMISSIVE", "escape": '"', "columnNameOfCorruptRecord": _CORRUPT})
     return (lines.where((F.trim(F.col("value")) != "") & (F.col("value") != F.lit(header)))
@@ -110,7 +104,7 @@ def parquet_to_bronze(rows: DataFrame) -> DataFrame:
         The raw contract fields cast to string (absent fields null; maps/structs as JSON),
         ``_raw`` = the record as JSON (``to_json`` of all its fields) and ``_malformed`` false.
     """
-    _require(rows, ["_source_file"], "parquet_to_bronze")
+    require_columns(rows, ["_source_file"], "parquet_to_bronze")
     data_cols = [c for c in rows.columns if c != "_source_file"]
     types = dict(rows.dtypes)
 

@@ -19,7 +19,8 @@ from typing import Sequence
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from seglake.stages.journeys.states import ALL, StateSpec, _journey_window, _require
+from seglake.core.contracts import require_columns
+from seglake.stages.journeys.states import ALL, StateSpec, _journey_window
 
 
 def page_edges(events: DataFrame) -> DataFrame:
@@ -32,7 +33,7 @@ def page_edges(events: DataFrame) -> DataFrame:
     Returns:
         ``src, dst, weight`` (LONG): how often ``dst`` was the next page after ``src``.
     """
-    _require(events, ["customer_id", "session_key", "event_ts", "event_seq", "page_url"], "page_edges")
+    require_columns(events, ["customer_id", "session_key", "event_ts", "event_seq", "page_url"], "page_edges")
     w = Window.partitionBy("customer_id", "session_key").orderBy("event_ts", "event_seq")
     pages = events.where(F.col("page_url").isNotNull() & (F.length("page_url") > 0))
     return (pages.select(F.lag("page_url").over(w).alias("src"), F.col("page_url").alias("dst"))
@@ -42,7 +43,7 @@ def page_edges(events: DataFrame) -> DataFrame:
 
 def state_edges(matrix: DataFrame) -> DataFrame:
     """Weighted state-to-state edges from the overall first-order rows of ``gold.transition_matrix``."""
-    _require(matrix, ["order", "segment", "channel", "from_state", "to_state", "count"], "state_edges")
+    require_columns(matrix, ["order", "segment", "channel", "from_state", "to_state", "count"], "state_edges")
     return (matrix.where((F.col("order") == 1) & (F.col("segment") == ALL) & (F.col("channel") == ALL))
             .select(F.col("from_state").alias("src"), F.col("to_state").alias("dst"),
                     F.col("count").cast("long").alias("weight")))
@@ -68,7 +69,7 @@ def pagerank(edges: DataFrame, damping: float = 0.85, max_iter: int = 50, tol: f
     Returns:
         ``vertex, pagerank, rank`` (rank 1 = highest PageRank); empty when there are no edges.
     """
-    _require(edges, ["src", "dst", "weight"], "pagerank")
+    require_columns(edges, ["src", "dst", "weight"], "pagerank")
     if not 0.0 < damping < 1.0:
         raise ValueError(f"pagerank: damping must be between 0 and 1, got {damping}")
     spark = edges.sparkSession
@@ -122,7 +123,7 @@ def event_edges(journeys: DataFrame, spec: StateSpec) -> DataFrame:
     Returns:
         ``customer_id, src, dst, src_state, dst_state``.
     """
-    _require(journeys, ["customer_id", "journey_key", "journey_part", "journey_pos", "is_last", "state",
+    require_columns(journeys, ["customer_id", "journey_key", "journey_part", "journey_pos", "is_last", "state",
                         "event_ts", "event_seq"], "event_edges")
     w = _journey_window(spec)
     vid = lambda pos: F.concat_ws(":", F.col("journey_key"), pos.cast("string"))  # noqa: E731
@@ -150,7 +151,7 @@ def find_chain(edges: DataFrame, states: Sequence[str]) -> DataFrame:
     Returns:
         ``customer_id, v0, v1, ...`` one row per match.
     """
-    _require(edges, ["customer_id", "src", "dst", "src_state", "dst_state"], "find_chain")
+    require_columns(edges, ["customer_id", "src", "dst", "src_state", "dst_state"], "find_chain")
     if len(states) < 2:
         raise ValueError(f"find_chain: a motif needs at least two states, got {list(states)}")
     hops = []

@@ -13,8 +13,9 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from seglake.core.contracts import require_columns
 from seglake.stages.journeys.states import (
-    ALL, PATH_SEP, UNKNOWN_CHANNEL, StateSpec, _journey_partition, _journey_window, _require)
+    ALL, PATH_SEP, UNKNOWN_CHANNEL, StateSpec, _journey_partition, _journey_window)
 
 def build_journeys(events: DataFrame, spec: StateSpec) -> DataFrame:
     """Cut mapped events into journeys.
@@ -31,7 +32,7 @@ def build_journeys(events: DataFrame, spec: StateSpec) -> DataFrame:
         session: its first non-null ``channel`` over all its events, side events included;
         else ``unknown``).
     """
-    _require(events, ["customer_id", "session_key", "event_ts", "event_seq", "state", "channel"],
+    require_columns(events, ["customer_id", "session_key", "event_ts", "event_seq", "state", "channel"],
              "build_journeys")
     base = _journey_partition(spec)
     order = [F.col("event_ts"), F.col("event_seq")]
@@ -77,7 +78,7 @@ def journey_transitions(journeys: DataFrame, spec: StateSpec, max_order: int = 3
     """
     if not 1 <= int(max_order) <= 5:
         raise ValueError(f"journey_transitions: max_order must be between 1 and 5, got {max_order}")
-    _require(journeys, ["customer_id", "journey_key", "journey_part", "journey_pos", "is_last",
+    require_columns(journeys, ["customer_id", "journey_key", "journey_part", "journey_pos", "is_last",
                         "journey_channel", "state", "event_ts", "event_seq"], "journey_transitions")
     # Same window as build_journeys (partition starts with customer_id, same order): no
     # shuffle and no second sort when the input comes straight from it.
@@ -112,7 +113,7 @@ def customer_transition_counts(transitions: DataFrame) -> DataFrame:
     without a shuffle; the result is much smaller than the events and feeds both the
     per-channel and the per-segment matrices.
     """
-    _require(transitions, ["customer_id", "channel", "order", "from_state", "to_state"],
+    require_columns(transitions, ["customer_id", "channel", "order", "from_state", "to_state"],
              "customer_transition_counts")
     return (transitions.groupBy("customer_id", "channel", "order", "from_state", "to_state")
             .agg(F.count(F.lit(1)).alias("count")))
@@ -120,7 +121,7 @@ def customer_transition_counts(transitions: DataFrame) -> DataFrame:
 
 def with_probabilities(counts: DataFrame) -> DataFrame:
     """Add ``probability`` = count / row total, a row being (order, segment, channel, from_state)."""
-    _require(counts, ["order", "segment", "channel", "from_state", "to_state", "count"], "with_probabilities")
+    require_columns(counts, ["order", "segment", "channel", "from_state", "to_state", "count"], "with_probabilities")
     row = Window.partitionBy("order", "segment", "channel", "from_state")
     return counts.withColumn("probability", F.col("count") / F.sum("count").over(row))
 
@@ -143,7 +144,7 @@ def transition_matrix(customer_counts: DataFrame, membership: DataFrame | None =
     cols = ["order", "segment", "channel", "from_state", "to_state", "count"]
     out = overall.select(cols).unionByName(by_channel.select(cols))
     if membership is not None:
-        _require(membership, ["customer_id", "segment"], "transition_matrix membership")
+        require_columns(membership, ["customer_id", "segment"], "transition_matrix membership")
         members = membership.select("customer_id", F.col("segment").cast("string")).distinct()
         by_segment = (customer_counts.join(members, "customer_id")
                       .groupBy("order", "segment", "from_state", "to_state")
@@ -166,7 +167,7 @@ def channel_touchpoints(events: DataFrame, spec: StateSpec) -> DataFrame:
     Returns:
         ``customer_id, session_key, touch_ts, channel, converted``.
     """
-    _require(events, ["customer_id", "session_key", "event_ts", "event_seq", "channel", "state"],
+    require_columns(events, ["customer_id", "session_key", "event_ts", "event_seq", "channel", "state"],
              "channel_touchpoints")
     first = F.min_by(F.lower(F.col("channel")),
                      F.when(F.col("channel").isNotNull(), F.struct("event_ts", "event_seq")))
@@ -189,7 +190,7 @@ def channel_path_transitions(touchpoints: DataFrame, spec: StateSpec) -> DataFra
     Returns:
         ``from_state, to_state, count``: start -> channel -> ... -> conversion | exit.
     """
-    _require(touchpoints, ["customer_id", "session_key", "touch_ts", "channel", "converted"],
+    require_columns(touchpoints, ["customer_id", "session_key", "touch_ts", "channel", "converted"],
              "channel_path_transitions")
     w = Window.partitionBy("customer_id").orderBy("touch_ts", "session_key")
     conv = F.col("converted").cast("int")

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from seglake.stages.journeys.states import ALL, PATH_SEP, StateSpec, _require
+from seglake.core.contracts import require_columns
+from seglake.stages.journeys.states import ALL, PATH_SEP, StateSpec
 
 
 def journey_summaries(journeys: DataFrame, spec: StateSpec, max_states: int = 10) -> DataFrame:
@@ -27,7 +28,7 @@ def journey_summaries(journeys: DataFrame, spec: StateSpec, max_states: int = 10
         ``customer_id, journey_key, n_states, converted, path, funnel_step`` (0 = none of the
         funnel steps reached in order; i = the first i steps reached in order).
     """
-    _require(journeys, ["customer_id", "journey_key", "journey_pos", "state"], "journey_summaries")
+    require_columns(journeys, ["customer_id", "journey_key", "journey_pos", "state"], "journey_summaries")
     seq = (journeys.groupBy("customer_id", "journey_key")
            .agg(F.sort_array(F.collect_list(F.struct("journey_pos", "state"))).alias("_s"))
            .withColumn("_states", F.transform("_s", lambda x: x["state"])))
@@ -62,7 +63,7 @@ def _ranked(counts: DataFrame, limit: int) -> DataFrame:
 
 def top_paths(summaries: DataFrame, limit: int = 20) -> DataFrame:
     """The ``limit`` most frequent full journey paths: ``path, journeys, share, rank``."""
-    _require(summaries, ["path"], "top_paths")
+    require_columns(summaries, ["path"], "top_paths")
     return _ranked(summaries.groupBy("path").agg(F.count(F.lit(1)).alias("journeys")), limit)
 
 
@@ -79,7 +80,7 @@ def kstep_paths(matrix: DataFrame, k: int, limit: int = 20) -> DataFrame:
     Returns:
         ``path, journeys (LONG: occurrences), share, rank``.
     """
-    _require(matrix, ["order", "segment", "channel", "from_state", "to_state", "count"], "kstep_paths")
+    require_columns(matrix, ["order", "segment", "channel", "from_state", "to_state", "count"], "kstep_paths")
     rows = matrix.where((F.col("order") == k) & (F.col("segment") == ALL) & (F.col("channel") == ALL)
                         & (F.size(F.split("from_state", PATH_SEP)) == k))
     counts = rows.select(F.concat_ws(PATH_SEP, "from_state", "to_state").alias("path"),

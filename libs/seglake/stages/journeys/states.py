@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+
+from seglake.core.contracts import require_columns
 
 ALL = "all"  # segment / channel value of the rows that aggregate over that dimension
 UNKNOWN_CHANNEL = "unknown"
@@ -112,12 +114,6 @@ def load_states(path: str | Path) -> StateSpec:
 # --------------------------------------------------------------------------- helpers
 
 
-def _require(df: DataFrame, columns: Iterable[str], what: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what} needs column(s) {missing}; got {df.columns}")
-
-
 def _journey_partition(spec: StateSpec) -> list[str]:
     """Window partition of the journey's base key. customer_id always leads, so input that is
     already hash-partitioned by customer (sessionize's output) needs no further shuffle."""
@@ -143,7 +139,7 @@ def assign_states(events: DataFrame, spec: StateSpec, keep_unmapped: bool = Fals
     Returns:
         ``events`` plus ``state``.
     """
-    _require(events, ["event_type"], "assign_states")
+    require_columns(events, ["event_type"], "assign_states")
     if "state" in events.columns:
         raise ValueError("assign_states: input already has a 'state' column")
     pairs: list[Column] = []
