@@ -8,7 +8,7 @@ BENCH_EVENTS ?= 1000000
 BIN       := $(VENV)/bin
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: setup demo test test-fast bench report clean-lakehouse
+.PHONY: setup demo test test-fast bench compare report clean-lakehouse
 
 setup: $(VENV)/.seglake-setup
 
@@ -28,6 +28,10 @@ test: setup
 
 test-fast: setup
 	$(BIN)/pytest -m "not slow"
+
+compare: setup
+	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/python bench/compare.py --events $(BENCH_EVENTS)
 
 report: setup
 	$(BIN)/seglake report --lakehouse $(LAKEHOUSE)

@@ -24,6 +24,10 @@ EXTRAS_REQUIRE = {
         "scikit-learn>=1.5,<2",
         "scipy>=1.13,<2",
     ],
+    # benchmarks only: DuckDB is the in-process reference engine of bench/compare.py
+    "bench": [
+        "duckdb==2.0.0",
+    ],
 }
 
 setup(

@@ -89,7 +89,10 @@ def test_wheel_holds_the_library_and_the_console_script(wheel):
     import zipfile
 
     names = zipfile.ZipFile(wheel).namelist()
-    assert "seglake/cli.py" in names and "seglake/tables.py" in names
+    source = Path(__file__).resolve().parents[1] / "libs"
+    modules = sorted(str(p.relative_to(source)) for p in (source / "seglake").rglob("*.py"))
+    assert "seglake/core/tables.py" in modules and "seglake/stages/journeys/graph.py" in modules
+    assert [m for m in modules if m not in names] == []  # every sub-package ships
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "seglake = seglake.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
