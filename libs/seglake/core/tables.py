@@ -49,7 +49,8 @@ def recording() -> Iterator[Journal]:
         _journal.reset(token)
 
 
-def _last_commit(spark: SparkSession, cfg: Config, table: str) -> dict:
+def last_commit(spark: SparkSession, cfg: Config, table: str) -> dict:
+    """The table's latest commit: version, operation and Delta operation metrics."""
     from delta.tables import DeltaTable
     row = DeltaTable.forPath(spark, cfg.table_path(table)).history(1).select(
         "version", "operation", "operationMetrics").first()
@@ -60,7 +61,7 @@ def _last_commit(spark: SparkSession, cfg: Config, table: str) -> dict:
 def _journal_commit(spark: SparkSession, cfg: Config, table: str) -> None:
     journal = _journal.get()
     if journal is not None:
-        journal.commits.setdefault(table, []).append(_last_commit(spark, cfg, table))
+        journal.commits.setdefault(table, []).append(last_commit(spark, cfg, table))
 
 
 def rows_written(commit: dict) -> int:
@@ -92,24 +93,18 @@ def read(spark: SparkSession, cfg: Config, table: str, version: int | None = Non
         )
     reader = spark.read.format("delta")
     journal = _journal.get()
-    if version is None and journal is not None and table not in journal.reads \
-            and table not in journal.commits:
-        # pin the version, so the recorded input is exactly what the job read
-        version = _last_commit(spark, cfg, table)["version"]
+    if journal is not None and table not in journal.reads and table not in journal.commits:
+        if version is None:  # pin the version, so the recorded input is exactly what the job read
+            version = last_commit(spark, cfg, table)["version"]
+        journal.reads[table] = version
     if version is not None:
         reader = reader.option("versionAsOf", version)
-        if journal is not None and table not in journal.reads and table not in journal.commits:
-            journal.reads[table] = version
     return reader.load(cfg.table_path(table))
 
 
 def version(spark: SparkSession, cfg: Config, table: str) -> int | None:
     """Current Delta version of a table, or None when it does not exist."""
-    if not exists(spark, cfg, table):
-        return None
-    from delta.tables import DeltaTable
-    row = DeltaTable.forPath(spark, cfg.table_path(table)).history(1).select("version").first()
-    return int(row["version"]) if row else None
+    return last_commit(spark, cfg, table)["version"] if exists(spark, cfg, table) else None
 
 
 #: Columns that identify a person. Delta keeps min/max statistics of indexed columns in

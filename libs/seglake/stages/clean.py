@@ -344,16 +344,6 @@ def _sql_quote(value: str) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _last_merge_inserted(ctx: JobContext, table: str) -> int | None:
-    """numTargetRowsInserted (or numOutputRows of a first write) of the table's last commit."""
-    from delta.tables import DeltaTable
-
-    row = DeltaTable.forPath(ctx.spark, ctx.cfg.table_path(table)).history(1).first()
-    metrics = row["operationMetrics"] or {}
-    value = metrics.get("numTargetRowsInserted", metrics.get("numOutputRows"))
-    return int(value) if value is not None else None
-
-
 def add_arguments(parser) -> None:  # noqa: D103 - argparse hook
     parser.add_argument("--skip-docs", action="store_true",
                         help="do not refresh the Great Expectations Data Docs HTML")
@@ -444,7 +434,7 @@ def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_id
             tables.merge(spark, silver, cfg, SILVER, keys=["event_key"], partition_by=["event_date"],
                          extra_condition=(f"t.event_date >= DATE'{stats['lo'].isoformat()}' AND "
                                           f"t.event_date <= DATE'{stats['hi'].isoformat()}'"))
-            inserted = _last_merge_inserted(ctx, SILVER) if existed else n_unique
+            inserted = tables.rows_written(tables.last_commit(spark, cfg, SILVER)) if existed else n_unique
     finally:
         for df in (silver, medians, unique):
             df.unpersist()
