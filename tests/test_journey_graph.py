@@ -1,4 +1,5 @@
-"""Journey graph: PageRank vs a numpy power iteration, chain motif vs a plain-Python count."""
+"""Journey graph: PageRank (driver and Spark paths) vs a numpy power iteration, chain motif vs a
+plain-Python count."""
 from __future__ import annotations
 
 import random
@@ -32,22 +33,93 @@ def _numpy_pagerank(edges, damping=0.85, iters=1000):
     return dict(zip(nodes, r))
 
 
-def test_pagerank_matches_numpy_power_iteration(spark):
-    edges = [("/home", "/p/1", 5), ("/home", "/p/2", 2), ("/p/1", "/cart", 3), ("/p/2", "/p/1", 1),
-             ("/p/1", "/home", 1), ("/cart", "/checkout", 2), ("/home", "/p/1", 1),  # parallel edge
-             ("/search", "/p/2", 4)]  # /checkout is dangling, /search has no in-edges
-    df = spark.createDataFrame(edges, "src string, dst string, weight long")
+def _spy_spark_path(monkeypatch):
+    """Count the calls of the Spark implementation (the driver path does not call it)."""
+    calls = []
+    real = G._pagerank_spark
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(G, "_pagerank_spark", spy)
+    return calls
+
+
+PR_EDGES = [("/home", "/p/1", 5), ("/home", "/p/2", 2), ("/p/1", "/cart", 3), ("/p/2", "/p/1", 1),
+            ("/p/1", "/home", 1), ("/cart", "/checkout", 2), ("/home", "/p/1", 1),  # parallel edge
+            ("/search", "/p/2", 4)]  # /checkout is dangling, /search has no in-edges
+
+
+@pytest.mark.parametrize("driver_max_edges, on_spark", [(G.DRIVER_MAX_EDGES, False), (0, True)],
+                         ids=["driver", "spark"])
+def test_pagerank_matches_numpy_power_iteration(spark, monkeypatch, driver_max_edges, on_spark):
+    calls = _spy_spark_path(monkeypatch)
+    df = spark.createDataFrame(PR_EDGES, "src string, dst string, weight long")
     # damping 0.6: the error shrinks ~0.6x per iteration, so 1e-10 is reached in ~45 iterations
-    got = {r["vertex"]: (r["pagerank"], r["rank"]) for r in G.pagerank(df, 0.6, 80, 1e-11, 10).collect()}
-    want = _numpy_pagerank(edges, damping=0.6)
+    result = G.pagerank(df, 0.6, 80, 1e-11, 10, driver_max_edges=driver_max_edges)
+    assert result.dtypes == [("vertex", "string"), ("pagerank", "double"), ("rank", "int")]
+    got = {r["vertex"]: (r["pagerank"], r["rank"]) for r in result.collect()}
+    assert bool(calls) == on_spark
+    want = _numpy_pagerank(PR_EDGES, damping=0.6)
     assert set(got) == set(want)
     for v, p in want.items():
         assert got[v][0] == pytest.approx(p, abs=1e-9)
     assert sum(p for p, _ in got.values()) == pytest.approx(1.0, abs=1e-9)
     best = max(want, key=want.get)
     assert got[best][1] == 1
+    assert sorted(rank for _, rank in got.values()) == list(range(1, len(want) + 1))
     with pytest.raises(ValueError, match="damping"):
-        G.pagerank(df, 1.5)
+        G.pagerank(df, 1.5, driver_max_edges=driver_max_edges)
+
+
+# dangling: x, y (an exact tie: one in-edge each from d, same weight) and z; parallel edges a->b, d->x;
+# e has no in-edges
+TIE_EDGES = [("a", "b", 3), ("a", "b", 2), ("a", "c", 1), ("b", "c", 4), ("c", "a", 2), ("c", "d", 1),
+             ("d", "x", 1), ("d", "y", 2), ("d", "x", 1), ("b", "z", 2), ("e", "a", 1)]
+
+
+def test_pagerank_driver_needs_no_spark_and_breaks_ties_by_vertex():
+    ranked, iterations = G._pagerank_driver(
+        [("a", "b", 5.0), ("a", "c", 1.0), ("b", "c", 4.0), ("c", "a", 2.0), ("c", "d", 1.0), ("d", "x", 2.0),
+         ("d", "y", 2.0), ("b", "z", 2.0), ("e", "a", 1.0)], 0.85, 1000, 1e-14)
+    want = _numpy_pagerank(TIE_EDGES, damping=0.85)
+    assert 0 < iterations < 1000
+    assert {v: p for v, p, _ in ranked} == pytest.approx(want, abs=1e-12)
+    assert [k for _, _, k in ranked] == list(range(1, len(want) + 1))
+    assert [(-p, v) for v, p, _ in ranked] == sorted((-p, v) for v, p, _ in ranked)
+    pos = {v: k for v, _, k in ranked}
+    assert pos["y"] == pos["x"] + 1  # equal PageRank: vertex ascending
+    assert G._pagerank_driver([], 0.85, 10, 1e-8) == ([], 0)
+
+
+def test_pagerank_driver_and_spark_paths_agree(spark, monkeypatch):
+    calls = _spy_spark_path(monkeypatch)
+    df = spark.createDataFrame(TIE_EDGES, "src string, dst string, weight long")
+    # tol 0: both paths run exactly max_iter iterations of the same recurrence
+    on_driver = {r["vertex"]: (r["pagerank"], r["rank"]) for r in G.pagerank(df, 0.85, 20, 0.0, 10).collect()}
+    assert not calls
+    on_spark = {r["vertex"]: (r["pagerank"], r["rank"])
+                for r in G.pagerank(df, 0.85, 20, 0.0, 10, driver_max_edges=0).collect()}
+    assert len(calls) == 1
+    assert set(on_driver) == set(on_spark) == set("abcdexyz")
+    for v, (p, rank) in on_driver.items():
+        assert on_spark[v][0] == pytest.approx(p, abs=1e-9)
+        assert on_spark[v][1] == rank
+    assert on_driver["x"][0] == on_driver["y"][0] and on_driver["y"][1] == on_driver["x"][1] + 1
+    empty = spark.createDataFrame([("a", "b", 0)], "src string, dst string, weight long")  # no positive edge
+    assert G.pagerank(empty).count() == 0 and G.pagerank(empty, driver_max_edges=0).count() == 0
+
+
+def test_pagerank_falls_back_to_spark_above_driver_max_edges(spark, monkeypatch):
+    edges = [("a", "b", 1), ("b", "c", 2), ("c", "a", 1), ("c", "d", 3), ("e", "c", 1)]  # 5 edges, d dangling
+    df = spark.createDataFrame(edges, "src string, dst string, weight long")
+    want = _numpy_pagerank(edges, damping=0.6)
+    for limit, on_spark in ((2, True), (5, False)):  # 5 edges fit a limit of 5
+        calls = _spy_spark_path(monkeypatch)
+        got = {r["vertex"]: r["pagerank"] for r in G.pagerank(df, 0.6, 80, 1e-11, 10, limit).collect()}
+        assert bool(calls) == on_spark, limit
+        assert got == pytest.approx(want, abs=1e-9)
 
 
 def test_page_edges_link_consecutive_pages_of_a_session(spark):

@@ -8,19 +8,30 @@ aggregations (they run unchanged on a cluster and on Spark Connect):
 
 * :func:`pagerank` — weighted PageRank by power iteration (same definition as
   ``networkx.pagerank(G, alpha=d, weight="weight")``: transition probabilities proportional
-  to edge weights, dangling vertices spread their rank uniformly, ranks sum to 1);
+  to edge weights, dangling vertices spread their rank uniformly, ranks sum to 1). The
+  edges are aggregated in Spark; a graph of at most ``driver_max_edges`` edges (pages or
+  states: a few thousand vertices, whatever the number of events) is then iterated on the
+  driver with numpy, a larger one by joins in Spark;
 * :func:`find_chain` — the equivalent of ``GraphFrame.find("(a)-[e1]->(b); (b)-[e2]->(c)")``
   with state filters on a, b, c: self-joins of the edge DataFrame on ``e1.dst = e2.src``.
 """
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
+import numpy as np
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from seglake.core.contracts import require_columns
 from seglake.stages.journeys.states import ALL, StateSpec, _journey_window
+
+log = logging.getLogger(__name__)
+
+#: default of ``pagerank(driver_max_edges=...)`` (``journeys.pagerank_driver_max_edges``)
+DRIVER_MAX_EDGES = 500_000
+_RANKS_SCHEMA = "vertex string, pagerank double, rank int"
 
 
 def page_edges(events: DataFrame) -> DataFrame:
@@ -50,31 +61,98 @@ def state_edges(matrix: DataFrame) -> DataFrame:
 
 
 def pagerank(edges: DataFrame, damping: float = 0.85, max_iter: int = 50, tol: float = 1e-8,
-             check_every: int = 5) -> DataFrame:
-    """Weighted PageRank by power iteration on DataFrames.
+             check_every: int = 5, driver_max_edges: int = DRIVER_MAX_EDGES) -> DataFrame:
+    """Weighted PageRank by power iteration.
 
     ``r'(v) = (1 - d) / n + d * (sum_u r(u) * w(u, v) / W(u) + D / n)`` where ``W(u)`` is u's
     total out-weight and ``D`` the rank held by vertices without out-edges. Stops when the L1
     change of one iteration is below ``n * tol`` (networkx's rule) or after ``max_iter``
-    iterations. The ranks are checkpointed locally every iteration (so the plan stays
-    small); convergence is tested every ``check_every`` iterations (one scalar job).
+    iterations.
+
+    The edges are aggregated in Spark (parallel edges summed). When there are at most
+    ``driver_max_edges`` of them they are fetched with one bounded collect and iterated on
+    the driver with numpy (convergence tested every iteration); otherwise (or when
+    ``driver_max_edges <= 0``) the iteration runs on DataFrames, see :func:`_pagerank_spark`.
 
     Args:
-        edges: ``src, dst, weight`` (weights > 0; parallel edges are summed).
+        edges: ``src, dst, weight`` (weights > 0; parallel edges are summed; rows with a null
+            ``src`` or ``dst`` are ignored).
         damping: the damping factor d (0 < d < 1).
         max_iter: iteration cap.
         tol: per-vertex tolerance.
-        check_every: iterations between checkpoints / convergence tests.
+        check_every: Spark path only: iterations between convergence tests.
+        driver_max_edges: largest aggregated edge count iterated on the driver (0 = always Spark).
 
     Returns:
-        ``vertex, pagerank, rank`` (rank 1 = highest PageRank); empty when there are no edges.
+        ``vertex, pagerank, rank`` (rank 1 = highest PageRank, ties by vertex ascending);
+        empty when there are no edges.
     """
     require_columns(edges, ["src", "dst", "weight"], "pagerank")
     if not 0.0 < damping < 1.0:
         raise ValueError(f"pagerank: damping must be between 0 and 1, got {damping}")
+    edges = (edges.where(F.col("src").isNotNull() & F.col("dst").isNotNull() & (F.col("weight") > 0))
+             .groupBy(F.col("src").cast("string").alias("src"), F.col("dst").cast("string").alias("dst"))
+             .agg(F.sum("weight").cast("double").alias("weight")))
+    if driver_max_edges > 0:
+        rows = edges.limit(driver_max_edges + 1).collect()  # bounded: at most driver_max_edges + 1 rows
+        if len(rows) <= driver_max_edges:
+            ranked, iterations = _pagerank_driver([(r["src"], r["dst"], r["weight"]) for r in rows],
+                                                  damping, max_iter, tol)
+            log.info("pagerank: %d edges, %d vertices, %d iterations on the driver",
+                     len(rows), len(ranked), iterations)
+            return edges.sparkSession.createDataFrame(ranked, _RANKS_SCHEMA)
+        log.info("pagerank: more than %d edges, iterating in Spark", driver_max_edges)
+    return _pagerank_spark(edges, damping, max_iter, tol, check_every)
+
+
+def _pagerank_driver(edges: Sequence[tuple[str, str, float]], damping: float, max_iter: int,
+                     tol: float) -> tuple[list[tuple[str, float, int]], int]:
+    """:func:`pagerank` on the driver: numpy power iteration over aggregated edges.
+
+    Args:
+        edges: distinct ``(src, dst, weight)`` with weight > 0.
+        damping, max_iter, tol: as in :func:`pagerank` (convergence tested every iteration).
+
+    Returns:
+        ``([(vertex, pagerank, rank), ...] ordered by rank, iterations run)``.
+    """
+    names = sorted({e[0] for e in edges} | {e[1] for e in edges})
+    n = len(names)
+    if n == 0:
+        return [], 0
+    idx = {v: i for i, v in enumerate(names)}
+    src = np.fromiter((idx[e[0]] for e in edges), dtype=np.int64, count=len(edges))
+    dst = np.fromiter((idx[e[1]] for e in edges), dtype=np.int64, count=len(edges))
+    w = np.fromiter((e[2] for e in edges), dtype=np.float64, count=len(edges))
+    w_out = np.bincount(src, weights=w, minlength=n)
+    p = w / w_out[src]  # transition probability of each edge (w_out > 0 for every src)
+    dangling = w_out == 0
+    r = np.full(n, 1.0 / n)
+    iterations = 0
+    for iterations in range(1, max_iter + 1):
+        # sparse mat-vec r @ P as a bincount over the edge list
+        new = (1.0 - damping) / n + damping * (np.bincount(dst, weights=r[src] * p, minlength=n)
+                                               + r[dangling].sum() / n)
+        err = float(np.abs(new - r).sum())
+        r = new
+        if err < n * tol:
+            break
+    ranks = r.tolist()
+    order = sorted(range(n), key=lambda i: (-ranks[i], names[i]))  # = desc(pagerank), asc(vertex)
+    return [(names[i], ranks[i], k) for k, i in enumerate(order, start=1)], iterations
+
+
+def _pagerank_spark(edges: DataFrame, damping: float, max_iter: int, tol: float, check_every: int) -> DataFrame:
+    """:func:`pagerank` on DataFrames, for graphs too large for the driver.
+
+    The ranks are checkpointed locally every iteration (so the plan stays small);
+    convergence is tested every ``check_every`` iterations (one scalar job).
+
+    Args:
+        edges: aggregated ``src, dst, weight`` (distinct (src, dst), weight DOUBLE > 0).
+        damping, max_iter, tol, check_every: as in :func:`pagerank`.
+    """
     spark = edges.sparkSession
-    edges = (edges.where(F.col("weight") > 0)
-             .groupBy("src", "dst").agg(F.sum("weight").cast("double").alias("weight")))
     out_w = edges.groupBy("src").agg(F.sum("weight").alias("w_out"))
     links = (edges.join(out_w, "src")
              .select("src", "dst", (F.col("weight") / F.col("w_out")).alias("p"))
@@ -86,7 +164,7 @@ def pagerank(edges: DataFrame, damping: float = 0.85, max_iter: int = 50, tol: f
                 .localCheckpoint())
     n = vertices.count()
     if n == 0:
-        return spark.createDataFrame([], "vertex string, pagerank double, rank int")
+        return spark.createDataFrame([], _RANKS_SCHEMA)
     ranks = vertices.select("vertex", "dangling", F.lit(1.0 / n).alias("pagerank")).localCheckpoint()
     for i in range(1, max_iter + 1):
         contrib = (links.join(ranks.select(F.col("vertex").alias("src"), "pagerank"), "src")
