@@ -77,7 +77,7 @@ def seglake_counts(spark, cfg, summaries: dict, as_of) -> dict:
     by_order = {str(r["order"]): int(r["n"]) for r in matrix.groupBy("order").agg(F.sum("count").alias("n")).collect()}
     return {"records_in": clean["records_in"], "quarantined_by_reason": clean["quarantined_by_reason"],
             "valid": clean["valid"], "duplicates": clean["deduplicated"], "silver_rows": clean["inserted"],
-            "events_with_customer": sessions["events"] - sessions["events_without_customer"],
+            "events_with_customer": sessions["events"],
             "sessions": sessions["sessions"], "customers": sessions["customers"],
             "feature_rows": features.count(), "feature_sums": None,  # filled by compare()
             "first_order": first, "transitions_by_order": by_order}

@@ -94,7 +94,7 @@ def test_gbt_beats_baseline_floor_champion_alias_and_reload(spark, cfg):
 
     from seglake.core import tracking
 
-    tracking.setup(cfg)
+    experiment = tracking.setup(cfg)
     train, held = synthetic(spark, 600, 1).cache(), synthetic(spark, 400, 2).cache()
     gbt, info = propensity.tune_gbt(train, INPUTS, seed=3, max_depths=[2, 3], max_iters=[10], folds=2)
     assert info["cv_best_maxDepth"] in (2, 3) and info["cv_best_auc_roc"] > 0.75
@@ -104,35 +104,53 @@ def test_gbt_beats_baseline_floor_champion_alias_and_reload(spark, cfg):
     assert m_gbt["auc_roc"] > 0.8 and m_lr["auc_roc"] > 0.8      # the planted signal is found
     imp = propensity.feature_importances(gbt, INPUTS)
     assert max(imp, key=imp.get) in ("recency_days", "sessions_30d") and imp["purchases_90d"] < 0.2
+    noise = propensity.gbt_pipeline(INPUTS, seed=3)[0].fit(synthetic(spark, 600, 1, shuffle=True))
+    m_noise = propensity.evaluate(propensity.score(noise, held))
 
-    def register(model, metrics):
+    client = MlflowClient()
+
+    def versions() -> int:  # the registry's own count, not what the code under test returns
+        return len(client.search_model_versions("name='t-churn'"))
+
+    def logged_models() -> int:  # MLflow 3 keeps a logged model's artifacts with the LoggedModel
+        return len(mlflow.search_logged_models(experiment_ids=[experiment], output_format="list"))
+
+    def alias() -> int:
+        return int(client.get_model_version_by_alias("t-churn", "champion").version)
+
+    def publish(model, metrics):
         with mlflow.start_run() as run:
             pass
         cand = propensity.Candidate("gbt", model, metrics, {"run_id": run.info.run_id})
-        return propensity.log_and_register(cand, held, INPUTS, "t-churn")
+        return propensity.promote_if_better(cand, held, INPUTS, "t-churn", "auc_roc", 0.001)
 
-    v1 = register(gbt, m_gbt)
-    promoted, champ_metric, champ_v, _ = propensity.update_champion("t-churn", v1, m_gbt["auc_roc"], held, "auc_roc")
-    assert promoted and champ_v == v1 and np.isnan(champ_metric)
-    # a model trained on shuffled labels is registered but does not take the alias
-    noise = propensity.gbt_pipeline(INPUTS, seed=3)[0].fit(synthetic(spark, 600, 1, shuffle=True))
-    m_noise = propensity.evaluate(propensity.score(noise, held))
-    v2 = register(noise, m_noise)
-    promoted, champ_metric, champ_v, kept = propensity.update_champion(
-        "t-churn", v2, m_noise["auc_roc"], held, "auc_roc")
-    assert not promoted and champ_v == v1 and champ_metric == pytest.approx(m_gbt["auc_roc"])
-    client = MlflowClient()
-    assert int(client.get_model_version_by_alias("t-churn", "champion").version) == v1
-    # a retrain that differs by float noise is a tie, and a gain within min_improvement is not enough
-    v3 = register(gbt, m_gbt)
+    # no champion yet: even a model trained on shuffled labels is logged, registered and aliased
+    first = publish(noise, m_noise)
+    assert first.registered and first.decision.champion_version is None
+    assert np.isnan(first.decision.champion_metric)
+    assert versions() == 1 and logged_models() == 1 and alias() == first.version
+    # the planted-signal GBT beats that champion: exactly one new version, which takes the alias
+    better = publish(gbt, m_gbt)
+    assert better.registered and better.decision.champion_version == first.version
+    assert better.decision.champion_metric == pytest.approx(m_noise["auc_roc"])
+    assert versions() == 2 and logged_models() == 2 and alias() == better.version != first.version
+    champ_v = better.version
+    # the noise model again loses: not logged, not registered, alias unchanged, the champion scores on
+    worse = publish(noise, m_noise)
+    assert not worse.registered and worse.version == champ_v and worse.model is not None
+    assert worse.decision.champion_metric == pytest.approx(m_gbt["auc_roc"])
+    assert "does not beat champion" in worse.decision.reason
+    assert versions() == 2 and logged_models() == 2 and alias() == champ_v
+    # decide_champion alone writes nothing: a retrain that differs by float noise is a tie, and a
+    # gain within min_improvement is not enough
     for metric, margin in ((m_gbt["auc_roc"] + 1e-15, 0.0), (m_gbt["auc_roc"] + 0.0005, 0.001)):
-        promoted, _, champ_v, _ = propensity.update_champion("t-churn", v3, metric, held, "auc_roc", margin)
-        assert not promoted and champ_v == v1
-    promoted, _, champ_v, _ = propensity.update_champion("t-churn", v3, m_gbt["auc_roc"] + 0.002, held,
-                                                         "auc_roc", 0.001)
-    assert promoted and champ_v == v3
-    assert int(client.get_model_version_by_alias("t-churn", "champion").version) == v3
-    assert client.get_model_version("t-churn", str(v2)).tags["heldout_auc_roc"] == f"{m_noise['auc_roc']:.6f}"
+        decision = propensity.decide_champion("t-churn", metric, held, "auc_roc", margin)
+        assert not decision.promote and decision.champion_version == champ_v
+        assert decision.champion_model is not None
+    decision = propensity.decide_champion("t-churn", m_gbt["auc_roc"] + 0.002, held, "auc_roc", 0.001)
+    assert decision.promote and decision.champion_version == champ_v and decision.champion_model is None
+    assert versions() == 2 and alias() == champ_v
+    assert client.get_model_version("t-churn", str(champ_v)).tags["heldout_auc_roc"] == f"{m_gbt['auc_roc']:.6f}"
 
     # the reloaded champion scores identically to the in-memory model
     reloaded = mlflow.spark.load_model("models:/t-churn@champion")
@@ -147,6 +165,9 @@ def test_gbt_beats_baseline_floor_champion_alias_and_reload(spark, cfg):
 
 @pytest.mark.slow
 def test_propensity_on_generated_data_finds_planted_churners(spark, pipeline_through):
+    import mlflow
+    from mlflow import MlflowClient
+
     from seglake.core import tables
     from seglake.core.context import JobContext
 
@@ -154,7 +175,34 @@ def test_propensity_on_generated_data_finds_planted_churners(spark, pipeline_thr
 
     cfg, gen_dir = pipeline_through("features")
     small = cfg.with_overrides({"propensity": E2E_PROPENSITY})  # the shared pipeline's 1-point grid
+    client = MlflowClient()
+    names = {t: f"{small.get('propensity.model_name_prefix')}-{t}" for t in ("churn", "purchase")}
+
+    # independent facts from the registry and the tracking store, not from the job's summary
+    def versions() -> dict[str, int]:
+        return {t: len(client.search_model_versions(f"name='{n}'")) for t, n in names.items()}
+
+    def champions() -> dict[str, int]:
+        return {t: int(client.get_model_version_by_alias(n, "champion").version) for t, n in names.items()}
+
+    def children(parent_id: str) -> list:
+        experiment = client.get_run(parent_id).info.experiment_id
+        return client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+    def logged_models(parent_id: str) -> list:  # MLflow 3 logs a model's artifacts as a LoggedModel
+        experiment = client.get_run(parent_id).info.experiment_id
+        ids = {r.info.run_id for r in children(parent_id)}
+        return [m for m in mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")
+                if m.source_run_id in ids]
+
+    before = versions()
     summary = propensity.run(JobContext(spark, small))
+    # the first run is promoted (no champion yet): exactly one new version and one logged model per target
+    assert {t: versions()[t] - before[t] for t in names} == {"churn": 1, "purchase": 1}
+    assert len(logged_models(summary["mlflow_run"])) == 2
+    first_champions = champions()
+    for target, v in first_champions.items():
+        assert summary[f"{target}_model"].endswith(f" v{v} -> champion"), summary
     scores = tables.read(spark, cfg, "gold.propensity_scores")
     n = scores.count()
     assert n == summary["scored_customers"] > 100
@@ -162,6 +210,8 @@ def test_propensity_on_generated_data_finds_planted_churners(spark, pipeline_thr
                      F.min("purchase_probability"), F.max("purchase_probability")).first()
     assert 0.0 <= row[0] < row[1] <= 1.0 and 0.0 <= row[2] < row[3] <= 1.0
     assert scores.select("model_version").distinct().count() == 1
+    assert [tuple(r) for r in scores.select("churn_model_version", "purchase_model_version").distinct().collect()] \
+        == [(first_champions["churn"], first_champions["purchase"])]
 
     # ground truth: customer -> archetype through the (unhashed) user_id identifiers
     gt = spark.read.parquet(str(gen_dir / "ground_truth" / "identifiers.parquet"))
@@ -177,11 +227,26 @@ def test_propensity_on_generated_data_finds_planted_churners(spark, pipeline_thr
     assert auc >= 0.85, auc
 
     # rerun: same scores table, the equal model does not take the alias
+    registered = versions()
     again = propensity.run(JobContext(spark, small))
-    assert tables.read(spark, cfg, "gold.propensity_scores").count() == n
+    rescored = tables.read(spark, cfg, "gold.propensity_scores")
+    assert rescored.count() == n
     # same data, same seed: equal up to float noise, so the champion stays (a one-ulp "gain"
-    # once moved the alias here)
+    # once moved the alias here) and the candidate is neither registered nor logged as a model
     assert again["churn_heldout_auc_roc"] == summary["churn_heldout_auc_roc"]
-    for target in ("churn", "purchase"):
-        assert "(champion stays v" in again[f"{target}_model"], again
+    assert versions() == registered and champions() == first_champions
+    assert logged_models(again["mlflow_run"]) == []
+    runs = children(again["mlflow_run"])
+    assert len(runs) == 4                                   # 2 targets x (gbt, baseline): the audit trail stays
+    for child in runs:
+        paths = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert "model" not in paths and {"calibration.json", "feature_importances.json"} <= paths, paths
+        assert "auc_roc" in child.data.metrics
+    parent = client.get_run(again["mlflow_run"])
+    for target, v in first_champions.items():
+        assert f"(not registered; champion v{v} stays)" in again[f"{target}_model"], again
         assert again[f"{target}_champion_heldout_auc_roc"] == summary[f"{target}_heldout_auc_roc"]
+        assert parent.data.metrics[f"{target}_registered"] == 0.0
+        assert parent.data.tags[f"seglake.{target}.registration"].startswith("not registered"), parent.data.tags
+    assert [tuple(r) for r in rescored.select("churn_model_version", "purchase_model_version").distinct().collect()] \
+        == [(first_champions["churn"], first_champions["purchase"])]

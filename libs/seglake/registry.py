@@ -14,7 +14,7 @@ JOBS: dict[str, str] = {
     "ingest": "seglake.stages.ingest",
     "clean": "seglake.stages.clean",
     "identity": "seglake.stages.identity",
-    "sessions": "seglake.stages.sessions",
+    "sessions": "seglake.stages.enriched",  # silver.enriched_events + silver.sessions
     "features": "seglake.stages.features",
     "segments": "seglake.stages.segments",
     "cluster": "seglake.stages.cluster",
@@ -24,6 +24,7 @@ JOBS: dict[str, str] = {
     "stream": "seglake.stages.stream",
     "export": "seglake.stages.export",
     "erase": "seglake.stages.erase",
+    "maintain": "seglake.stages.maintain",   # table upkeep, run by a scheduler: not in PIPELINE
 }
 
 #: the jobs `seglake run all` and `seglake demo` chain, in order.

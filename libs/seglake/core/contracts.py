@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Iterable, Sequence
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from seglake.core import tables
@@ -59,6 +59,7 @@ IDENTITY_MAP = "silver.identity_map"
 IDENTITY_EDGES = "silver.identity_edges"
 IDENTITY_EXCLUDED = "silver.identity_excluded"
 SESSIONS = "silver.sessions"
+ENRICHED_EVENTS = "silver.enriched_events"
 CUSTOMER_FEATURES = "gold.customer_features"
 FEATURE_SCALING = "gold.feature_scaling"
 RETENTION_MATRIX = "gold.retention_matrix"
@@ -82,7 +83,7 @@ IDENTITY_RUNS = "ops.identity_runs"
 #: lakehouse cannot be listed, and for the report's table inventory).
 KNOWN_TABLES: tuple[str, ...] = (
     BRONZE_EVENTS, SILVER_EVENTS, QUARANTINE, IDENTITY_MAP, IDENTITY_EDGES, IDENTITY_EXCLUDED, SESSIONS,
-    CUSTOMER_FEATURES, FEATURE_SCALING, RETENTION_MATRIX, SEGMENT_MEMBERSHIP, SEGMENT_CHANGES,
+    ENRICHED_EVENTS, CUSTOMER_FEATURES, FEATURE_SCALING, RETENTION_MATRIX, SEGMENT_MEMBERSHIP, SEGMENT_CHANGES,
     SEGMENT_HEALTH, SEGMENT_OVERLAP, CLUSTERS, CLUSTER_PROFILES, CLUSTER_SWEEP, PROPENSITY_SCORES,
     TRANSITION_MATRIX, JOURNEY_METRICS, JOURNEY_PATHS, RUN_LOG, INGESTED_FILES, CLEAN_BATCHES,
     IDENTITY_RUNS,
@@ -160,7 +161,7 @@ def attach_customer_id(events: DataFrame, identity_map: DataFrame,
 def customer_events(spark: SparkSession, cfg: Config, *, start: date | None = None,
                     end: date | None = None, end_inclusive: bool = False,
                     event_types: Sequence[str] | None = None, columns: Sequence[str] | None = None,
-                    drop_unattached: bool = True) -> DataFrame:
+                    drop_unattached: bool = True, where: Column | None = None) -> DataFrame:
     """Consented silver.events with their ``customer_id`` (the one reader every later stage uses).
 
     Filters are applied to silver.events before the identity join (``event_date`` is its
@@ -178,6 +179,7 @@ def customer_events(spark: SparkSession, cfg: Config, *, start: date | None = No
             dropped again unless listed), or None for all.
         drop_unattached: drop events whose anchor identifier has no customer (default); with
             False they are kept with a null ``customer_id``.
+        where: an extra filter on silver.events columns, applied before the join.
 
     Returns:
         The selected silver columns plus ``customer_id``.
@@ -190,6 +192,8 @@ def customer_events(spark: SparkSession, cfg: Config, *, start: date | None = No
                               else (F.col("event_date") < F.lit(end)))
     if event_types is not None:
         events = events.where(F.col("event_type").isin(*event_types))
+    if where is not None:
+        events = events.where(where)
     events = profiling_events(events)
     if columns is not None:
         id_cols = [c for _, c in IDENTIFIERS]

@@ -123,3 +123,20 @@ def persist_events(df: "DataFrame") -> "DataFrame":
     from pyspark import StorageLevel
 
     return df.persist(StorageLevel.DISK_ONLY)
+
+
+def stable_layout(df: "DataFrame", *keys: str, rows: int, rows_per_partition: int = 100_000) -> "DataFrame":
+    """``df`` hash-partitioned by ``keys`` (default ``customer_id``) into
+    ``ceil(rows / rows_per_partition)`` partitions and sorted by them within each.
+
+    Spark ML's randomized steps (k-means|| initialisation, CrossValidator folds, GBT split
+    sampling) draw per partition, so their result depends on how the input rows happen to be
+    split into files and tasks. Model inputs go through this first: the same rows then give the
+    same models whatever the file layout of the table they came from, the shuffle settings or
+    the number of cores. The partition count follows the data (model inputs are one row per
+    customer, small next to events): few partitions for small data, where each of the hundreds
+    of small jobs of a fit pays per task, and more as customers grow.
+    """
+    keys = keys or ("customer_id",)
+    n = max(1, -(-int(rows) // int(rows_per_partition)))
+    return df.repartition(n, *keys).sortWithinPartitions(*keys)

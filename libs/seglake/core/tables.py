@@ -126,36 +126,84 @@ def stats_columns(df: DataFrame) -> list[str]:
             and f.dataType.simpleString().startswith(_STATS_TYPES)]
 
 
-def _creation_options(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str]) -> dict:
-    """Writer options for a table's first write: statistics only for non-identifying columns."""
+def _creation_options(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str],
+                      properties: dict | None = None) -> dict:
+    """Writer options for a table's first write: statistics only for non-identifying columns,
+    plus ``properties`` (``delta.*`` table properties)."""
     if exists(df.sparkSession, cfg, table):
         return {}
     cols = [c for c in stats_columns(df) if c not in partition_by]
+    out = dict(properties or {})
     if cols:
-        return {"delta.dataSkippingStatsColumns": ",".join(f"`{c}`" for c in cols)}
-    return {"delta.dataSkippingNumIndexedCols": "0"}
+        out["delta.dataSkippingStatsColumns"] = ",".join(f"`{c}`" for c in cols)
+    else:
+        out["delta.dataSkippingNumIndexedCols"] = "0"
+    return out
 
 
-def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] = ()) -> None:
-    writer = df.write.format("delta").mode("append").options(**_creation_options(df, cfg, table, partition_by))
-    if partition_by:
-        writer = writer.partitionBy(*partition_by)
-    writer.save(cfg.table_path(table))
+def _partitioned(writer, partition_by: Sequence[str]):
+    """Partition the write and cluster rows by partition first (Delta's optimized write: one
+    shuffle that bins each partition's rows into right-sized files), so that not every task
+    writes a small file into every partition folder."""
+    if not partition_by:
+        return writer
+    return writer.partitionBy(*partition_by).option("optimizeWrite", "true")
+
+
+def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] = (),
+           user_metadata: str | None = None, properties: dict | None = None) -> None:
+    """Append ``df`` (creating the table on the first write, with ``properties``);
+    ``user_metadata`` goes into the commit's ``userMetadata`` (see :func:`recorded_metadata`)."""
+    writer = df.write.format("delta").mode("append").options(
+        **_creation_options(df, cfg, table, partition_by, properties))
+    if user_metadata is not None:
+        writer = writer.option("userMetadata", user_metadata)
+    _partitioned(writer, partition_by).save(cfg.table_path(table))
     _journal_commit(df.sparkSession, cfg, table)
 
 
 def overwrite(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] = (),
-              replace_where: str | None = None) -> None:
-    """Overwrite the table, or only the rows matching ``replace_where``."""
-    writer = df.write.format("delta").mode("overwrite").options(**_creation_options(df, cfg, table, partition_by))
+              replace_where: str | None = None, user_metadata: str | None = None,
+              properties: dict | None = None) -> None:
+    """Overwrite the table, or only the rows matching ``replace_where`` (``properties``: as append)."""
+    writer = df.write.format("delta").mode("overwrite").options(
+        **_creation_options(df, cfg, table, partition_by, properties))
     if replace_where:
         writer = writer.option("replaceWhere", replace_where)
     else:
         writer = writer.option("overwriteSchema", "true")
-    if partition_by:
-        writer = writer.partitionBy(*partition_by)
-    writer.save(cfg.table_path(table))
+    if user_metadata is not None:
+        writer = writer.option("userMetadata", user_metadata)
+    _partitioned(writer, partition_by).save(cfg.table_path(table))
     _journal_commit(df.sparkSession, cfg, table)
+
+
+def recorded_metadata(spark: SparkSession, cfg: Config, table: str, tag: str, depth: int = 50) -> dict | None:
+    """``json[tag]`` of the newest of the table's last ``depth`` commits whose userMetadata is a
+    JSON object holding ``tag`` (plus ``_version``: that commit's version), or None."""
+    import json
+
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+    if not exists(spark, cfg, table):
+        return None
+    rows = (DeltaTable.forPath(spark, cfg.table_path(table)).history(depth)
+            .where(F.col("userMetadata").startswith("{")).orderBy(F.desc("version"))
+            .select("version", "userMetadata").collect())  # at most ``depth`` small rows
+    for row in rows:
+        meta = json.loads(row["userMetadata"])
+        if tag in meta:
+            return {**meta[tag], "_version": int(row["version"])}
+    return None
+
+
+def delete_matching(spark: SparkSession, cfg: Config, table: str, keys: DataFrame, on: str) -> None:
+    """Delete every row whose ``on`` value is in ``keys`` (one MERGE ... WHEN MATCHED DELETE;
+    with deletion vectors the data files are not rewritten)."""
+    from delta.tables import DeltaTable
+    (DeltaTable.forPath(spark, cfg.table_path(table)).alias("t")
+     .merge(keys.select(on).alias("s"), f"t.`{on}` = s.`{on}`").whenMatchedDelete().execute())
+    _journal_commit(spark, cfg, table)
 
 
 def merge(spark: SparkSession, df: DataFrame, cfg: Config, table: str, keys: Iterable[str],

@@ -190,7 +190,8 @@ def standardize(bronze: DataFrame, std: Standards, salt: str, max_ts: datetime,
 
     Requires the bronze contract columns. Returns the silver columns (without
     ``duration_imputed`` and ``_run_id``; ``duration_s`` not imputed yet) plus ``_reason``
-    and ``_bronze`` (a struct of the original bronze row, for quarantine).
+    and ``_bronze`` (a struct of the original bronze row for a rejected row, for quarantine;
+    null for a valid one).
 
     Args:
         bronze: bronze.events_raw rows.
@@ -259,7 +260,9 @@ def standardize(bronze: DataFrame, std: Standards, salt: str, max_ts: datetime,
         F.from_json(c["properties"], "map<string,string>").alias("properties"),
         F.col("_ingested_at"), F.col("_batch_id"), F.col("_source_file"), F.col("_raw").alias("_raw_line"),
         reason.alias("_reason"),
-        F.struct(*[F.col(n) for n in bronze.columns]).alias("_bronze"),
+        # the original row only where it is rejected: valid rows (nearly all) do not carry a
+        # second copy of every raw column through the persisted batch
+        F.when(reason.isNotNull(), F.struct(*[F.col(n) for n in bronze.columns])).alias("_bronze"),
     )
     key = F.coalesce(F.col("event_id"), derived_event_key(
         F.col("user_id"), F.col("anonymous_id"), F.col("device_id"), F.col("email_hash"),

@@ -302,21 +302,18 @@ def build(features: DataFrame, inputs: Sequence[str]) -> tuple[DataFrame, DataFr
 
 def run(ctx) -> dict:
     """``seglake run features [--as-of D | --start D1 --end D2 [--step-days N]]``."""
-    from seglake.stages import cohorts, sessions
+    from seglake.stages import cohorts, enriched
     from seglake.core import tables
-    from seglake.core.contracts import CONSENT_RULE, customer_events
+    from seglake.core.contracts import CONSENT_RULE
     from seglake.core.spark import persist_events
     spark, cfg = ctx.spark, ctx.cfg
     params = FeatureParams.from_config(cfg)
     dates = as_of_dates(ctx)
     ctx.as_of = dates[-1]  # recorded in ops.run_log (a backfill's last date)
     consent_via = CONSENT_RULE
-    events = customer_events(spark, cfg, columns=("event_key", "event_type", "event_ts", "session_id", "source",
-                                                  "device_type", "revenue_usd", "scroll_depth", "duration_s",
-                                                  "properties"))
-    events = events.filter(F.col("event_ts") < _ts(max(dates)))
-    sev = sessions.sessionize(events, int(cfg["sessions"]["inactivity_minutes"]),
-                              bool(cfg["sessions"]["split_on_session_id"]))
+    sev = enriched.read(spark, cfg, end=max(dates), columns=(
+        "session_key", "event_type", "event_ts", "source", "device_type", "revenue_usd", "scroll_depth",
+        "duration_s", "properties"))
     sev = persist_events(sev)  # reused by every as_of of a backfill and by the retention matrix
     out: dict = {}
     try:

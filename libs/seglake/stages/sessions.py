@@ -5,7 +5,10 @@ per-customer Python. Session boundaries of an event depend only on the events be
 so sessionizing events before a cut-off gives the same sessions (truncated) as
 sessionizing everything: the features job relies on this for point-in-time correctness.
 
-Table silver.sessions (rebuilt, partitioned by session_date): customer_id, session_key,
+The ``seglake run sessions`` job is :func:`seglake.stages.enriched.run`: it keeps
+silver.enriched_events up to date and derives silver.sessions from it with these functions.
+
+Table silver.sessions (partitioned by session_date): customer_id, session_key,
 session_start, session_end, duration_s, n_events, n_pages, n_products, entry_state,
 exit_state, converted, device_type, channel, session_date, _run_id.
 """
@@ -141,30 +144,3 @@ def states_for(cfg) -> dict[str, str]:
     """The event_type -> state mapping of the journeys' states file, else the default."""
     name = cfg.get("journeys.states_file") or "states.yaml"
     return load_states(cfg.conf_file(name))
-
-
-def run(ctx) -> dict:
-    """``seglake run sessions``: rebuild silver.sessions from silver.events + identity map."""
-    from seglake.core import tables
-    spark, cfg = ctx.spark, ctx.cfg
-    scfg = cfg["sessions"]
-    from seglake.core.contracts import CONSENT_RULE, customer_events
-    events = customer_events(spark, cfg, columns=("event_key", "event_ts", "session_id", "event_type", "product_id",
-                                                  "device_type", "channel"), drop_unattached=False)
-    consent_via = CONSENT_RULE
-    events = events.localCheckpoint()  # read twice: unattached count + sessions
-    counts = events.agg(F.count(F.lit(1)).alias("n"),
-                        F.sum(F.col("customer_id").isNull().cast("int")).alias("no_customer")).first()
-    sess = session_table(
-        sessionize(events.filter(F.col("customer_id").isNotNull()), int(scfg["inactivity_minutes"]),
-                   bool(scfg["split_on_session_id"])),
-        states_for(cfg), scfg["page_event_types"]).withColumn("_run_id", F.lit(ctx.run_id))
-    tables.overwrite(sess, cfg, "silver.sessions", partition_by=["session_date"])
-    out = tables.read(spark, cfg, "silver.sessions").agg(
-        F.count(F.lit(1)).alias("sessions"), F.countDistinct("customer_id").alias("customers"),
-        F.avg("n_events").alias("events_per_session"), F.avg(F.col("converted").cast("int")).alias("conv")).first()
-    return {"sessions": int(out["sessions"]), "customers": int(out["customers"]),
-            "events_per_session": round(float(out["events_per_session"] or 0), 2),
-            "conversion_rate": round(float(out["conv"] or 0), 4),
-            "events": int(counts["n"]), "events_without_customer": int(counts["no_customer"] or 0),
-            "consent": consent_via}

@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 
 from seglake.core import tables
 from seglake.core.context import JobContext
+from seglake.core.spark import stable_layout
 from seglake.core.contracts import CLUSTER_PROFILES, CLUSTERS, CUSTOMER_FEATURES
 from seglake.stages.cluster.common import ALGORITHMS, FEATURES_COL, PREDICTION_COL
 from seglake.stages.cluster.inputs import input_features, prepare_inputs, scaled_columns
@@ -98,8 +99,8 @@ def run(ctx: JobContext) -> dict:
     input_cols = scaled_columns(raw_inputs)
 
     feats = tables.read(spark, cfg, INPUT_TABLE).filter(F.col("as_of_date") == F.lit(as_of))
-    data = prepare_inputs(feats, input_cols).cache()
-    n = data.count()
+    n = feats.count()
+    data = stable_layout(prepare_inputs(feats, input_cols), rows=n).cache()
     if n == 0:
         raise ValueError(f"gold.customer_features has no rows for as_of_date {as_of}: run features first")
     if n < k_max:

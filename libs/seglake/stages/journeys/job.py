@@ -1,8 +1,8 @@
 """The ``seglake run journeys`` job: read the window's sessionized events, build the
 transition matrices, metrics and paths, and write the three gold tables.
 
-Flow (:func:`run`): silver.events (consented, window ``[as_of - window_days, as_of)``) ->
-customer ids from silver.identity_map -> sessions -> journey states (``conf/states.yaml``)
+Flow (:func:`run`): silver.enriched_events (consented, sessionized events with customer ids,
+window ``[as_of - window_days, as_of)``) -> journey states (``conf/states.yaml``)
 -> transitions counted in Spark -> ``gold.transition_matrix``; driver-side absorbing-chain
 metrics, channel attribution, funnel, PageRank and motif counts -> ``gold.journey_metrics``;
 full and k-step paths -> ``gold.journey_paths``. Segments come from the latest
@@ -18,9 +18,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from seglake.core import tables
-from seglake.core.contracts import (JOURNEY_METRICS, JOURNEY_PATHS, SEGMENT_MEMBERSHIP, TRANSITION_MATRIX,
-                                    customer_events)
+from seglake.core.contracts import JOURNEY_METRICS, JOURNEY_PATHS, SEGMENT_MEMBERSHIP, TRANSITION_MATRIX
 from seglake.core.spark import persist_events
+from seglake.stages import enriched
 from seglake.stages.journeys import graph as G
 from seglake.stages.journeys.attribution import channel_attribution
 from seglake.stages.journeys.chain import matrix_metrics
@@ -29,7 +29,6 @@ from seglake.stages.journeys.matrices import (build_journeys, channel_path_trans
                                               transition_matrix)
 from seglake.stages.journeys.paths import funnel_counts, funnel_metrics, journey_summaries, kstep_paths, top_paths
 from seglake.stages.journeys.states import ALL, PATH_SEP, assign_states, load_states
-from seglake.stages.sessions import sessionize
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +40,6 @@ METRICS_TABLE = JOURNEY_METRICS
 PATHS_TABLE = JOURNEY_PATHS
 METRICS_SCHEMA = ("segment string, channel string, metric string, subject_type string, subject string, "
                   "value double, rank int")
-#: silver.events columns the stage reads (identifiers for attach_customer_id).
-_EVENT_COLUMNS = ("user_id", "anonymous_id", "device_id", "email_hash", "phone_hash", "event_type",
-                  "event_ts", "event_date", "channel", "page_url", "consent", "session_id", "source")
 
 
 def _membership(spark, cfg, as_of: date) -> DataFrame | None:
@@ -61,16 +57,15 @@ def _membership(spark, cfg, as_of: date) -> DataFrame | None:
 
 
 def sessionized_events(spark, cfg, window_start: date, as_of: date) -> DataFrame:
-    """Consented silver.events of the window with customer ids and sessions (the stage's input).
+    """Consented events of the window with customer ids and sessions (the stage's input), from
+    silver.enriched_events: sessions are those of the customer's whole history, so a session that
+    began before the window keeps its key and its events keep their order (event_key breaks ties).
 
     Returns:
         ``customer_id, session_key, event_ts, event_seq, event_type, channel, page_url``.
     """
-    with_customer = customer_events(spark, cfg, start=window_start, end=as_of, columns=_EVENT_COLUMNS)
-    sessions = sessionize(with_customer, int(cfg.get("sessions.inactivity_minutes")),
-                          split_on_session_id=bool(cfg.get("sessions.split_on_session_id", True)))
-    return sessions.select("customer_id", "session_key", "event_ts", "event_seq", "event_type",
-                           "channel", "page_url")
+    return enriched.read(spark, cfg, start=window_start, end=as_of,
+                         columns=("session_key", "event_ts", "event_seq", "event_type", "channel", "page_url"))
 
 
 def add_arguments(parser) -> None:  # noqa: D103 - argparse hook
@@ -128,7 +123,8 @@ def run(ctx) -> dict:
         if not ctx.args.get("no_graph"):
             edges = (G.state_edges(matrix) if jcfg["graph_vertices"] == "state" else G.page_edges(events))
             ranks = G.pagerank(edges, float(jcfg["pagerank_damping"]), int(jcfg["pagerank_max_iter"]),
-                               float(jcfg["pagerank_tol"]))
+                               float(jcfg["pagerank_tol"]),
+                               driver_max_edges=int(jcfg["pagerank_driver_max_edges"]))
             kind = "state" if jcfg["graph_vertices"] == "state" else "page"
             for r in ranks.where(F.col("rank") <= int(jcfg["pagerank_top"])).collect():  # top N: small
                 metrics.append({"segment": ALL, "channel": ALL, "metric": "pagerank", "subject_type": kind,

@@ -19,11 +19,14 @@
 - **Evaluation** on the evaluation snapshot: AUC-ROC, AUC-PR, log loss, Brier score, a
   calibration table by decile of predicted probability (+ plot), feature importances; all in
   MLflow (a parent run per job run, a child run per target and model).
-- **Registry**: the better of GBT and baseline (on ``propensity.selection_metric``) is logged
-  with its signature and registered as ``<propensity.model_name_prefix>-<target>``; the alias
-  ``champion`` moves to it only when it beats the current champion, both scored on the same
-  held-out snapshot, by more than ``propensity.min_improvement`` (retraining on the same data
-  gives metrics equal up to float rounding, and such a tie must not move the alias).
+- **Registry**: the better of GBT and baseline (on ``propensity.selection_metric``) is first
+  compared with the current ``champion`` of ``<propensity.model_name_prefix>-<target>``, both
+  scored on the same held-out snapshot. Only when it beats it by more than
+  ``propensity.min_improvement`` (retraining on the same data gives metrics equal up to float
+  rounding, and such a tie must not move the alias), or there is no champion or the champion
+  cannot score, is it logged with its signature, registered as a new version and given the
+  alias. A candidate that loses is not logged as a model nor registered (its child run keeps
+  metrics, parameters and plots; the parent run's tag ``seglake.<target>.registration`` says why).
 - **Scoring**: the champions score the features at D -> gold.propensity_scores
   (customer_id, as_of_date, churn_probability, purchase_probability, model_version, ...).
 
@@ -40,7 +43,8 @@ from seglake.stages.propensity.job import USES_AS_OF, add_arguments, run
 from seglake.stages.propensity.labels import build_labels, features_at, snapshot_dates
 from seglake.stages.propensity.models import (Candidate, calibration, evaluate, feature_importances, gbt_pipeline,
                                               input_features, lr_pipeline, tune_gbt, with_probability)
-from seglake.stages.propensity.registry import log_and_register, score, update_champion
+from seglake.stages.propensity.registry import (ChampionDecision, ChampionOutcome, decide_champion, log_and_register,
+                                                promote_if_better, score, set_champion_alias)
 
 __all__ = [
     # job
@@ -54,5 +58,6 @@ __all__ = [
     "input_features", "gbt_pipeline", "lr_pipeline", "tune_gbt", "with_probability", "evaluate",
     "calibration", "feature_importances", "Candidate",
     # MLflow registry and scoring
-    "log_and_register", "update_champion", "score",
+    "decide_champion", "ChampionDecision", "log_and_register", "set_champion_alias", "promote_if_better",
+    "ChampionOutcome", "score",
 ]

@@ -1,9 +1,10 @@
 """The ``seglake run propensity`` job: labels, training, evaluation, champions and scores.
 
 :func:`run` labels the snapshots, trains and evaluates a tuned GBT and a logistic-regression
-baseline per target (MLflow child runs), registers the better one, moves the ``champion``
-alias when it wins, and writes the champions' scores at the as-of date to
-gold.propensity_scores; :func:`add_arguments` adds ``--horizon-days``.
+baseline per target (MLflow child runs), compares the better one with the current champion
+and, only when it wins, registers it and moves the ``champion`` alias to it (a losing
+candidate is not registered: the parent run says why), and writes the champions' scores at
+the as-of date to gold.propensity_scores; :func:`add_arguments` adds ``--horizon-days``.
 """
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ from pyspark.sql import functions as F
 
 from seglake.core import tables
 from seglake.core.context import JobContext
-from seglake.core.contracts import IDENTITY_MAP, customer_events
+from seglake.core.spark import stable_layout
+from seglake.core.contracts import ENRICHED_EVENTS, IDENTITY_MAP
+from seglake.stages import enriched
 from seglake.stages.propensity.common import (_METRIC_KEYS, EVENTS_TABLE, FEATURES_TABLE, LABEL_COL, PROB_COL,
                                               SCORES_TABLE, TARGETS, _num)
 from seglake.stages.propensity.labels import build_labels, features_at, snapshot_dates
 from seglake.stages.propensity.models import (Candidate, calibration, evaluate, feature_importances,
                                               input_features, lr_pipeline, tune_gbt)
-from seglake.stages.propensity.registry import (_calibration_plot, _log_figure, log_and_register, score,
-                                                update_champion)
+from seglake.stages.propensity.registry import (ChampionOutcome, _calibration_plot, _log_figure, promote_if_better,
+                                                score)
 
 #: the stage runner resolves ``--as-of`` (default: the day after the last event) before run()
 USES_AS_OF = True
@@ -31,6 +34,34 @@ USES_AS_OF = True
 def add_arguments(parser) -> None:
     parser.add_argument("--horizon-days", type=int, default=None, dest="horizon_days",
                         help="override propensity.horizon_days")
+
+
+def _record_champion(target: str, best: Candidate, out: ChampionOutcome, selection: str,
+                     summary: dict[str, Any]) -> None:
+    """Log ``target``'s champion decision in the parent run (metrics, a tag saying why) and the summary.
+
+    The same text is tagged ``seglake.registration`` on the candidate's child run, which has no
+    logged model when the candidate was not registered.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    d, new_metric = out.decision, best.metrics[selection]
+    mlflow.log_metrics({f"{target}_promoted": float(d.promote), f"{target}_registered": float(out.registered)})
+    if new_metric == new_metric:
+        mlflow.log_metric(f"{target}_heldout_{selection}", new_metric)
+    if d.champion_metric == d.champion_metric:
+        mlflow.log_metric(f"{target}_champion_heldout_{selection}", d.champion_metric)
+    status = (f"registered v{out.version} as champion: {d.reason}" if out.registered
+              else f"not registered, champion v{out.version} stays: {d.reason}")
+    mlflow.set_tag(f"seglake.{target}.registration", status)
+    MlflowClient().set_tag(best.info["run_id"], "seglake.registration", status)
+    summary[f"{target}_model"] = (f"{best.kind} v{out.version} -> champion" if out.registered
+                                  else f"{best.kind} (not registered; champion v{out.version} stays)")
+    summary[f"{target}_heldout_{selection}"] = round(_num(new_metric), 4)
+    if d.champion_metric == d.champion_metric:
+        summary[f"{target}_champion_heldout_{selection}"] = round(d.champion_metric, 4)
+    summary[f"{target}_heldout_brier"] = round(best.metrics["brier"], 4)
 
 
 def run(ctx: JobContext) -> dict:
@@ -53,9 +84,9 @@ def run(ctx: JobContext) -> dict:
     inputs = input_features(cfg)
     purchase_types = list(cfg.get("features.purchase_event_types") or ["purchase"])
 
-    events = customer_events(spark, cfg, drop_unattached=False).select("customer_id", "event_key", "event_type", "event_ts", "session_id",
-                                           "source", "device_type", "revenue_usd", "scroll_depth",
-                                           "duration_s", "properties")
+    events = enriched.read(spark, cfg, columns=("event_key", "event_type", "event_ts", "session_id", "session_key",
+                                                "source", "device_type", "revenue_usd", "scroll_depth",
+                                                "duration_s", "properties"))
     first = tables.read(spark, cfg, EVENTS_TABLE).agg(F.min("event_date")).first()[0]
     if first is None:
         raise ValueError("silver.events is empty: nothing to train propensity models on")
@@ -74,17 +105,21 @@ def run(ctx: JobContext) -> dict:
     summary: dict[str, Any] = {"as_of": as_of.isoformat(), "train_snapshots": ", ".join(map(str, train_dates)),
                                "eval_snapshot": eval_date.isoformat()}
     champions: dict[str, tuple[PipelineModel, str, int]] = {}
-    with tracking.start_run(spark, cfg, "propensity", [EVENTS_TABLE, FEATURES_TABLE, IDENTITY_MAP],
+    with tracking.start_run(spark, cfg, "propensity", [EVENTS_TABLE, ENRICHED_EVENTS, FEATURES_TABLE, IDENTITY_MAP],
                             f"propensity {as_of}", ctx.run_id, as_of) as parent:
         mlflow.log_params({"horizon_days": horizon, "train_dates": ",".join(map(str, train_dates)),
                            "eval_date": str(eval_date), "inputs": ",".join(inputs),
                            "selection_metric": selection})
         for target in TARGETS:
             data = labelled.withColumn(LABEL_COL, F.col(f"{target}_label"))
-            train = data.filter(F.col("as_of_date").isin(train_dates)).cache()
-            held = data.filter(F.col("as_of_date") == F.lit(eval_date)).cache()
+            # a fixed layout: the folds and GBT's split sampling draw per partition
+            train = data.filter(F.col("as_of_date").isin(train_dates))
             counts = train.agg(F.count("*").alias("n"), F.sum(LABEL_COL).alias("pos")).first()
-            if held.limit(1).count() == 0:
+            train = stable_layout(train, "customer_id", "as_of_date", rows=counts["n"]).cache()
+            held = data.filter(F.col("as_of_date") == F.lit(eval_date))
+            n_held = held.count()
+            held = stable_layout(held, "customer_id", "as_of_date", rows=n_held).cache()
+            if n_held == 0:
                 raise ValueError(f"propensity: no customers at the evaluation snapshot {eval_date}")
             if not counts["pos"] or counts["pos"] == counts["n"]:
                 raise ValueError(f"propensity: the {target} training labels have a single class "
@@ -115,22 +150,11 @@ def run(ctx: JobContext) -> dict:
                 mlflow.log_metrics({f"{target}_{c.kind}_{k}": v for k, v in c.metrics.items() if v == v})
 
             name = f"{pc['model_name_prefix']}-{target}"
-            v = log_and_register(best, held, inputs, name, tags={"target": target, "as_of": str(as_of)})
-            promote, champ_metric, champ_v, champ_model = update_champion(
-                name, v, best.metrics[selection], held, selection, min_improvement)
-            champions[target] = (best.model if promote else champ_model, name, champ_v)
-            new_metric = best.metrics[selection]
-            mlflow.log_metric(f"{target}_promoted", float(promote))
-            if new_metric == new_metric:
-                mlflow.log_metric(f"{target}_heldout_{selection}", new_metric)
-            if champ_metric == champ_metric:
-                mlflow.log_metric(f"{target}_champion_heldout_{selection}", champ_metric)
-            summary[f"{target}_model"] = f"{best.kind} v{v}" + (" -> champion" if promote else
-                                                                   f" (champion stays v{champ_v})")
-            summary[f"{target}_heldout_{selection}"] = round(_num(new_metric), 4)
-            if champ_metric == champ_metric:
-                summary[f"{target}_champion_heldout_{selection}"] = round(champ_metric, 4)
-            summary[f"{target}_heldout_brier"] = round(best.metrics["brier"], 4)
+            # compare first: only a promoted candidate is logged (slow) and registered
+            out = promote_if_better(best, held, inputs, name, selection, min_improvement,
+                                    tags={"target": target, "as_of": str(as_of)})
+            champions[target] = (out.model, name, out.version)
+            _record_champion(target, best, out, selection, summary)
             train.unpersist()
             held.unpersist()
 

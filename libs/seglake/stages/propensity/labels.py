@@ -16,7 +16,6 @@ from pyspark.sql import functions as F
 
 from seglake.core import tables
 from seglake.core.context import JobContext
-from seglake.core.contracts import customer_events
 from seglake.stages.propensity.common import FEATURES_TABLE
 
 log = logging.getLogger(__name__)
@@ -82,8 +81,8 @@ def build_labels(snapshots: DataFrame, events: DataFrame, horizon_days: int,
 
 def features_at(ctx: JobContext, dates: Sequence[date], events: DataFrame | None = None) -> DataFrame:
     """Features for ``dates``: from gold.customer_features, computing dates absent there."""
+    from seglake.stages import enriched
     from seglake.stages import features as feat
-    from seglake.stages import sessions
 
     spark, cfg = ctx.spark, ctx.cfg
     dates = sorted(set(dates))
@@ -98,10 +97,8 @@ def features_at(ctx: JobContext, dates: Sequence[date], events: DataFrame | None
     missing = [d for d in dates if d not in have]
     if missing:
         log.info("propensity: computing features for snapshot dates %s (not in %s)", missing, FEATURES_TABLE)
-        ev = events if events is not None else customer_events(spark, cfg, drop_unattached=False)
-        ev = ev.filter(F.col("event_ts") < F.lit(max(missing)).cast("timestamp"))
-        sev = sessions.sessionize(ev, int(cfg.get("sessions.inactivity_minutes")),
-                                  bool(cfg.get("sessions.split_on_session_id", True)))
+        sev = events if events is not None else enriched.read(spark, cfg, end=max(missing))
+        sev = sev.filter(F.col("event_ts") < F.lit(max(missing)).cast("timestamp"))
         params = feat.FeatureParams.from_config(cfg)
         for d in missing:
             frames.append(feat.compute_features(sev, d, params).select(*feat.FEATURE_COLUMNS))

@@ -1,13 +1,16 @@
-"""Propensity models in MLflow: logging, registration, the champion alias, scoring and plots.
+"""Propensity models in MLflow: the champion rule, logging, registration, scoring and plots.
 
-:func:`log_and_register` logs a model with its signature and registers it,
-:func:`update_champion` moves the ``champion`` alias only when the new version beats the
-current champion on the same held-out rows, :func:`score` adds the positive-class
-probability, and :func:`_calibration_plot` / :func:`_log_figure` draw and log the calibration plot.
+:func:`promote_if_better` is what a run does per target: :func:`decide_champion` compares the
+candidate with the current champion on the same held-out rows (nothing is written), and only a
+promoted candidate is logged and registered (:func:`log_and_register`, seconds of artifact
+writing) and takes the ``champion`` alias (:func:`set_champion_alias`); a candidate that loses
+leaves no model version behind. :func:`score` adds the positive-class probability, and
+:func:`_calibration_plot` / :func:`_log_figure` draw and log the calibration plot.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Sequence
 
 from pyspark.ml import PipelineModel
@@ -58,7 +61,9 @@ def log_and_register(best: Candidate, held: DataFrame, inputs: Sequence[str], na
                      tags: dict[str, str] | None = None) -> int:
     """Log ``best.model`` (with its signature) in its own MLflow run and register it; the version.
 
-    The held-out metrics are set as ``heldout_<metric>`` tags of the model version.
+    The held-out metrics are set as ``heldout_<metric>`` tags of the model version. Logging a
+    Spark model takes seconds and writes its artifacts: a run calls this (through
+    :func:`promote_if_better`) only for a candidate that becomes the champion.
     """
     import mlflow
     from mlflow import MlflowClient
@@ -80,38 +85,97 @@ def log_and_register(best: Candidate, held: DataFrame, inputs: Sequence[str], na
     return int(version.version)
 
 
-def update_champion(name: str, version: int, new_metric: float, held: DataFrame,
-                    selection: str, min_improvement: float = 0.0) -> tuple[bool, float, int, PipelineModel | None]:
-    """Move alias ``champion`` of ``name`` to ``version`` when it beats the current champion.
+@dataclass(frozen=True)
+class ChampionDecision:
+    """Whether a candidate replaces the current champion, and the champion it was compared with.
 
-    The current champion is loaded and scored on the same held-out rows; the new version
-    wins when its ``selection`` metric is higher by more than ``min_improvement`` (and by more
-    than float noise, ``TIE_TOLERANCE``, even when that is 0), when there is no champion yet,
-    or when the champion cannot score these rows (e.g. other inputs).
-
-    Returns:
-        (promoted, champion's held-out metric or NaN, champion version after the call,
-        the champion's model when it was kept, else None).
+    ``champion_version`` is None when there is no champion yet; ``champion_metric`` is NaN when
+    there is none or it cannot score the held-out rows; ``champion_model`` is the loaded
+    champion when it could score them (the model to keep scoring with when not promoted).
     """
+
+    promote: bool
+    reason: str
+    champion_version: int | None = None
+    champion_metric: float = float("nan")
+    champion_model: PipelineModel | None = None
+
+
+@dataclass(frozen=True)
+class ChampionOutcome:
+    """A target's champion after a run: the model that scores, its version, and the decision."""
+
+    decision: ChampionDecision
+    model: PipelineModel
+    version: int
+
+    @property
+    def registered(self) -> bool:
+        """True when the candidate was logged and registered (that is: promoted)."""
+        return self.decision.promote
+
+
+def _load_scoring_champion(name: str, version: int, held: DataFrame,
+                           selection: str) -> tuple[PipelineModel | None, float]:
+    """(the champion of ``name``, its held-out ``selection`` metric), or (None, NaN) when it cannot score."""
     import mlflow
+
+    try:
+        model = mlflow.spark.load_model(f"models:/{name}@{CHAMPION}")
+        return model, evaluate(score(model, held))[selection]
+    except Exception as exc:  # noqa: BLE001 - an incompatible old champion loses
+        log.warning("propensity: the current %s champion (v%s) cannot score the held-out rows (%s); "
+                    "the new model replaces it", name, version, exc)
+        return None, float("nan")
+
+
+def decide_champion(name: str, new_metric: float, held: DataFrame, selection: str,
+                    min_improvement: float = 0.0) -> ChampionDecision:
+    """Does a candidate with held-out ``new_metric`` replace the ``champion`` of ``name``? Writes nothing.
+
+    The current champion is loaded and scored on the same held-out rows; the candidate wins
+    when its ``selection`` metric is higher by more than ``min_improvement`` (and by more than
+    float noise, ``TIE_TOLERANCE``, even when that is 0), when there is no champion yet, or
+    when the champion cannot score these rows (e.g. other inputs).
+    """
     from mlflow import MlflowClient
 
-    client = MlflowClient()
-    current = _champion(client, name)
-    champ_metric, champ_model = float("nan"), None
-    if current is not None:
-        try:
-            champ_model = mlflow.spark.load_model(f"models:/{name}@{CHAMPION}")
-            champ_metric = evaluate(score(champ_model, held))[selection]
-        except Exception as exc:  # noqa: BLE001 - an incompatible old champion loses
-            log.warning("propensity: the current %s champion (v%s) cannot score the held-out rows (%s); "
-                        "the new model replaces it", name, current.version, exc)
-            champ_model = None
+    current = _champion(MlflowClient(), name)
+    if current is None:
+        return ChampionDecision(True, "no champion yet")
+    champ_v = int(current.version)
+    champ_model, champ_metric = _load_scoring_champion(name, champ_v, held, selection)
+    if champ_model is None:
+        return ChampionDecision(True, f"champion v{champ_v} cannot score the held-out rows", champ_v)
     margin = max(float(min_improvement), TIE_TOLERANCE)
-    promote = current is None or champ_model is None or _num(new_metric) > _num(champ_metric) + margin
-    if promote:
-        client.set_registered_model_alias(name, CHAMPION, str(version))
-        return True, champ_metric, version, None
-    log.info("propensity: %s v%d (%s %.4f) does not beat champion v%s (%.4f) by more than %g; alias unchanged",
-             name, version, selection, new_metric, current.version, champ_metric, margin)
-    return False, champ_metric, int(current.version), champ_model
+    promote = _num(new_metric) > _num(champ_metric) + margin
+    verdict = "beats" if promote else "does not beat"
+    reason = (f"{selection} {new_metric:.4f} {verdict} champion v{champ_v} ({champ_metric:.4f}) "
+              f"by more than {margin:g}")
+    return ChampionDecision(promote, reason, champ_v, champ_metric, None if promote else champ_model)
+
+
+def set_champion_alias(name: str, version: int) -> None:
+    """Point alias ``champion`` of registered model ``name`` at ``version``."""
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(name, CHAMPION, str(version))
+
+
+def promote_if_better(best: Candidate, held: DataFrame, inputs: Sequence[str], name: str, selection: str,
+                      min_improvement: float = 0.0, tags: dict[str, str] | None = None) -> ChampionOutcome:
+    """Compare ``best`` with the champion of ``name``; log, register and alias it only when it wins.
+
+    A candidate that does not win is neither logged as a model nor registered: its child run
+    keeps its metrics, parameters and plots, and the champion (loaded for the comparison) goes
+    on scoring.
+    """
+    decision = decide_champion(name, best.metrics[selection], held, selection, min_improvement)
+    if not decision.promote:
+        log.info("propensity: the %s candidate (%s) is not registered: %s; alias unchanged",
+                 name, best.kind, decision.reason)
+        return ChampionOutcome(decision, decision.champion_model, decision.champion_version)
+    version = log_and_register(best, held, inputs, name, tags)
+    set_champion_alias(name, version)
+    log.info("propensity: %s v%d (%s) is the champion: %s", name, version, best.kind, decision.reason)
+    return ChampionOutcome(decision, best.model, version)

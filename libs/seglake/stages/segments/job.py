@@ -15,7 +15,8 @@ from pyspark.sql import functions as F
 
 from seglake.core import tables
 from seglake.core.contracts import (CUSTOMER_FEATURES, SEGMENT_CHANGES, SEGMENT_HEALTH,
-                                    SEGMENT_MEMBERSHIP, SEGMENT_OVERLAP, customer_events)
+                                    SEGMENT_MEMBERSHIP, SEGMENT_OVERLAP)
+from seglake.stages import enriched
 from seglake.stages.segments.health import segment_health, segment_overlap
 from seglake.stages.segments.membership import evaluate_segments, resolve_quantiles, segment_changes
 from seglake.stages.segments.model import Segment
@@ -50,9 +51,9 @@ def segments_file(cfg) -> Path:
 def _events_for_sequences(ctx, as_of: date, segments: list[Segment]) -> DataFrame:
     days = max(int(s.thresholds[SEQUENCE_KINDS[s.sequence].lookback_param].value)
                for s in segments if s.sequence is not None) + 2
-    return customer_events(ctx.spark, ctx.cfg, start=as_of - timedelta(days=days), end=as_of, end_inclusive=True,
-                           event_types=("product_view", "add_to_cart", "purchase"),
-                           columns=("event_type", "event_ts")).select("customer_id", "event_type", "event_ts")
+    return enriched.read(ctx.spark, ctx.cfg, start=as_of - timedelta(days=days), end=as_of, end_inclusive=True,
+                         event_types=("product_view", "add_to_cart", "purchase"),
+                         columns=("event_type", "event_ts")).select("customer_id", "event_type", "event_ts")
 
 
 def run(ctx) -> dict:
