@@ -50,6 +50,13 @@ def _from_scratch(spark, cfg):
     return ev, sess
 
 
+STEPS = ("ingest", "clean", "identity", "sessions")
+
+
+def _run(spark, cfg, steps=STEPS) -> dict:
+    return {job: run_job(JobContext(spark, cfg), job).summary for job in steps}  # one run id per job run
+
+
 @pytest.fixture(scope="module")
 def two_deliveries(spark, pipeline_through, tmp_path_factory):
     pipeline_through.pipeline.generate()  # the shared generated landing files (no stage runs)
@@ -59,17 +66,18 @@ def two_deliveries(spark, pipeline_through, tmp_path_factory):
     landing.mkdir()
     days = sorted({d.name for f in (gen_dir / "landing").iterdir() for d in f.iterdir()})
     cfg = make_cfg(root / "lakehouse", paths={"landing": str(landing)})
-    steps = ("ingest", "clean", "identity", "sessions")
-    _deliver(gen_dir, landing, set(days[: len(days) * 2 // 3]))
-    first = {job: run_job(JobContext(spark, cfg), job).summary for job in steps}  # one run id per job run
+    cut1, cut2 = len(days) * 2 // 3, len(days) * 5 // 6
+    _deliver(gen_dir, landing, set(days[:cut1]))
+    first = _run(spark, cfg)
     first_version = tables.version(spark, cfg, ENRICHED_EVENTS)
-    _deliver(gen_dir, landing, set(days[len(days) * 2 // 3:]))
-    second = {job: run_job(JobContext(spark, cfg), job).summary for job in steps}
-    return cfg, first, second, first_version
+    _deliver(gen_dir, landing, set(days[cut1:cut2]))
+    second = _run(spark, cfg)
+    # the last days land later: the kill test ingests them
+    return cfg, first, second, first_version, (gen_dir, landing, set(days[cut2:]))
 
 
 def test_incremental_refresh_rewrites_only_affected_customers(spark, two_deliveries):
-    cfg, first, second, first_version = two_deliveries
+    cfg, first, second, first_version, _ = two_deliveries
     assert first["sessions"]["refresh"] == "full"
     assert second["sessions"]["refresh"] == "incremental"
     rewritten = second["sessions"]["customers_rewritten"]
@@ -94,17 +102,24 @@ def test_incremental_tables_equal_a_full_rebuild(spark, two_deliveries):
     assert enriched.is_fresh(spark, cfg)
 
 
-def test_rerun_is_a_noop(spark, two_deliveries):
+def test_maintenance_of_silver_rewrites_nobody_then_noop(spark, two_deliveries):
     cfg = two_deliveries[0]
+    silver_before = tables.version(spark, cfg, "silver.events")
+    run_job(JobContext(spark, cfg, args={"table": ["silver.events"]}), "maintain")  # OPTIMIZE: a new version
+    assert tables.version(spark, cfg, "silver.events") > silver_before
+    assert not enriched.is_fresh(spark, cfg)
+    again = _run(spark, cfg, ("sessions",))["sessions"]
+    assert again["refresh"] == "incremental" and again["customers_rewritten"] == 0  # same rows
+    assert enriched.is_fresh(spark, cfg)  # the empty append recorded the new state
     before = tables.version(spark, cfg, ENRICHED_EVENTS)
-    summary = run_job(JobContext(spark, cfg), "sessions").summary
-    assert summary["refresh"] == "noop"
+    assert _run(spark, cfg, ("sessions",))["sessions"]["refresh"] == "noop"
     assert tables.version(spark, cfg, ENRICHED_EVENTS) == before
 
 
 def test_a_run_killed_between_delete_and_append_converges(spark, two_deliveries, monkeypatch):
-    cfg = two_deliveries[0]
-    want_ev, want_sess = _from_scratch(spark, cfg)
+    cfg, *_, (gen_dir, landing, last_days) = two_deliveries
+    _deliver(gen_dir, landing, last_days)
+    _run(spark, cfg, ("ingest", "clean", "identity"))
     state = enriched.recorded_state(spark, cfg)
     n_before = tables.read(spark, cfg, ENRICHED_EVENTS).count()
     real_write = enriched._write
@@ -114,20 +129,29 @@ def test_a_run_killed_between_delete_and_append_converges(spark, two_deliveries,
             raise RuntimeError("killed")
         return real_write(df, cfg_, table, *a, **k)
 
-    # a new clean batch row (same events) makes the refresh incremental with affected customers
-    ledger = tables.read(spark, cfg, "ops.clean_batches")
-    one = ledger.orderBy(F.desc("cleaned_at")).limit(1).withColumn("cleaned_at", F.current_timestamp())
-    tables.append(one, cfg, "ops.clean_batches")
     monkeypatch.setattr(enriched, "_write", killed)
     with pytest.raises(RuntimeError, match="killed"):
         enriched.refresh(spark, cfg)
     assert tables.read(spark, cfg, ENRICHED_EVENTS).count() < n_before  # the delete committed
     assert enriched.recorded_state(spark, cfg) == state  # ... but the state did not move
+    assert not enriched.is_fresh(spark, cfg)
     monkeypatch.setattr(enriched, "_write", real_write)
     done = enriched.refresh(spark, cfg)
-    assert done["mode"] == "incremental" and done["customers_rewritten"] > 0
+    assert done["mode"] == "full" and "interrupted" in done["reason"]
+    want_ev, want_sess = _from_scratch(spark, cfg)
     assert _rows(tables.read(spark, cfg, ENRICHED_EVENTS), enriched.COLUMNS) == _rows(want_ev, enriched.COLUMNS)
     assert _rows(tables.read(spark, cfg, SESSIONS), S.SESSION_COLUMNS) == _rows(want_sess, S.SESSION_COLUMNS)
+    assert enriched.is_fresh(spark, cfg)
+
+
+def test_an_erasure_in_silver_forces_a_full_rebuild(spark, two_deliveries):
+    cfg = two_deliveries[0]
+    from delta.tables import DeltaTable
+    one = tables.read(spark, cfg, "silver.events").where("consent").select("event_key").first()[0]
+    DeltaTable.forPath(spark, cfg.table_path("silver.events")).delete(F.col("event_key") == one)
+    done = enriched.refresh(spark, cfg)
+    assert done["mode"] == "full" and "DELETE" in done["reason"]
+    assert tables.read(spark, cfg, ENRICHED_EVENTS).where(F.col("event_key") == one).count() == 0
 
 
 def test_readers_refresh_a_stale_table(spark, two_deliveries):

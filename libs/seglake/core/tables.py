@@ -58,10 +58,36 @@ def last_commit(spark: SparkSession, cfg: Config, table: str) -> dict:
             "metrics": dict(row["operationMetrics"] or {})}
 
 
-def _journal_commit(spark: SparkSession, cfg: Config, table: str) -> None:
+def _journal_commit(spark: SparkSession, cfg: Config, table: str, before: int | None) -> None:
+    """Record the table's latest commit in the run journal, if the write made one (Delta skips
+    the commit of a write that changes nothing, e.g. an empty append or a MERGE matching nothing:
+    then the latest commit is an older one and must not be counted again)."""
     journal = _journal.get()
     if journal is not None:
-        journal.commits.setdefault(table, []).append(last_commit(spark, cfg, table))
+        commit = last_commit(spark, cfg, table)
+        if before is None or commit["version"] > before:
+            journal.commits.setdefault(table, []).append(commit)
+
+
+def _version_before(spark: SparkSession, cfg: Config, table: str) -> int | None:
+    """The version before a write, when a run journal will need it (else no log read)."""
+    return version(spark, cfg, table) if _journal.get() is not None else None
+
+
+@contextlib.contextmanager
+def _session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+    """Set Spark SQL settings for the block, restoring the previous values after it."""
+    previous = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
 
 
 def rows_written(commit: dict) -> int:
@@ -154,12 +180,15 @@ def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] =
            user_metadata: str | None = None, properties: dict | None = None) -> None:
     """Append ``df`` (creating the table on the first write, with ``properties``);
     ``user_metadata`` goes into the commit's ``userMetadata`` (see :func:`recorded_metadata`)."""
+    before = _version_before(df.sparkSession, cfg, table)
     writer = df.write.format("delta").mode("append").options(
         **_creation_options(df, cfg, table, partition_by, properties))
-    if user_metadata is not None:
-        writer = writer.option("userMetadata", user_metadata)
-    _partitioned(writer, partition_by).save(cfg.table_path(table))
-    _journal_commit(df.sparkSession, cfg, table)
+    if user_metadata is None:
+        _partitioned(writer, partition_by).save(cfg.table_path(table))
+    else:  # the metadata must be committed even when there are no rows to add
+        with _session_conf(df.sparkSession, {"spark.databricks.delta.skipRecordingEmptyCommits": "false"}):
+            _partitioned(writer.option("userMetadata", user_metadata), partition_by).save(cfg.table_path(table))
+    _journal_commit(df.sparkSession, cfg, table, before)
 
 
 def overwrite(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] = (),
@@ -172,10 +201,13 @@ def overwrite(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str
         writer = writer.option("replaceWhere", replace_where)
     else:
         writer = writer.option("overwriteSchema", "true")
-    if user_metadata is not None:
-        writer = writer.option("userMetadata", user_metadata)
-    _partitioned(writer, partition_by).save(cfg.table_path(table))
-    _journal_commit(df.sparkSession, cfg, table)
+    before = _version_before(df.sparkSession, cfg, table)
+    if user_metadata is None:
+        _partitioned(writer, partition_by).save(cfg.table_path(table))
+    else:
+        with _session_conf(df.sparkSession, {"spark.databricks.delta.skipRecordingEmptyCommits": "false"}):
+            _partitioned(writer.option("userMetadata", user_metadata), partition_by).save(cfg.table_path(table))
+    _journal_commit(df.sparkSession, cfg, table, before)
 
 
 def recorded_metadata(spark: SparkSession, cfg: Config, table: str, tag: str, depth: int = 50) -> dict | None:
@@ -197,13 +229,19 @@ def recorded_metadata(spark: SparkSession, cfg: Config, table: str, tag: str, de
     return None
 
 
-def delete_matching(spark: SparkSession, cfg: Config, table: str, keys: DataFrame, on: str) -> None:
+def delete_matching(spark: SparkSession, cfg: Config, table: str, keys: DataFrame, on: str,
+                    user_metadata: str | None = None) -> None:
     """Delete every row whose ``on`` value is in ``keys`` (one MERGE ... WHEN MATCHED DELETE;
-    with deletion vectors the data files are not rewritten)."""
+    with deletion vectors the data files are not rewritten); ``user_metadata`` goes into the
+    commit (which is then made even when no row matches)."""
     from delta.tables import DeltaTable
-    (DeltaTable.forPath(spark, cfg.table_path(table)).alias("t")
-     .merge(keys.select(on).alias("s"), f"t.`{on}` = s.`{on}`").whenMatchedDelete().execute())
-    _journal_commit(spark, cfg, table)
+    before = _version_before(spark, cfg, table)
+    settings = {} if user_metadata is None else {"spark.databricks.delta.commitInfo.userMetadata": user_metadata,
+                                                  "spark.databricks.delta.skipRecordingEmptyCommits": "false"}
+    with _session_conf(spark, settings):
+        (DeltaTable.forPath(spark, cfg.table_path(table)).alias("t")
+         .merge(keys.select(on).alias("s"), f"t.`{on}` = s.`{on}`").whenMatchedDelete().execute())
+    _journal_commit(spark, cfg, table, before)
 
 
 def merge(spark: SparkSession, df: DataFrame, cfg: Config, table: str, keys: Iterable[str],
@@ -221,6 +259,7 @@ def merge(spark: SparkSession, df: DataFrame, cfg: Config, table: str, keys: Ite
     if not exists(spark, cfg, table):
         append(df, cfg, table, partition_by)
         return
+    before = _version_before(spark, cfg, table)
     from delta.tables import DeltaTable
     cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     if extra_condition:
@@ -231,4 +270,4 @@ def merge(spark: SparkSession, df: DataFrame, cfg: Config, table: str, keys: Ite
     if update:
         builder = builder.whenMatchedUpdateAll()
     builder.whenNotMatchedInsertAll().execute()
-    _journal_commit(spark, cfg, table)
+    _journal_commit(spark, cfg, table, before)

@@ -433,11 +433,14 @@ def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_id
                          + ", ".join(_sql_quote(b) for b in batch_ids) + ")")
         inserted = 0
         if n_unique:
-            existed = tables.exists(spark, cfg, SILVER)
+            before = tables.version(spark, cfg, SILVER)
             tables.merge(spark, silver, cfg, SILVER, keys=["event_key"], partition_by=["event_date"],
                          extra_condition=(f"t.event_date >= DATE'{stats['lo'].isoformat()}' AND "
                                           f"t.event_date <= DATE'{stats['hi'].isoformat()}'"))
-            inserted = tables.rows_written(tables.last_commit(spark, cfg, SILVER)) if existed else n_unique
+            commit = tables.last_commit(spark, cfg, SILVER)
+            # a MERGE that inserts nothing (every row already in silver) makes no commit
+            inserted = (n_unique if before is None else
+                        tables.rows_written(commit) if commit["version"] > before else 0)
     finally:
         for df in (silver, medians, unique):
             df.unpersist()

@@ -12,17 +12,26 @@ Kept up to date incrementally (:func:`refresh`). Each write records, in its Delt
 the excluded identifiers, the last clean batch seen and a fingerprint of the settings that
 shape it. A refresh then rewrites only the *affected* customers:
 
-* customers of the events of batches cleaned since (``ops.clean_batches.cleaned_at``), and
+* customers of the events of the batches ``ops.clean_batches`` gained since (a diff of two
+  versions of that small ledger), and
 * customers whose identity changed: every identifier whose customer_id differs between the
-  recorded identity-map version and the current one gives its old and its new customer.
+  recorded identity-map version and the current one gives its old and its new customer; the
+  same for identifiers that entered or left the guard's exclusion list.
 
-Their rows are deleted (one MERGE: deletion vectors, files are not rewritten) and their
-events recomputed from silver and appended with the new state — two commits; the state is
-only in the second, so a run killed between them recomputes the same customers on rerun
-and converges. Anything it cannot reason about incrementally (no table yet, no recorded
-state, other settings, a changed exclusion list, an identity-map version that time travel
-can no longer read) is a full rebuild, logged with its reason. silver.sessions is derived
-from it the same way (its commits record the enriched version they reflect).
+Their rows are deleted (one MERGE: deletion vectors, files are not rewritten; the commit is
+marked *pending*) and their events recomputed from silver and appended with the new state —
+two commits. A run killed between them leaves the pending mark newer than the last state, and
+the next refresh rebuilds everything (it cannot know that its own diff covers what was
+deleted). A full rebuild also follows a new table, no recorded state, other settings or
+enrichment logic, an input older than the state, a silver.events commit that removed or
+changed rows (erase, DELETE, RESTORE, overwrite: such a commit can touch any customer), or an
+input version that time travel can no longer read; the reason is logged. With nothing to
+rewrite, an empty append (committed anyway) records the new state. silver.sessions is derived
+the same way: its commits record the enriched version they reflect, and it is updated for the
+affected customers only when it reflects the version the refresh started from.
+
+Not safe for two refreshes at once (two appends of the same customers): run the sessions job
+from one scheduler, as every job.
 """
 from __future__ import annotations
 
@@ -33,6 +42,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import date
 from typing import Sequence
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -54,6 +64,12 @@ COLUMNS: tuple[str, ...] = (
     "session_seq", "event_seq", "session_id", "source", "channel", "device_type", "page_url", "product_id",
     "revenue_usd", "scroll_depth", "duration_s", "properties")
 _TAG = "seglake.enriched"
+_OPTIONAL_TYPES = {"session_id": "string", "source": "string", "channel": "string", "device_type": "string",
+                   "page_url": "string", "product_id": "string", "revenue_usd": "double",
+                   "scroll_depth": "double", "duration_s": "double", "properties": "map<string,string>"}
+_PENDING = "seglake.enriched.pending"
+#: bump when sessionize / attach_customer_id / the consent rule change meaning: forces a rebuild
+LOGIC_VERSION = 1
 #: deletion vectors: removing a customer's rows marks them deleted instead of rewriting every
 #: file that holds one (OPTIMIZE, ``seglake run maintain``, purges them later)
 _PROPERTIES = {"delta.enableDeletionVectors": "true"}
@@ -67,7 +83,7 @@ class State:
     identity_version: int
     excluded: str  # hash of the excluded identifiers ("" when there is no exclusion table)
     excluded_version: int  # its Delta version (-1: none), to diff against when the hash changes
-    cleaned_through: int | None  # max ops.clean_batches.cleaned_at seen (epoch micros), None: no ledger
+    ledger_version: int  # ops.clean_batches version (-1: none): new batches = ledger now - ledger then
     fingerprint: str
 
 
@@ -76,7 +92,7 @@ def _settings(cfg: Config) -> dict:
     return {"inactivity_minutes": int(scfg["inactivity_minutes"]),
             "split_on_session_id": bool(scfg["split_on_session_id"]),
             "states": S.states_for(cfg), "page_event_types": list(scfg["page_event_types"]),
-            "columns": list(COLUMNS)}
+            "columns": list(COLUMNS), "logic": LOGIC_VERSION}
 
 
 def fingerprint(cfg: Config) -> str:
@@ -86,13 +102,9 @@ def fingerprint(cfg: Config) -> str:
 
 def current_state(spark: SparkSession, cfg: Config) -> State:
     """The state the table would reflect if it were built now."""
-    cleaned = None
-    if tables.exists(spark, cfg, CLEAN_BATCHES):
-        # epoch micros: no time-zone conversion between Spark and Python on the way
-        cleaned = tables.read(spark, cfg, CLEAN_BATCHES).agg(F.max(F.unix_micros("cleaned_at"))).first()[0]
-    excluded_v = tables.version(spark, cfg, IDENTITY_EXCLUDED)
-    return State(tables.version(spark, cfg, SILVER_EVENTS), tables.version(spark, cfg, IDENTITY_MAP),
-                 _excluded_hash(spark, cfg), -1 if excluded_v is None else excluded_v, cleaned, fingerprint(cfg))
+    versions = [tables.version(spark, cfg, t) for t in (SILVER_EVENTS, IDENTITY_MAP, IDENTITY_EXCLUDED, CLEAN_BATCHES)]
+    silver_v, identity_v, excluded_v, ledger_v = [-1 if v is None else v for v in versions]
+    return State(silver_v, identity_v, _excluded_hash(spark, cfg), excluded_v, ledger_v, fingerprint(cfg))
 
 
 def _same(a: State | None, b: State | None) -> bool:
@@ -116,21 +128,30 @@ def _recorded(spark: SparkSession, cfg: Config, table: str) -> dict | None:
     return tables.recorded_metadata(spark, cfg, table, _TAG)
 
 
-def recorded_state(spark: SparkSession, cfg: Config) -> State | None:
-    meta = _recorded(spark, cfg, ENRICHED_EVENTS)
+def _state_of(meta: dict | None) -> State | None:
     if meta is None:
         return None
     try:
         return State(**{k: meta[k] for k in State.__dataclass_fields__})
-    except KeyError:
+    except KeyError:  # written by an older version of this module
         return None
+
+
+def recorded_state(spark: SparkSession, cfg: Config) -> State | None:
+    """The state the table's latest state-carrying commit recorded, or None."""
+    return _state_of(_recorded(spark, cfg, ENRICHED_EVENTS))
 
 
 def build(events_with_customer: DataFrame, cfg: Config) -> DataFrame:
     """Sessionize consented events that carry a customer_id; the table's columns (no I/O)."""
     scfg = cfg["sessions"]
     sev = S.sessionize(events_with_customer, int(scfg["inactivity_minutes"]), bool(scfg["split_on_session_id"]))
-    return sev.withColumn("journey_state", S.state_col(F.col("event_type"), S.states_for(cfg))).select(*COLUMNS)
+    sev = sev.withColumn("journey_state", S.state_col(F.col("event_type"), S.states_for(cfg)))
+    # optional silver columns a table may lack (older or hand-built ones): null, or derived
+    defaults = {"event_date": F.to_date("event_ts"), "event_key": F.lit(None).cast("string")}
+    for c, t in _OPTIONAL_TYPES.items():
+        defaults.setdefault(c, F.lit(None).cast(t))
+    return sev.select(*[F.col(c) if c in sev.columns else defaults[c].alias(c) for c in COLUMNS])
 
 
 def _source_events(spark: SparkSession, cfg: Config) -> DataFrame:
@@ -173,37 +194,70 @@ def _exclusion_changes(spark: SparkSession, cfg: Config, old: State) -> DataFram
     return maps.join(changed, key, "left_semi").select("customer_id")
 
 
-def _new_batch_customers(spark: SparkSession, cfg: Config, since: int | None) -> DataFrame:
-    """customer_id (current map) of silver events of the batches cleaned after ``since``."""
-    batches = tables.read(spark, cfg, CLEAN_BATCHES)
-    if since is not None:
-        batches = batches.where(F.unix_micros("cleaned_at") > F.lit(since))
-    batch_ids = [r[0] for r in batches.select("_batch_id").distinct().collect()]  # one per ingest batch
+def _new_batch_customers(spark: SparkSession, cfg: Config, old_ledger_version: int) -> DataFrame:
+    """customer_id (current map) of silver events of the batches the clean ledger gained since
+    ``old_ledger_version`` (a diff of two small table versions: no clock is involved)."""
+    ledger = tables.read(spark, cfg, CLEAN_BATCHES).select("_batch_id")
+    if old_ledger_version >= 0:
+        ledger = ledger.join(tables.read(spark, cfg, CLEAN_BATCHES, version=old_ledger_version)
+                             .select("_batch_id"), "_batch_id", "left_anti")
+    batch_ids = [r[0] for r in ledger.distinct().collect()]  # one row per ingest batch: small
     if not batch_ids:
         return spark.createDataFrame([], "customer_id string")
     return customer_events(spark, cfg, columns=("event_key",),
                            where=F.col("_batch_id").isin(batch_ids)).select("customer_id")
 
 
-def _why_full(spark: SparkSession, cfg: Config, old: State | None, now: State) -> str | None:
+def _silver_lost_rows(spark: SparkSession, cfg: Config, since: int, until: int) -> str | None:
+    """The first commit of silver.events in ``(since, until]`` that removed or changed rows (erase,
+    a DELETE/UPDATE/RESTORE, an overwrite, a MERGE that deleted or updated), or None.
+
+    Clean only inserts; such a commit can touch any customer (erase deletes events that carry
+    the person's identifiers whichever customer they belong to), so it forces a full rebuild."""
+    if until <= since:
+        return None
+    from delta.tables import DeltaTable
+    rows = (DeltaTable.forPath(spark, cfg.table_path(SILVER_EVENTS)).history(until - since)
+            .where(F.col("version") > since)
+            .select("version", "operation", "operationParameters", "operationMetrics").collect())  # commits since
+    for r in sorted(rows, key=lambda r: r["version"]):
+        op, params, metrics = r["operation"], r["operationParameters"] or {}, r["operationMetrics"] or {}
+        changed = int(metrics.get("numTargetRowsDeleted") or 0) + int(metrics.get("numTargetRowsUpdated") or 0)
+        if (op in ("DELETE", "UPDATE", "RESTORE", "TRUNCATE", "REPLACE TABLE", "CREATE OR REPLACE TABLE")
+                or (op in ("WRITE", "CREATE TABLE AS SELECT") and params.get("mode") == "Overwrite")
+                or (op == "MERGE" and changed)):
+            return f"silver.events v{r['version']} ({op}) removed or changed rows"
+    return None
+
+
+def _pending_delete(spark: SparkSession, cfg: Config, state_version: int) -> bool:
+    """True when a refresh deleted customers after the recorded state and did not finish."""
+    pending = tables.recorded_metadata(spark, cfg, ENRICHED_EVENTS, _PENDING)
+    return pending is not None and pending["_version"] > state_version
+
+
+def _why_full(spark: SparkSession, cfg: Config, old: State | None, old_version: int, now: State) -> str | None:
     """The reason a refresh must rebuild everything, or None when an incremental one will do."""
     if not tables.exists(spark, cfg, ENRICHED_EVENTS):
         return "the table does not exist yet"
     if old is None:
         return "the table records no state"
     if old.fingerprint != now.fingerprint:
-        return "the sessions/states settings changed"
-    if now.cleaned_through is None or not tables.exists(spark, cfg, CLEAN_BATCHES):
+        return "the sessions/states settings or the enrichment logic changed"
+    if now.ledger_version < 0 or old.ledger_version < 0:
         return "ops.clean_batches is missing"
-    if old.identity_version > now.identity_version or old.silver_version > now.silver_version:
+    if (old.identity_version > now.identity_version or old.silver_version > now.silver_version
+            or old.ledger_version > now.ledger_version):
         return "an input table is older than the recorded state (restored?)"
-    return None
+    if _pending_delete(spark, cfg, old_version):
+        return "an earlier refresh deleted customers and was interrupted before it recorded its state"
+    return _silver_lost_rows(spark, cfg, old.silver_version, now.silver_version)
 
 
 def _full_rebuild(spark: SparkSession, cfg: Config, meta: dict, why: str, run_id: str) -> dict:
     log.info("enriched events: full rebuild (%s)", why)
     _write(build(_source_events(spark, cfg), cfg), cfg, ENRICHED_EVENTS, "event_date", meta, full=True)
-    _sync_sessions(spark, cfg, None, 0, run_id)
+    _sync_sessions(spark, cfg, None, None, run_id)
     return {"mode": "full", "reason": why, "customers_rewritten": None}
 
 
@@ -214,44 +268,54 @@ def refresh(spark: SparkSession, cfg: Config, run_id: str = "") -> dict:
         ``{"mode": "full"|"incremental"|"noop", "reason": str, "customers_rewritten": int|None}``.
     """
     now = current_state(spark, cfg)
-    old = recorded_state(spark, cfg)
+    recorded = _recorded(spark, cfg, ENRICHED_EVENTS)
+    old = _state_of(recorded)
     exists = tables.exists(spark, cfg, ENRICHED_EVENTS)
-    if exists and _same(now, old):
-        _sync_sessions(spark, cfg, None, 0, run_id)
+    if exists and _same(now, old) and not _pending_delete(spark, cfg, recorded["_version"]):
+        _sync_sessions(spark, cfg, None, None, run_id)
         return {"mode": "noop", "reason": "up to date", "customers_rewritten": 0}
-    why = _why_full(spark, cfg, old, now)
     meta = asdict(now)
+    why = _why_full(spark, cfg, old, recorded["_version"] if recorded else -1, now)
     if why is not None:
         return _full_rebuild(spark, cfg, meta, why, run_id)
-    affected = _new_batch_customers(spark, cfg, old.cleaned_through)
+    base = tables.version(spark, cfg, ENRICHED_EVENTS)
+    affected = _new_batch_customers(spark, cfg, old.ledger_version)
     try:
         if old.identity_version != now.identity_version:
             affected = affected.unionByName(_identity_changes(spark, cfg, old.identity_version))
         if old.excluded != now.excluded:
             affected = affected.unionByName(_exclusion_changes(spark, cfg, old))
         affected = affected.where(F.col("customer_id").isNotNull()).distinct().localCheckpoint()
-    except Exception as exc:  # noqa: BLE001 - the old identity-map version was vacuumed: rebuild
-        why = f"identity map version {old.identity_version} is no longer readable ({type(exc).__name__}: {exc})"
-        return _full_rebuild(spark, cfg, meta, why, run_id)
+    except AnalysisException as exc:  # an old input version is no longer readable (vacuumed): rebuild
+        return _full_rebuild(spark, cfg, meta, f"an older input version is no longer readable ({exc})", run_id)
     n = affected.count()  # the rewrite's size: one number, logged and returned
     log.info("enriched events: incremental refresh of %d customer(s) (silver v%s -> v%s, identity v%s -> v%s)",
              n, old.silver_version, now.silver_version, old.identity_version, now.identity_version)
-    rows = build(_source_events(spark, cfg).join(F.broadcast(affected) if n <= 200_000 else affected,
-                                                 "customer_id", "left_semi"), cfg)
     if n:
-        tables.delete_matching(spark, cfg, ENRICHED_EVENTS, affected, "customer_id")
-    _write(rows, cfg, ENRICHED_EVENTS, "event_date", meta, full=False)
-    _sync_sessions(spark, cfg, affected, 2 if n else 1, run_id)
+        rows = build(_source_events(spark, cfg).join(F.broadcast(affected) if n <= 200_000 else affected,
+                                                     "customer_id", "left_semi"), cfg)
+        # the delete is marked pending until the append records the new state: a rerun that
+        # finds the mark rebuilds everything instead of trusting its own (maybe other) diff
+        tables.delete_matching(spark, cfg, ENRICHED_EVENTS, affected, "customer_id",
+                               user_metadata=json.dumps({_PENDING: {"state": meta}}, sort_keys=True))
+        _write(rows, cfg, ENRICHED_EVENTS, "event_date", meta, full=False)
+    else:
+        # nothing to rewrite (e.g. identity re-ran with the same result, or OPTIMIZE moved a
+        # version): an empty append, committed anyway, records the new state
+        _write(build(_source_events(spark, cfg).limit(0), cfg), cfg, ENRICHED_EVENTS, "event_date", meta,
+               full=False)
+    _sync_sessions(spark, cfg, affected if n else None, base, run_id)
     return {"mode": "incremental", "reason": "new batches or identity changes", "customers_rewritten": n}
 
 
-def _sync_sessions(spark: SparkSession, cfg: Config, affected: DataFrame | None, commits: int,
+def _sync_sessions(spark: SparkSession, cfg: Config, affected: DataFrame | None, base: int | None,
                    run_id: str) -> None:
     """Derive silver.sessions from the enriched table.
 
-    Only the ``affected`` customers' sessions are rewritten when silver.sessions reflects the
-    enriched version just before this refresh's ``commits``; otherwise (first build, a run
-    killed between the two tables' writes, a full rebuild) all of them.
+    Only the ``affected`` customers' sessions are rewritten when silver.sessions reflects
+    ``base``, the enriched version this refresh started from; with nothing affected only the
+    recorded version moves; otherwise (first build, a run killed between the two tables'
+    writes, a full rebuild) all of them are.
     """
     enriched_v = tables.version(spark, cfg, ENRICHED_EVENTS)
     rec = _recorded(spark, cfg, SESSIONS)
@@ -259,20 +323,22 @@ def _sync_sessions(spark: SparkSession, cfg: Config, affected: DataFrame | None,
         return  # already derived from this version
     meta = {"enriched_version": enriched_v}
     scfg = cfg["sessions"]
+    follows = base is not None and rec is not None and rec.get("enriched_version") == base
     src = tables.read(spark, cfg, ENRICHED_EVENTS)
-    incremental = (affected is not None and rec is not None
-                   and rec.get("enriched_version") == enriched_v - commits)
-    if incremental:
+    if follows and affected is None:
+        src = src.limit(0)  # nothing changed: record the new enriched version only
+    elif follows:
         src = src.join(affected, "customer_id", "left_semi")
-        if commits == 2:
-            tables.delete_matching(spark, cfg, SESSIONS, affected, "customer_id")
+        tables.delete_matching(spark, cfg, SESSIONS, affected, "customer_id")
     sess = S.session_table(src, S.states_for(cfg), scfg["page_event_types"]).withColumn("_run_id", F.lit(run_id))
-    _write(sess, cfg, SESSIONS, "session_date", meta, full=not incremental)
+    _write(sess, cfg, SESSIONS, "session_date", meta, full=not follows)
 
 
 def is_fresh(spark: SparkSession, cfg: Config) -> bool:
     """True when the table reflects the current silver events, identity map and settings."""
-    return tables.exists(spark, cfg, ENRICHED_EVENTS) and _same(recorded_state(spark, cfg), current_state(spark, cfg))
+    recorded = _recorded(spark, cfg, ENRICHED_EVENTS)
+    return (tables.exists(spark, cfg, ENRICHED_EVENTS) and _same(_state_of(recorded), current_state(spark, cfg))
+            and not _pending_delete(spark, cfg, recorded["_version"]))
 
 
 def read(spark: SparkSession, cfg: Config, *, start: date | None = None, end: date | None = None,
