@@ -176,7 +176,9 @@ def test_propensity_on_generated_data_finds_planted_churners(spark, pipeline_thr
 
     cfg, gen_dir = pipeline_through("features")
     small = cfg.with_overrides({"propensity": E2E_PROPENSITY})  # the shared pipeline's 1-point grid
-    client = MlflowClient()
+    from seglake.core import tracking
+    tracking.setup(small)  # the store the job will use: the client below must read the same one
+    client = MlflowClient(tracking_uri=tracking.tracking_uri(small), registry_uri=tracking.tracking_uri(small))
     names = {t: f"{small.get('propensity.model_name_prefix')}-{t}" for t in ("churn", "purchase")}
 
     # independent facts from the registry and the tracking store, not from the job's summary
