@@ -270,8 +270,7 @@ def refresh(spark: SparkSession, cfg: Config, run_id: str = "") -> dict:
     now = current_state(spark, cfg)
     recorded = _recorded(spark, cfg, ENRICHED_EVENTS)
     old = _state_of(recorded)
-    exists = tables.exists(spark, cfg, ENRICHED_EVENTS)
-    if exists and _same(now, old) and not _pending_delete(spark, cfg, recorded["_version"]):
+    if _up_to_date(spark, cfg, now, recorded):
         _sync_sessions(spark, cfg, None, None, run_id)
         return {"mode": "noop", "reason": "up to date", "customers_rewritten": 0}
     meta = asdict(now)
@@ -336,8 +335,11 @@ def _sync_sessions(spark: SparkSession, cfg: Config, affected: DataFrame | None,
 
 def is_fresh(spark: SparkSession, cfg: Config) -> bool:
     """True when the table reflects the current silver events, identity map and settings."""
-    recorded = _recorded(spark, cfg, ENRICHED_EVENTS)
-    return (tables.exists(spark, cfg, ENRICHED_EVENTS) and _same(_state_of(recorded), current_state(spark, cfg))
+    return _up_to_date(spark, cfg, current_state(spark, cfg), _recorded(spark, cfg, ENRICHED_EVENTS))
+
+
+def _up_to_date(spark: SparkSession, cfg: Config, now: State, recorded: dict | None) -> bool:
+    return (tables.exists(spark, cfg, ENRICHED_EVENTS) and _same(now, _state_of(recorded))
             and not _pending_delete(spark, cfg, recorded["_version"]))
 
 
@@ -347,9 +349,10 @@ def read(spark: SparkSession, cfg: Config, *, start: date | None = None, end: da
     """The enriched events (refreshed first when behind its inputs), filtered like
     :func:`seglake.core.contracts.customer_events`: ``event_date`` window, event types, columns
     (``customer_id`` is always kept)."""
-    if not is_fresh(spark, cfg):
-        log.info("enriched events: %s is behind its inputs; bringing it up to date first", ENRICHED_EVENTS)
-        refresh(spark, cfg)
+    done = refresh(spark, cfg)  # a no-op (metadata reads only) when the table is up to date
+    if done["mode"] != "noop":
+        log.info("enriched events: %s was behind its inputs; brought it up to date first (%s)",
+                 ENRICHED_EVENTS, done["mode"])
     df = tables.read(spark, cfg, ENRICHED_EVENTS)
     if start is not None:
         df = df.where(F.col("event_date") >= F.lit(start))
