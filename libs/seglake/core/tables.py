@@ -51,11 +51,96 @@ def recording() -> Iterator[Journal]:
 
 def last_commit(spark: SparkSession, cfg: Config, table: str) -> dict:
     """The table's latest commit: version, operation and Delta operation metrics."""
+    c = commit_info(spark, cfg, table)
+    return {"version": c["version"], "operation": c["operation"], "metrics": c["operationMetrics"]}
+
+
+def _jvm_delta_log(spark: SparkSession, path: str):
+    """Delta's own (cached) log object of the table at ``path``."""
+    return spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
+
+
+def _latest_version(spark: SparkSession, path: str) -> int:
+    """The table's newest version from its Delta log (the snapshot Delta itself would read:
+    one log listing on the driver, no Spark job)."""
+    from py4j.protocol import Py4JError
+    jvm = spark._jvm
+    try:
+        none = getattr(getattr(jvm.scala, "None$"), "MODULE$")
+        return int(_jvm_delta_log(spark, path).update(False, none, none).version())
+    except Py4JError:  # another Delta release's internals: the public (slower) way
+        from delta.tables import DeltaTable
+        return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
+
+
+def _read_commit_file(spark: SparkSession, path: str, version: int) -> dict | None:
+    """The ``commitInfo`` action of ``_delta_log/<version>.json`` (the Delta protocol's commit
+    file; a few KB read on the driver), or None when the file is not there."""
+    import json
+
+    jvm = spark._jvm
+    file = jvm.org.apache.hadoop.fs.Path(f"{path}/_delta_log/{version:020d}.json")
+    fs = file.getFileSystem(spark._jsc.hadoopConfiguration())
+    if not fs.exists(file):
+        return None
+    reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(fs.open(file), "UTF-8"))
+    try:
+        while (line := reader.readLine()) is not None:
+            if line.startswith('{"commitInfo"'):
+                return json.loads(line)["commitInfo"]
+    finally:
+        reader.close()
+    return {}
+
+
+def commits(spark: SparkSession, cfg: Config, table: str, since: int = -1, until: int | None = None,
+            newest_first: bool = True) -> Iterator[dict]:
+    """The commits of ``table`` with version in ``(since, until]`` (``until`` None = the latest),
+    newest first unless ``newest_first`` is False: dicts with ``version``, ``operation``,
+    ``operationParameters``, ``operationMetrics`` and ``userMetadata`` (as ``DESCRIBE HISTORY``
+    shows them: values are strings).
+
+    Read from the commit files of the Delta log on the driver, one small file per commit and
+    lazily, without the Spark job (and snapshot) a ``DeltaTable.history()`` call costs; falls
+    back to ``history()`` where the log is not readable this way (e.g. commit files already
+    cleaned up by log retention)."""
+    path = cfg.table_path(table)
+    top = _latest_version(spark, path) if until is None else int(until)
+    versions = range(top, since, -1) if newest_first else range(since + 1, top + 1)
+    for done, v in enumerate(versions):
+        info = _read_commit_file(spark, path, v)
+        if info is None:
+            yield from _history_commits(spark, path, since, top, newest_first)[done:]
+            return
+        yield {"version": v, "operation": info.get("operation"),
+               "operationParameters": {k: _as_text(x) for k, x in (info.get("operationParameters") or {}).items()},
+               "operationMetrics": dict(info.get("operationMetrics") or {}),
+               "userMetadata": info.get("userMetadata")}
+
+
+def _as_text(value) -> str:
+    import json
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _history_commits(spark: SparkSession, path: str, since: int, until: int, newest_first: bool) -> list[dict]:
     from delta.tables import DeltaTable
-    row = DeltaTable.forPath(spark, cfg.table_path(table)).history(1).select(
-        "version", "operation", "operationMetrics").first()
-    return {"version": int(row["version"]), "operation": row["operation"],
-            "metrics": dict(row["operationMetrics"] or {})}
+    from pyspark.sql import functions as F
+    rows = (DeltaTable.forPath(spark, path).history()
+            .where((F.col("version") > since) & (F.col("version") <= until))
+            .select("version", "operation", "operationParameters", "operationMetrics", "userMetadata")
+            .collect())  # one small row per commit in the range
+    out = [{"version": int(r["version"]), "operation": r["operation"],
+            "operationParameters": dict(r["operationParameters"] or {}),
+            "operationMetrics": dict(r["operationMetrics"] or {}), "userMetadata": r["userMetadata"]}
+           for r in rows]
+    return sorted(out, key=lambda c: c["version"], reverse=newest_first)
+
+
+def commit_info(spark: SparkSession, cfg: Config, table: str, version: int | None = None) -> dict:
+    """One commit of ``table`` (default: the latest) as :func:`commits` describes it."""
+    v = _latest_version(spark, cfg.table_path(table)) if version is None else int(version)
+    return next(commits(spark, cfg, table, since=v - 1, until=v))
 
 
 def _journal_commit(spark: SparkSession, cfg: Config, table: str, before: int | None) -> None:
@@ -215,17 +300,15 @@ def recorded_metadata(spark: SparkSession, cfg: Config, table: str, tag: str, de
     JSON object holding ``tag`` (plus ``_version``: that commit's version), or None."""
     import json
 
-    from delta.tables import DeltaTable
-    from pyspark.sql import functions as F
     if not exists(spark, cfg, table):
         return None
-    rows = (DeltaTable.forPath(spark, cfg.table_path(table)).history(depth)
-            .where(F.col("userMetadata").startswith("{")).orderBy(F.desc("version"))
-            .select("version", "userMetadata").collect())  # at most ``depth`` small rows
-    for row in rows:
-        meta = json.loads(row["userMetadata"])
-        if tag in meta:
-            return {**meta[tag], "_version": int(row["version"])}
+    top = _latest_version(spark, cfg.table_path(table))
+    for c in commits(spark, cfg, table, since=max(-1, top - depth), until=top):
+        meta = c["userMetadata"]
+        if meta and meta.startswith("{"):
+            meta = json.loads(meta)
+            if tag in meta:
+                return {**meta[tag], "_version": c["version"]}
     return None
 
 

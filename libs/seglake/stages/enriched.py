@@ -216,12 +216,8 @@ def _silver_lost_rows(spark: SparkSession, cfg: Config, since: int, until: int) 
     the person's identifiers whichever customer they belong to), so it forces a full rebuild."""
     if until <= since:
         return None
-    from delta.tables import DeltaTable
-    rows = (DeltaTable.forPath(spark, cfg.table_path(SILVER_EVENTS)).history(until - since)
-            .where(F.col("version") > since)
-            .select("version", "operation", "operationParameters", "operationMetrics").collect())  # commits since
-    for r in sorted(rows, key=lambda r: r["version"]):
-        op, params, metrics = r["operation"], r["operationParameters"] or {}, r["operationMetrics"] or {}
+    for r in tables.commits(spark, cfg, SILVER_EVENTS, since=since, until=until, newest_first=False):
+        op, params, metrics = r["operation"], r["operationParameters"], r["operationMetrics"]
         changed = int(metrics.get("numTargetRowsDeleted") or 0) + int(metrics.get("numTargetRowsUpdated") or 0)
         if (op in ("DELETE", "UPDATE", "RESTORE", "TRUNCATE", "REPLACE TABLE", "CREATE OR REPLACE TABLE")
                 or (op in ("WRITE", "CREATE TABLE AS SELECT") and params.get("mode") == "Overwrite")
