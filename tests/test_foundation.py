@@ -39,6 +39,31 @@ def test_delta_write_update_history_and_time_travel(spark, cfg):
     assert old == {i: f"v{i}" for i in range(5)}
 
 
+def test_commits_read_from_the_log_equal_delta_history(spark, cfg):
+    """tables.commits reads the commit files itself; it must say what DESCRIBE HISTORY says."""
+    import json
+
+    from delta.tables import DeltaTable
+    df = spark.createDataFrame([(i, f"v{i}") for i in range(5)], "id INT, value STRING")
+    tables.append(df, cfg, "silver.log", partition_by=("id",))
+    tables.append(df.limit(0), cfg, "silver.log", user_metadata=json.dumps({"tag": {"n": 1}}))
+    tables.merge(spark, spark.createDataFrame([(9, "new"), (1, "dup")], "id INT, value STRING"),
+                 cfg, "silver.log", keys=["id"])
+    tables.overwrite(df.where("id > 2"), cfg, "silver.log", replace_where="id > 2")
+    DeltaTable.forPath(spark, cfg.table_path("silver.log")).delete("id = 0")
+    history = {r["version"]: r for r in DeltaTable.forPath(spark, cfg.table_path("silver.log")).history().collect()}
+    ours = list(tables.commits(spark, cfg, "silver.log"))
+    assert [c["version"] for c in ours] == sorted(history, reverse=True) == [4, 3, 2, 1, 0]
+    for c in ours:
+        h = history[c["version"]]
+        assert (c["operation"], c["operationParameters"], c["operationMetrics"], c["userMetadata"]) == \
+            (h["operation"], dict(h["operationParameters"]), dict(h["operationMetrics"] or {}), h["userMetadata"])
+    assert [c["version"] for c in tables.commits(spark, cfg, "silver.log", since=1, until=3, newest_first=False)] == [2, 3]
+    assert tables.last_commit(spark, cfg, "silver.log")["operation"] == "DELETE"
+    assert tables.recorded_metadata(spark, cfg, "silver.log", "tag") == {"n": 1, "_version": 1}
+    assert tables.commit_info(spark, cfg, "silver.log", 2)["operationMetrics"]["numTargetRowsInserted"] == "1"
+
+
 def test_merge_inserts_only_new_keys_and_is_idempotent(spark, cfg):
     first = spark.createDataFrame([("a", 1), ("b", 2)], "k STRING, v INT")
     tables.merge(spark, first, cfg, "silver.m", keys=["k"])
