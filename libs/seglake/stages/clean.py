@@ -185,7 +185,7 @@ def check_bronze_schema(bronze: DataFrame) -> None:
 
 
 def standardize(bronze: DataFrame, std: Standards, salt: str, max_ts: datetime,
-                consent_default: bool = False) -> DataFrame:
+                consent_default: bool = False, properties_as_text: bool = False) -> DataFrame:
     """Typed, canonical, PII-hashed records with a quarantine ``_reason`` (null = valid).
 
     Requires the bronze contract columns. Returns the silver columns (without
@@ -199,70 +199,91 @@ def standardize(bronze: DataFrame, std: Standards, salt: str, max_ts: datetime,
         salt: PII salt.
         max_ts: latest acceptable event_ts (naive UTC or aware), later is ``future_ts``.
         consent_default: consent value when the raw field is missing or unreadable.
+        properties_as_text: leave ``properties`` as its (trimmed) JSON text, for
+            :func:`to_silver` to parse. ``from_json`` has no generated code: in this
+            projection it switched Spark's whole-stage code generation off for every other
+            column too (about half of clean's CPU time); parsed later, on the deduplicated rows,
+            it does that only to a small projection.
     """
     check_bronze_schema(bronze)
+    # Step 1 parses every raw field once into a column of its own; step 2 decides the reason and
+    # step 3 builds the silver values from those columns. In one projection the reason's
+    # expression (parsed timestamp, numbers, type lookup) was evaluated again inside every
+    # conditional that used it (the reason itself, the quarantine struct, the event key): most
+    # of clean's CPU time. Spark keeps the steps apart because each column is used more than once.
     c = {name: _blank_to_null(F.col(name)) for name in RAW_FIELDS}
-    ts = parse_event_ts(F.col("event_ts"))
-    type_key = F.lower(c["event_type"])
-    event_type = F.try_element_at(_lit_map(std.event_type_map), type_key)
     price, bad_price = _number(F.col("price"))
     quantity_d, bad_qty = _number(F.col("quantity"))
     revenue, bad_rev = _number(F.col("revenue"))
     duration_ms, bad_dur = _number(F.col("duration_ms"))
     scroll, bad_scroll = _number(F.col("scroll_depth"))
-    no_ids = F.coalesce(*[c[n] for n in IDENTIFIER_FIELDS]).isNull()
+    parsed = bronze.select(
+        *[F.col(n) for n in bronze.columns],
+        *[c[n].alias(f"_c_{n}") for n in RAW_FIELDS],
+        parse_event_ts(F.col("event_ts")).alias("_p_ts"),
+        F.try_element_at(_lit_map(std.event_type_map), F.lower(c["event_type"])).alias("_p_type"),
+        price.alias("_p_price"), quantity_d.alias("_p_qty"), revenue.alias("_p_rev"),
+        duration_ms.alias("_p_dur"), scroll.alias("_p_scroll"),
+        (bad_price | bad_qty | bad_rev | bad_dur | bad_scroll).alias("_p_bad_number"),
+        F.coalesce(*[c[n] for n in IDENTIFIER_FIELDS]).isNull().alias("_p_no_ids"),
+    )
+    p = {name: F.col(f"_c_{name}") for name in RAW_FIELDS}
+    ts, event_type = F.col("_p_ts"), F.col("_p_type")
+    price, quantity_d, revenue = F.col("_p_price"), F.col("_p_qty"), F.col("_p_rev")
+    duration_ms, scroll = F.col("_p_dur"), F.col("_p_scroll")
     max_ts_lit = F.lit(max_ts.astimezone(timezone.utc).replace(tzinfo=None)
                        if max_ts.tzinfo else max_ts).cast("timestamp")
 
     reason = (
         F.when(F.col("_malformed") & (F.col("_format") == "json"), F.lit("broken_json"))
         .when(F.col("_malformed"), F.lit("unparseable_record"))
-        .when(no_ids, F.lit("missing_identifiers"))
+        .when(F.col("_p_no_ids"), F.lit("missing_identifiers"))
         .when(ts.isNull(), F.lit("unparseable_ts"))
         .when(ts > max_ts_lit, F.lit("future_ts"))
         .when(event_type.isNull(), F.lit("unknown_event_type"))
         .when(price < 0, F.lit("negative_price"))
-        .when(bad_price | bad_qty | bad_rev | bad_dur | bad_scroll, F.lit("invalid_number"))
+        .when(F.col("_p_bad_number"), F.lit("invalid_number"))
         .when((quantity_d < 0) | (revenue < 0) | (duration_ms < 0) | (scroll < 0) | (scroll > 100)
               | (F.abs(quantity_d) > 2e9), F.lit("out_of_range"))
     )
+    parsed = parsed.withColumn("_reason", reason)
 
-    device_key = F.lower(c["device_type"])
+    device_key = F.lower(p["device_type"])
     device = (F.when(device_key.isNull(), F.lit("unknown"))
               .otherwise(F.coalesce(F.try_element_at(_lit_map(std.device_types), device_key), F.lit("other"))))
-    source_key = F.lower(c["source"])
+    source_key = F.lower(p["source"])
     source = F.when(source_key.isNotNull(),
                     F.coalesce(F.try_element_at(_lit_map(std.sources), source_key), F.lit("other")))
-    channel_key = F.lower(c["channel"])
+    channel_key = F.lower(p["channel"])
     channel = F.coalesce(F.try_element_at(_lit_map(std.channels), channel_key), channel_key)
-    currency = F.upper(c["currency"])
+    currency = F.upper(p["currency"])
     fx = F.try_element_at(_lit_map(std.fx_to_usd), currency)
 
     device_hash = pii.hash_identifier(F.col("device_id"), salt)
     email_hash = pii.hash_identifier(F.col("email"), salt)
     phone_hash = pii.hash_identifier(F.col("phone"), salt)
 
-    typed = bronze.select(
-        c["event_id"].alias("event_id"), c["user_id"].alias("user_id"),
-        c["anonymous_id"].alias("anonymous_id"), device_hash.alias("device_id"),
+    typed = parsed.select(
+        p["event_id"].alias("event_id"), p["user_id"].alias("user_id"),
+        p["anonymous_id"].alias("anonymous_id"), device_hash.alias("device_id"),
         email_hash.alias("email_hash"), phone_hash.alias("phone_hash"),
         event_type.alias("event_type"), ts.alias("event_ts"),
-        source.alias("source"), c["session_id"].alias("session_id"), c["page_url"].alias("page_url"),
-        c["product_id"].alias("product_id"), c["category"].alias("category"),
+        source.alias("source"), p["session_id"].alias("session_id"), p["page_url"].alias("page_url"),
+        p["product_id"].alias("product_id"), p["category"].alias("category"),
         price.alias("price"),
         F.when(F.abs(quantity_d) <= 2e9, quantity_d.cast("int")).alias("quantity"),
         revenue.alias("revenue"), currency.alias("currency"),
         (revenue * fx).alias("revenue_usd"), device.alias("device_type"),
-        c["utm_source"].alias("utm_source"), c["utm_medium"].alias("utm_medium"),
-        c["utm_campaign"].alias("utm_campaign"), channel.alias("channel"),
+        p["utm_source"].alias("utm_source"), p["utm_medium"].alias("utm_medium"),
+        p["utm_campaign"].alias("utm_campaign"), channel.alias("channel"),
         (duration_ms / 1000.0).alias("duration_s"), (scroll / 100.0).alias("scroll_depth"),
         parse_consent(F.col("consent"), consent_default).alias("consent"),
-        F.from_json(c["properties"], "map<string,string>").alias("properties"),
+        (p["properties"] if properties_as_text else parse_properties(p["properties"])).alias("properties"),
         F.col("_ingested_at"), F.col("_batch_id"), F.col("_source_file"), F.col("_raw").alias("_raw_line"),
-        reason.alias("_reason"),
+        F.col("_reason"),
         # the original row only where it is rejected: valid rows (nearly all) do not carry a
         # second copy of every raw column through the persisted batch
-        F.when(reason.isNotNull(), F.struct(*[F.col(n) for n in bronze.columns])).alias("_bronze"),
+        F.when(F.col("_reason").isNotNull(), F.struct(*[F.col(n) for n in bronze.columns])).alias("_bronze"),
     )
     key = F.coalesce(F.col("event_id"), derived_event_key(
         F.col("user_id"), F.col("anonymous_id"), F.col("device_id"), F.col("email_hash"),
@@ -336,8 +357,16 @@ def impute_duration(events: DataFrame, medians: DataFrame) -> DataFrame:
             .withColumn("duration_s", filled).drop("_m_td", "_m_t", "_m_g"))
 
 
+def parse_properties(text: Column) -> Column:
+    """The properties JSON object as ``map<string,string>`` (null when it is not one)."""
+    return F.from_json(text, "map<string,string>")
+
+
 def to_silver(events: DataFrame, run_id: str) -> DataFrame:
-    """Select the silver.events columns in contract order, adding ``_run_id``."""
+    """Select the silver.events columns in contract order, adding ``_run_id`` (and parsing
+    ``properties`` when :func:`standardize` left it as text)."""
+    if dict(events.dtypes)["properties"] == "string":
+        events = events.withColumn("properties", parse_properties(F.col("properties")))
     return events.withColumn("_run_id", F.lit(run_id)).select(*SILVER_COLUMNS)
 
 
@@ -386,7 +415,7 @@ def _run(ctx: JobContext, started: datetime) -> dict:
 
     max_ts = started + timedelta(minutes=float(cfg.get("clean.max_future_skew_minutes")))
     standardized = standardize(bronze.where(F.col("_batch_id").isin(batch_ids)), std, salt, max_ts,
-                               bool(cfg.get("clean.consent_default", False)))
+                               bool(cfg.get("clean.consent_default", False)), properties_as_text=True)
     standardized = persist_events(standardized)
     try:
         return _write(ctx, started, standardized, batch_ids, max_ts, decimals)
