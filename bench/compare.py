@@ -42,6 +42,20 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def _settle(below: float, max_wait: float, what: str) -> float:
+    """Wait (at most ``max_wait`` s) until the 1-minute load average is under ``below``, so a timed
+    side does not start in the wake of the untimed data generation or of the other side; returns
+    the seconds waited (recorded with the result). ``below`` <= 0 disables the wait."""
+    import time
+
+    start = time.monotonic()
+    while below > 0 and os.getloadavg()[0] >= below and time.monotonic() - start < max_wait:
+        print(f"[{what}] waiting for the 1-minute load {os.getloadavg()[0]:.2f} to drop under {below} ...",
+              flush=True)
+        time.sleep(max(0.0, min(15.0, max_wait - (time.monotonic() - start))))
+    return round(time.monotonic() - start, 1)
+
+
 def run_seglake(spark, cfg) -> tuple[dict, dict, dict]:
     """Every stage once, timed; returns (seconds per stage, summaries per job, the as-of)."""
     from seglake.core.context import JobContext
@@ -157,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--driver-memory", default="6g")
     parser.add_argument("--threads", type=int, default=2, help="DuckDB threads (default 2 = Spark's local[2])")
     parser.add_argument("--label", default="", help="suffix of the result file, e.g. 'before'")
+    parser.add_argument("--settle-load", type=float, default=1.5,
+                        help="before each timed side, wait until the 1-minute load is under this (0 = no wait)")
+    parser.add_argument("--settle-max", type=float, default=300, help="wait at most this many seconds")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -185,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(lake, ignore_errors=True)
     cfg = config_for(lake, data)
 
+    waited = {"seglake": _settle(args.settle_load, args.settle_max, "seglake")}
     load_seglake = _load()
     started = datetime.now(timezone.utc)
     seglake_s, summaries, meta = run_seglake(spark, cfg)
@@ -197,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         tables.read(spark, cfg, table).write.mode("overwrite").parquet(str(target))
 
     max_ts = started + timedelta(minutes=float(cfg.get("clean.max_future_skew_minutes")))
+    waited["duckdb"] = _settle(args.settle_load, args.settle_max, "duckdb")
     load_duckdb = _load()
     duck_s, theirs = run_duckdb(cfg, data, workdir, as_of, args.threads, max_ts)
     load_duckdb_after = _load()
@@ -214,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         "duckdb_counts": {k: {kk: vv for kk, vv in v.items() if kk != "first_order"} for k, v in theirs.items()},
         "duckdb_threads": args.threads,
         "load_average": {"seglake_before": load_seglake, "seglake_after": load_seglake_after,
-                         "duckdb_before": load_duckdb, "duckdb_after": load_duckdb_after},
+                         "duckdb_before": load_duckdb, "duckdb_after": load_duckdb_after,
+                         "settle_below": args.settle_load, "waited_s": waited},
         "machine": machine_info(spark),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
