@@ -160,3 +160,18 @@ def test_readers_refresh_a_stale_table(spark, two_deliveries):
     ev = enriched.read(spark, cfg, event_types=("purchase",), columns=("event_type",))
     assert ev.columns == ["customer_id", "event_type"]
     assert {r[0] for r in ev.select("event_type").distinct().collect()} == {"purchase"}
+
+
+def test_silver_commits_missing_from_the_log_force_a_full_rebuild(spark, cfg, monkeypatch):
+    """A silver.events commit no longer in the Delta log (log retention) may have deleted rows:
+    the refresh cannot know, so it rebuilds."""
+    ops = {1: "WRITE", 2: "MERGE", 4: "MERGE"}   # version 3 is gone
+
+    def commits(spark_, cfg_, table, since=-1, until=None, newest_first=True):
+        for v in sorted(ops, reverse=newest_first):
+            if since < v <= until:
+                yield {"version": v, "operation": ops[v], "operationParameters": {"mode": "Append"},
+                       "operationMetrics": {"numTargetRowsInserted": "5"}, "userMetadata": None}
+    monkeypatch.setattr(tables, "commits", commits)
+    assert enriched._silver_lost_rows(spark, cfg, since=0, until=2) is None
+    assert "3..3 are no longer in the Delta log" in enriched._silver_lost_rows(spark, cfg, since=0, until=4)

@@ -64,6 +64,28 @@ def test_commits_read_from_the_log_equal_delta_history(spark, cfg):
     assert tables.commit_info(spark, cfg, "silver.log", 2)["operationMetrics"]["numTargetRowsInserted"] == "1"
 
 
+def test_commits_fall_back_to_history_without_duplicates_or_gaps(spark, cfg, monkeypatch):
+    """Where a commit file cannot be read (Spark Connect has no JVM gateway; log retention
+    removed old files) the rest comes from DESCRIBE HISTORY, by version: nothing twice."""
+    df = spark.createDataFrame([(1, "a")], "id INT, value STRING")
+    for _ in range(4):
+        tables.append(df, cfg, "silver.fb")
+    real = tables._read_commit_file
+
+    def no_file_below_2(spark_, path, version):   # versions 0 and 1 are "gone" from the log
+        return real(spark_, path, version) if version >= 2 else None
+    monkeypatch.setattr(tables, "_read_commit_file", no_file_below_2)
+    assert [c["version"] for c in tables.commits(spark, cfg, "silver.fb")] == [3, 2, 1, 0]
+    assert [c["version"] for c in tables.commits(spark, cfg, "silver.fb", newest_first=False)] == [0, 1, 2, 3]
+
+    def connect(*_):
+        raise AttributeError("'SparkSession' object has no attribute '_jvm'")
+    monkeypatch.setattr(tables, "_read_commit_file", connect)
+    got = list(tables.commits(spark, cfg, "silver.fb", since=0))
+    assert [(c["version"], c["operation"], c["operationMetrics"]["numOutputRows"]) for c in got] == \
+        [(3, "WRITE", "1"), (2, "WRITE", "1"), (1, "WRITE", "1")]
+
+
 def test_merge_inserts_only_new_keys_and_is_idempotent(spark, cfg):
     first = spark.createDataFrame([("a", 1), ("b", 2)], "k STRING, v INT")
     tables.merge(spark, first, cfg, "silver.m", keys=["k"])

@@ -60,15 +60,21 @@ def _jvm_delta_log(spark: SparkSession, path: str):
     return spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
 
 
+#: what a JVM call raises where the driver has no py4j gateway to Delta's internals (Spark
+#: Connect: AttributeError on ``spark._jvm``) or a locked-down one refuses the class (Py4JError)
+def _jvm_errors() -> tuple[type[BaseException], ...]:
+    from py4j.protocol import Py4JError
+    return (Py4JError, AttributeError)
+
+
 def _latest_version(spark: SparkSession, path: str) -> int:
     """The table's newest version from its Delta log (the snapshot Delta itself would read:
     one log listing on the driver, no Spark job)."""
-    from py4j.protocol import Py4JError
-    jvm = spark._jvm
     try:
+        jvm = spark._jvm
         none = getattr(getattr(jvm.scala, "None$"), "MODULE$")
         return int(_jvm_delta_log(spark, path).update(False, none, none).version())
-    except Py4JError:  # another Delta release's internals: the public (slower) way
+    except _jvm_errors():  # Spark Connect, another Delta release: the public (slower) way
         from delta.tables import DeltaTable
         return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
 
@@ -101,26 +107,37 @@ def commits(spark: SparkSession, cfg: Config, table: str, since: int = -1, until
     shows them: values are strings).
 
     Read from the commit files of the Delta log on the driver, one small file per commit and
-    lazily, without the Spark job (and snapshot) a ``DeltaTable.history()`` call costs; falls
-    back to ``history()`` where the log is not readable this way (e.g. commit files already
-    cleaned up by log retention)."""
+    lazily, without the Spark job (and snapshot) a ``DeltaTable.history()`` call costs. Where
+    that is not possible (Spark Connect, a commit file not there: not yet backfilled, or removed
+    by log retention) the rest comes from ``history()``; a commit that neither has (log
+    retention) is simply absent — callers that need every version check the versions they got.
+    """
     path = cfg.table_path(table)
     top = _latest_version(spark, path) if until is None else int(until)
     versions = range(top, since, -1) if newest_first else range(since + 1, top + 1)
-    for done, v in enumerate(versions):
-        info = _read_commit_file(spark, path, v)
+    last = None
+    for v in versions:
+        try:
+            info = _read_commit_file(spark, path, v)
+        except _jvm_errors():
+            info = None
         if info is None:
-            yield from _history_commits(spark, path, since, top, newest_first)[done:]
+            rest = _history_commits(spark, path, since, top, newest_first)
+            if last is not None:   # the versions not yielded yet, by version (not by position)
+                rest = [c for c in rest if (c["version"] < last if newest_first else c["version"] > last)]
+            yield from rest
             return
+        last = v
         yield {"version": v, "operation": info.get("operation"),
                "operationParameters": {k: _as_text(x) for k, x in (info.get("operationParameters") or {}).items()},
                "operationMetrics": dict(info.get("operationMetrics") or {}),
                "userMetadata": info.get("userMetadata")}
 
 
-def _as_text(value) -> str:
+def _as_text(value) -> str | None:
+    """A commitInfo operation parameter as DESCRIBE HISTORY shows it (JSON text; null stays null)."""
     import json
-    return value if isinstance(value, str) else json.dumps(value)
+    return value if value is None or isinstance(value, str) else json.dumps(value)
 
 
 def _history_commits(spark: SparkSession, path: str, since: int, until: int, newest_first: bool) -> list[dict]:
@@ -295,15 +312,17 @@ def overwrite(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str
     _journal_commit(df.sparkSession, cfg, table, before)
 
 
-def recorded_metadata(spark: SparkSession, cfg: Config, table: str, tag: str, depth: int = 50) -> dict | None:
-    """``json[tag]`` of the newest of the table's last ``depth`` commits whose userMetadata is a
-    JSON object holding ``tag`` (plus ``_version``: that commit's version), or None."""
+def recorded_metadata(spark: SparkSession, cfg: Config, table: str, tag: str, depth: int = 50,
+                      since: int = -1) -> dict | None:
+    """``json[tag]`` of the newest of the table's last ``depth`` commits (and newer than version
+    ``since``) whose userMetadata is a JSON object holding ``tag`` (plus ``_version``: that
+    commit's version), or None."""
     import json
 
     if not exists(spark, cfg, table):
         return None
     top = _latest_version(spark, cfg.table_path(table))
-    for c in commits(spark, cfg, table, since=max(-1, top - depth), until=top):
+    for c in commits(spark, cfg, table, since=max(-1, top - depth, since), until=top):
         meta = c["userMetadata"]
         if meta and meta.startswith("{"):
             meta = json.loads(meta)

@@ -199,18 +199,13 @@ def standardize(bronze: DataFrame, std: Standards, salt: str, max_ts: datetime,
         salt: PII salt.
         max_ts: latest acceptable event_ts (naive UTC or aware), later is ``future_ts``.
         consent_default: consent value when the raw field is missing or unreadable.
-        properties_as_text: leave ``properties`` as its (trimmed) JSON text, for
-            :func:`to_silver` to parse. ``from_json`` has no generated code: in this
-            projection it switched Spark's whole-stage code generation off for every other
-            column too (about half of clean's CPU time); parsed later, on the deduplicated rows,
-            it does that only to a small projection.
+        properties_as_text: leave ``properties`` as JSON text for :func:`to_silver` to parse:
+            ``from_json`` has no generated code, and here it switched whole-stage code
+            generation off for this whole projection (about half of clean's CPU time).
     """
     check_bronze_schema(bronze)
-    # Step 1 parses every raw field once into a column of its own; step 2 decides the reason and
-    # step 3 builds the silver values from those columns. In one projection the reason's
-    # expression (parsed timestamp, numbers, type lookup) was evaluated again inside every
-    # conditional that used it (the reason itself, the quarantine struct, the event key): most
-    # of clean's CPU time. Spark keeps the steps apart because each column is used more than once.
+    # Each raw field is parsed once into a column of its own (step 1); the reason (2) and the silver
+    # values, quarantine struct and event key (3) reuse those columns instead of re-evaluating them.
     c = {name: _blank_to_null(F.col(name)) for name in RAW_FIELDS}
     price, bad_price = _number(F.col("price"))
     quantity_d, bad_qty = _number(F.col("quantity"))

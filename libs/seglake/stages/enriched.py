@@ -216,19 +216,24 @@ def _silver_lost_rows(spark: SparkSession, cfg: Config, since: int, until: int) 
     the person's identifiers whichever customer they belong to), so it forces a full rebuild."""
     if until <= since:
         return None
+    seen = set()
     for r in tables.commits(spark, cfg, SILVER_EVENTS, since=since, until=until, newest_first=False):
+        seen.add(r["version"])
         op, params, metrics = r["operation"], r["operationParameters"], r["operationMetrics"]
         changed = int(metrics.get("numTargetRowsDeleted") or 0) + int(metrics.get("numTargetRowsUpdated") or 0)
         if (op in ("DELETE", "UPDATE", "RESTORE", "TRUNCATE", "REPLACE TABLE", "CREATE OR REPLACE TABLE")
                 or (op in ("WRITE", "CREATE TABLE AS SELECT") and params.get("mode") == "Overwrite")
                 or (op == "MERGE" and changed)):
             return f"silver.events v{r['version']} ({op}) removed or changed rows"
+    missing = sorted(set(range(since + 1, until + 1)) - seen)
+    if missing:   # commits gone from the log (retention): what they did is unknown
+        return f"silver.events commits {missing[0]}..{missing[-1]} are no longer in the Delta log"
     return None
 
 
 def _pending_delete(spark: SparkSession, cfg: Config, state_version: int) -> bool:
     """True when a refresh deleted customers after the recorded state and did not finish."""
-    pending = tables.recorded_metadata(spark, cfg, ENRICHED_EVENTS, _PENDING)
+    pending = tables.recorded_metadata(spark, cfg, ENRICHED_EVENTS, _PENDING, since=state_version)
     return pending is not None and pending["_version"] > state_version
 
 
