@@ -146,7 +146,7 @@ def _history_commits(spark: SparkSession, path: str, since: int, until: int, new
     rows = (DeltaTable.forPath(spark, path).history()
             .where((F.col("version") > since) & (F.col("version") <= until))
             .select("version", "operation", "operationParameters", "operationMetrics", "userMetadata")
-            .collect())  # one small row per commit in the range
+            .collect())  # one small row per commit of the table (grows with runs, not with events)
     out = [{"version": int(r["version"]), "operation": r["operation"],
             "operationParameters": dict(r["operationParameters"] or {}),
             "operationMetrics": dict(r["operationMetrics"] or {}), "userMetadata": r["userMetadata"]}
@@ -223,7 +223,7 @@ def read(spark: SparkSession, cfg: Config, table: str, version: int | None = Non
     journal = _journal.get()
     if journal is not None and table not in journal.reads and table not in journal.commits:
         if version is None:  # pin the version, so the recorded input is exactly what the job read
-            version = last_commit(spark, cfg, table)["version"]
+            version = _latest_version(spark, cfg.table_path(table))
         journal.reads[table] = version
     if version is not None:
         reader = reader.option("versionAsOf", version)
@@ -232,7 +232,7 @@ def read(spark: SparkSession, cfg: Config, table: str, version: int | None = Non
 
 def version(spark: SparkSession, cfg: Config, table: str) -> int | None:
     """Current Delta version of a table, or None when it does not exist."""
-    return last_commit(spark, cfg, table)["version"] if exists(spark, cfg, table) else None
+    return _latest_version(spark, cfg.table_path(table)) if exists(spark, cfg, table) else None
 
 
 #: Columns that identify a person. Delta keeps min/max statistics of indexed columns in
