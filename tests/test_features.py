@@ -224,6 +224,9 @@ def test_features_job_backfill_is_idempotent(spark, cfg):
     assert scaling.filter(F.col("as_of_date") == F.lit(AS_OF)).count() == len(FeatureParams.from_config(cfg).model_inputs)
     rm = tables.read(spark, cfg, "gold.retention_matrix").filter(F.col("as_of_date") == F.lit(AS_OF))
     assert rm.filter("period = 0").agg(F.min("active_share")).first()[0] == 1.0
+    # one as_of (no disk cache of the events): the summary's cell count is the table's
+    s3 = features.run(JobContext(spark, cfg, run_id="f3", as_of=AS_OF))
+    assert s3["customers"] == 3 and s3["retention_cells"] == rm.count() > 0
 
 
 @pytest.mark.slow

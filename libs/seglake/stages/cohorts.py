@@ -73,8 +73,12 @@ def write_retention(spark, cfg, events: DataFrame, as_of: date) -> int:
     from seglake.core import tables
     fcfg = cfg["features"]
     rm = retention_matrix(events, as_of, fcfg["retention_granularity"], int(fcfg["retention_periods"]))
+    before = tables.version(spark, cfg, "gold.retention_matrix")
     tables.overwrite(rm, cfg, "gold.retention_matrix", partition_by=["as_of_date"],
                      replace_where=f"as_of_date = '{as_of.isoformat()}'")
-    return tables.read(spark, cfg, "gold.retention_matrix").filter(F.col("as_of_date") == F.lit(as_of)).count()
+    commit = tables.last_commit(spark, cfg, "gold.retention_matrix")
+    # the rows of that as_of are exactly the rows this commit wrote (its Delta metrics; no read
+    # back); no new commit (Delta skips an empty one) means there were none
+    return tables.rows_written(commit) if commit["version"] != before else 0
 
 

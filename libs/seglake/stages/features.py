@@ -314,7 +314,10 @@ def run(ctx) -> dict:
     sev = enriched.read(spark, cfg, end=max(dates), columns=(
         "session_key", "event_type", "event_ts", "source", "device_type", "revenue_usd", "scroll_depth",
         "duration_s", "properties"))
-    sev = persist_events(sev)  # reused by every as_of of a backfill and by the retention matrix
+    if len(dates) > 1:  # a backfill reads the events once per as_of: keep them on local disk
+        sev = persist_events(sev)
+    # one as_of: the features and the retention matrix scan the (columnar) table directly, which
+    # costs less than writing every event to the disk cache first and reading it back twice
     out: dict = {}
     try:
         for d in dates:

@@ -126,7 +126,8 @@ def run(ctx: JobContext) -> dict:
                                  f"({counts['pos']} positives of {counts['n']}): need more history or customers")
             candidates = []
             gbt_model, cv_info = tune_gbt(train, inputs, seed, pc["grid_max_depth"], pc["grid_max_iter"],
-                                          int(pc["cv_folds"]), int(pc["cv_parallelism"]))
+                                          int(pc["cv_folds"]), int(pc["cv_parallelism"]), str(pc["tuning"]),
+                                          float(pc["holdout_train_ratio"]))
             lr_model = lr_pipeline(inputs).fit(train)
             for kind, model, info in (("gbt", gbt_model, cv_info), ("logistic_regression", lr_model, {})):
                 scored = score(model, held).cache()

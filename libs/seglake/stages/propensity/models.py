@@ -1,9 +1,9 @@
 """Propensity models: the GBT and logistic-regression pipelines, their tuning and evaluation.
 
 :func:`gbt_pipeline` and :func:`lr_pipeline` build Spark ML pipelines over the raw inputs of
-:func:`input_features` (nulls filled by :func:`_fill_stage`), :func:`tune_gbt` cross-validates
-the GBT grid, and :func:`evaluate`, :func:`calibration` and :func:`feature_importances` measure
-a model on held-out rows; :class:`Candidate` carries one trained model and its metrics.
+:func:`input_features` (nulls filled by :func:`_fill_stage`), :func:`tune_gbt` tunes the GBT grid
+(one holdout split or k-fold cross-validation), and :func:`evaluate`, :func:`calibration` and
+:func:`feature_importances` measure a model on held-out rows; :class:`Candidate` carries one trained model and its metrics.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pyspark.ml.classification import GBTClassifier, LogisticRegression
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.ml.feature import QuantileDiscretizer, SQLTransformer, StandardScaler, VectorAssembler
 from pyspark.ml.functions import vector_to_array
-from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
+from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationSplit
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -53,21 +53,48 @@ def lr_pipeline(input_cols: Sequence[str], fill_value: float = -1.0, reg_param: 
     return Pipeline(stages=[_fill_stage(input_cols, fill_value), assembler, scaler, lr])
 
 
+TUNING_METHODS = ("holdout", "cv")
+
+
 def tune_gbt(train: DataFrame, input_cols: Sequence[str], seed: int, max_depths: Sequence[int],
-             max_iters: Sequence[int], folds: int, parallelism: int = 1) -> tuple[PipelineModel, dict]:
-    """Cross-validated GBT over the (maxDepth x maxIter) grid; (best pipeline model, cv info)."""
+             max_iters: Sequence[int], folds: int = 3, parallelism: int = 1, method: str = "cv",
+             train_ratio: float = 0.75) -> tuple[PipelineModel, dict]:
+    """The GBT of the best (maxDepth x maxIter) grid point, refitted on all of ``train``; (model, tuning info).
+
+    ``method="cv"``: k-fold CrossValidator (folds x grid + 1 fits); ``"holdout"``: one random
+    train/validation split (TrainValidationSplit, ``train_ratio`` to fit; grid + 1 fits). A grid
+    of one point is fitted once, without tuning. Both score AUC-ROC on the left-out rows;
+    ties go to the earlier grid point (depth, then iterations, in the order given).
+    """
+    if method not in TUNING_METHODS:
+        raise ValueError(f"propensity.tuning must be one of {', '.join(TUNING_METHODS)}, got {method!r}")
     pipeline, gbt = gbt_pipeline(input_cols, seed)
     grid = (ParamGridBuilder().addGrid(gbt.maxDepth, [int(d) for d in max_depths])
             .addGrid(gbt.maxIter, [int(i) for i in max_iters]).build())
-    cv = CrossValidator(estimator=pipeline, estimatorParamMaps=grid, numFolds=folds, seed=seed,
-                        evaluator=BinaryClassificationEvaluator(labelCol=LABEL_COL, metricName="areaUnderROC"),
-                        parallelism=parallelism)
-    model = cv.fit(train)
-    best_i = max(range(len(grid)), key=lambda i: model.avgMetrics[i])
-    best = {p.name: v for p, v in grid[best_i].items()}
-    info = {"cv_best_" + k: v for k, v in best.items()}
-    info["cv_best_auc_roc"] = float(model.avgMetrics[best_i])
-    return model.bestModel, info
+    if not grid:
+        raise ValueError("propensity.grid_max_depth and grid_max_iter need at least one value each")
+    if len(grid) == 1:  # nothing to choose: tuning would only fit more models with the same parameters
+        model = pipeline.fit(train, grid[0])
+        return model, {"tuning": "none (one grid point)",
+                       **{"tuned_best_" + p.name: v for p, v in grid[0].items()}}
+    evaluator = BinaryClassificationEvaluator(labelCol=LABEL_COL, metricName="areaUnderROC")
+    if method == "cv":
+        if folds < 2:
+            raise ValueError(f"propensity.cv_folds must be >= 2, got {folds}")
+        tuner = CrossValidator(estimator=pipeline, estimatorParamMaps=grid, numFolds=folds, seed=seed,
+                               evaluator=evaluator, parallelism=parallelism)
+    else:
+        if not 0.0 < train_ratio < 1.0:
+            raise ValueError(f"propensity.holdout_train_ratio must be in (0, 1), got {train_ratio}")
+        tuner = TrainValidationSplit(estimator=pipeline, estimatorParamMaps=grid, trainRatio=train_ratio,
+                                     seed=seed, evaluator=evaluator, parallelism=parallelism)
+    fitted = tuner.fit(train)
+    scores = fitted.avgMetrics if method == "cv" else fitted.validationMetrics
+    best_i = max(range(len(grid)), key=lambda i: (scores[i], -i))
+    info = {"tuning": f"{folds}-fold cv" if method == "cv" else f"holdout (train ratio {train_ratio})"}
+    info.update({"tuned_best_" + p.name: v for p, v in grid[best_i].items()})
+    info["tuned_best_auc_roc"] = float(scores[best_i])
+    return fitted.bestModel, info
 
 
 def with_probability(predictions: DataFrame) -> DataFrame:
