@@ -23,6 +23,8 @@ EXTRAS_REQUIRE = {
         "chispa>=0.11,<1",
         "scikit-learn>=1.5,<2",
         "scipy>=1.13,<2",
+        # tests/test_s3.py: a real S3 API server (moto's server mode) for the s3a:// pipeline run
+        "moto[server]==5.2.5",
     ],
     # benchmarks only: DuckDB is the in-process reference engine of bench/compare.py
     "bench": [

@@ -36,6 +36,20 @@ class JarResolutionError(RuntimeError):
     """Raised when the JVM dependencies cannot be resolved or found."""
 
 
+def coordinates(extra=()) -> tuple[str, ...]:
+    """:data:`COORDINATES` plus ``extra`` (``spark.extra_packages``, e.g. hadoop-aws for ``s3a://``).
+
+    Raises:
+        ValueError: an entry is not ``group:artifact:version``.
+    """
+    extra = tuple(str(c).strip() for c in (extra or ()))
+    bad = [c for c in extra if len(c.split(":")) != 3 or not all(c.split(":"))]
+    if bad:
+        raise ValueError(f"spark.extra_packages: {', '.join(map(repr, bad))} is not a Maven coordinate "
+                         "group:artifact:version (e.g. org.apache.hadoop:hadoop-aws:3.4.2)")
+    return COORDINATES + tuple(c for c in dict.fromkeys(extra) if c not in COORDINATES)
+
+
 def packages_arg(coordinates: tuple[str, ...] = COORDINATES) -> str:
     """The value for ``spark-submit --packages``."""
     return ",".join(coordinates)
