@@ -71,7 +71,7 @@ class _Pipeline:
 
         self.root = root
         self.gen_dir = root / "lakehouse" / "_input"
-        # propensity's default grid (3 folds x 2 depths, two models) is the demo's slowest
+        # propensity's default grid (a holdout split, 2 depths, two targets) is the demo's slowest
         # stage; the e2e tests check its outputs, not its tuning, so they use a 1-point grid
         self.cfg = make_cfg(root / "lakehouse", propensity=E2E_PROPENSITY)
         self.ctx = JobContext(spark, self.cfg)

@@ -20,6 +20,15 @@ def test_jars_are_cached_and_used_by_the_session(spark):
     assert jvm.packages_arg() == f"io.delta:delta-spark_4.1_2.13:{jvm.DELTA_VERSION}"
 
 
+def test_extra_packages_join_the_coordinates_and_bad_ones_are_named():
+    aws = "org.apache.hadoop:hadoop-aws:3.4.2"
+    assert jvm.coordinates([aws, aws]) == jvm.COORDINATES + (aws,)
+    assert jvm.coordinates(None) == jvm.coordinates([]) == jvm.COORDINATES
+    assert jvm.jar_dir(jvm.coordinates([aws])) != jvm.jar_dir()   # its own cache folder
+    with pytest.raises(ValueError, match=r"spark.extra_packages: 'hadoop-aws' is not a Maven coordinate"):
+        jvm.coordinates(["hadoop-aws"])
+
+
 def test_python_delta_matches_jar_version():
     from importlib.metadata import version
     assert version("delta-spark") == jvm.DELTA_VERSION
