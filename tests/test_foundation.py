@@ -25,7 +25,7 @@ def test_extra_packages_join_the_coordinates_and_bad_ones_are_named():
     assert jvm.coordinates([aws, aws]) == jvm.COORDINATES + (aws,)
     assert jvm.coordinates(None) == jvm.coordinates([]) == jvm.COORDINATES
     assert jvm.jar_dir(jvm.coordinates([aws])) != jvm.jar_dir()   # its own cache folder
-    with pytest.raises(ValueError, match=r"spark.extra_packages: 'hadoop-aws' is not a Maven coordinate"):
+    with pytest.raises(ValueError, match=r"spark.extra_packages: .hadoop-aws. is not a Maven coordinate"):
         jvm.coordinates(["hadoop-aws"])
 
 
@@ -133,6 +133,17 @@ def test_cli_bad_config_exits_2_with_one_sentence(tmp_path, capsys):
     assert code == EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert err.startswith("configuration error:") and "spark.shuffle_partitions" in err and "local.yaml" in err
+
+
+def test_setup_with_a_bad_extra_package_exits_2_naming_it(tmp_path, capsys):
+    from pathlib import Path
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "base.yaml").write_text((Path(__file__).resolve().parents[1] / "conf" / "base.yaml").read_text())
+    (conf / "local.yaml").write_text("spark:\n  extra_packages: [hadoop-aws]\n")
+    assert main(["setup", "--conf-dir", str(conf)]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("configuration error: spark.extra_packages: 'hadoop-aws' is not a Maven coordinate")
 
 
 def test_console_script_is_installed():

@@ -66,12 +66,13 @@ def s3(tmp_path_factory):
         client.create_bucket(Bucket=BUCKET)
         yield endpoint, client
     finally:
-        os.kill(proc.pid, signal.SIGTERM)   # exactly the process started here
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc.poll() is None:             # exactly the process started here, if still running
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         log.close()
 
 

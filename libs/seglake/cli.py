@@ -101,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(report)
     report.add_argument("--out", default=None, help="report file (default <lakehouse>/report/index.html)")
 
-    setup = verbs.add_parser("setup", help="download and cache the JVM jars (Maven) once")
+    setup = verbs.add_parser("setup", help="download and cache the JVM jars (Maven) once",
+                             description="Resolve the Delta jars and the configured spark.extra_packages "
+                                         "into the local jar cache (once; later runs need no network).")
+    setup.add_argument("--env", choices=ENVIRONMENTS, default="local")
+    setup.add_argument("--conf-dir", default=None, help="configuration folder (default: ./conf)")
     setup.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -217,8 +221,10 @@ def cmd_report(args) -> int:
 
 def cmd_setup(args) -> int:
     from seglake.core import jvm
-    jars = jvm.ensure_jars()
-    print(f"{len(jars)} jars cached in {jvm.jar_dir()}; cluster users pass --packages {jvm.packages_arg()}")
+    coords = jvm.coordinates(_config(args).get("spark.extra_packages"))  # ConfigError: exit 2
+    jars = jvm.ensure_jars(coords)
+    print(f"{len(jars)} jars cached in {jvm.jar_dir(coords)}; cluster users pass --packages "
+          f"{jvm.packages_arg(coords)}")
     return EXIT_OK
 
 

@@ -40,12 +40,13 @@ def coordinates(extra=()) -> tuple[str, ...]:
     """:data:`COORDINATES` plus ``extra`` (``spark.extra_packages``, e.g. hadoop-aws for ``s3a://``).
 
     Raises:
-        ValueError: an entry is not ``group:artifact:version``.
+        ConfigError (a ValueError): an entry is not ``group:artifact:version``.
     """
     extra = tuple(str(c).strip() for c in (extra or ()))
     bad = [c for c in extra if len(c.split(":")) != 3 or not all(c.split(":"))]
     if bad:
-        raise ValueError(f"spark.extra_packages: {', '.join(map(repr, bad))} is not a Maven coordinate "
+        from seglake.core.config import ConfigError  # a ValueError: the CLI exits 2 with this sentence
+        raise ConfigError(f"spark.extra_packages: {', '.join(map(repr, bad))} is not a Maven coordinate "
                          "group:artifact:version (e.g. org.apache.hadoop:hadoop-aws:3.4.2)")
     return COORDINATES + tuple(c for c in dict.fromkeys(extra) if c not in COORDINATES)
 

@@ -70,7 +70,8 @@ def get_spark(cfg: Config, app_name: str | None = None) -> "SparkSession":
         # Python workers must be this interpreter (the venv with pandas/pyarrow), not
         # whatever `python3` is first on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        jars = jvm.ensure_jars(jvm.coordinates(spark_cfg.get("extra_packages")))
+        coords = jvm.coordinates(spark_cfg.get("extra_packages"))
+        jars = jvm.ensure_jars(coords)
         builder = (
             builder.master(spark_cfg["master"])
             .config("spark.driver.memory", spark_cfg["driver_memory"])
@@ -88,7 +89,7 @@ def get_spark(cfg: Config, app_name: str | None = None) -> "SparkSession":
         raise SparkStartError(
             f"Spark could not start ({type(exc).__name__}: {exc}). The JVM's own error is "
             "printed above this message; check Java 17 is installed and the jars in "
-            f"{jvm.jar_dir()} are readable."
+            f"{jvm.jar_dir(jvm.coordinates(spark_cfg.get('extra_packages')))} are readable."
         ) from exc
     spark.sparkContext.setLogLevel(spark_cfg["log_level"])
     _quiet_small_window_warning(spark)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.classification import GBTClassifier, LogisticRegression
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
@@ -90,7 +91,7 @@ def tune_gbt(train: DataFrame, input_cols: Sequence[str], seed: int, max_depths:
                                      seed=seed, evaluator=evaluator, parallelism=parallelism)
     fitted = tuner.fit(train)
     scores = fitted.avgMetrics if method == "cv" else fitted.validationMetrics
-    best_i = max(range(len(grid)), key=lambda i: (scores[i], -i))
+    best_i = int(np.argmax(scores))  # the tuner's own choice (the first maximum; NaN-aware alike)
     info = {"tuning": f"{folds}-fold cv" if method == "cv" else f"holdout (train ratio {train_ratio})"}
     info.update({"tuned_best_" + p.name: v for p, v in grid[best_i].items()})
     info["tuned_best_auc_roc"] = float(scores[best_i])
