@@ -61,6 +61,7 @@ def get_spark(cfg: Config, app_name: str | None = None) -> "SparkSession":
         return active
 
     spark_cfg = cfg["spark"]
+    coords = jvm.coordinates(spark_cfg.get("extra_packages"))  # checked in both modes
     builder = SparkSession.builder.appName(app_name or spark_cfg["app_name"])
     for key, value in session_conf(cfg).items():
         builder = builder.config(key, value)
@@ -70,7 +71,6 @@ def get_spark(cfg: Config, app_name: str | None = None) -> "SparkSession":
         # Python workers must be this interpreter (the venv with pandas/pyarrow), not
         # whatever `python3` is first on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        coords = jvm.coordinates(spark_cfg.get("extra_packages"))
         jars = jvm.ensure_jars(coords)
         builder = (
             builder.master(spark_cfg["master"])
@@ -89,7 +89,7 @@ def get_spark(cfg: Config, app_name: str | None = None) -> "SparkSession":
         raise SparkStartError(
             f"Spark could not start ({type(exc).__name__}: {exc}). The JVM's own error is "
             "printed above this message; check Java 17 is installed and the jars in "
-            f"{jvm.jar_dir(jvm.coordinates(spark_cfg.get('extra_packages')))} are readable."
+            f"{jvm.jar_dir(coords)} are readable."
         ) from exc
     spark.sparkContext.setLogLevel(spark_cfg["log_level"])
     _quiet_small_window_warning(spark)

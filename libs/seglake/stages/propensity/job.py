@@ -22,7 +22,7 @@ from seglake.stages import enriched
 from seglake.stages.propensity.common import (_METRIC_KEYS, EVENTS_TABLE, FEATURES_TABLE, LABEL_COL, PROB_COL,
                                               SCORES_TABLE, TARGETS, _num)
 from seglake.stages.propensity.labels import build_labels, features_at, snapshot_dates
-from seglake.stages.propensity.models import (TUNING_METHODS, Candidate, calibration, evaluate,
+from seglake.stages.propensity.models import (Candidate, calibration, check_tuning, evaluate,
                                               feature_importances, input_features, lr_pipeline, tune_gbt)
 from seglake.stages.propensity.registry import (ChampionOutcome, _calibration_plot, _log_figure, promote_if_better,
                                                 score)
@@ -78,11 +78,8 @@ def run(ctx: JobContext) -> dict:
     min_improvement = float(pc["min_improvement"])
     if not 0.0 <= min_improvement < 1.0:
         raise ValueError(f"propensity.min_improvement must be in [0, 1), got {min_improvement}")
-    tuning, train_ratio = str(pc["tuning"]), float(pc["holdout_train_ratio"])
-    if tuning not in TUNING_METHODS:  # checked before any work, whatever the grid's size
-        raise ValueError(f"propensity.tuning must be one of {', '.join(TUNING_METHODS)}, got {tuning!r}")
-    if not 0.0 < train_ratio < 1.0:
-        raise ValueError(f"propensity.holdout_train_ratio must be in (0, 1), got {train_ratio}")
+    tuning, train_ratio, folds = str(pc["tuning"]), float(pc["holdout_train_ratio"]), int(pc["cv_folds"])
+    check_tuning(tuning, train_ratio, folds)  # before any work, whatever the grid's size
     as_of = ctx.resolve_as_of()
     horizon = int(ctx.args.get("horizon_days") or pc["horizon_days"])
     seed = int(pc["seed"])
@@ -131,7 +128,7 @@ def run(ctx: JobContext) -> dict:
                                  f"({counts['pos']} positives of {counts['n']}): need more history or customers")
             candidates = []
             gbt_model, cv_info = tune_gbt(train, inputs, seed, pc["grid_max_depth"], pc["grid_max_iter"],
-                                          int(pc["cv_folds"]), int(pc["cv_parallelism"]), tuning, train_ratio)
+                                          folds, int(pc["cv_parallelism"]), tuning, train_ratio)
             lr_model = lr_pipeline(inputs).fit(train)
             for kind, model, info in (("gbt", gbt_model, cv_info), ("logistic_regression", lr_model, {})):
                 scored = score(model, held).cache()

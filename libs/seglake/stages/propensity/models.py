@@ -3,7 +3,8 @@
 :func:`gbt_pipeline` and :func:`lr_pipeline` build Spark ML pipelines over the raw inputs of
 :func:`input_features` (nulls filled by :func:`_fill_stage`), :func:`tune_gbt` tunes the GBT grid
 (one holdout split or k-fold cross-validation), and :func:`evaluate`, :func:`calibration` and
-:func:`feature_importances` measure a model on held-out rows; :class:`Candidate` carries one trained model and its metrics.
+:func:`feature_importances` measure a model on held-out rows; :class:`Candidate` carries one
+trained model and its metrics.
 """
 from __future__ import annotations
 
@@ -57,6 +58,17 @@ def lr_pipeline(input_cols: Sequence[str], fill_value: float = -1.0, reg_param: 
 TUNING_METHODS = ("holdout", "cv")
 
 
+def check_tuning(method: str, train_ratio: float, folds: int) -> None:
+    """Raise ValueError naming the setting when ``propensity.tuning``, ``holdout_train_ratio``
+    or ``cv_folds`` is unusable (the job calls it before any work)."""
+    if method not in TUNING_METHODS:
+        raise ValueError(f"propensity.tuning must be one of {', '.join(TUNING_METHODS)}, got {method!r}")
+    if method == "holdout" and not 0.0 < train_ratio < 1.0:
+        raise ValueError(f"propensity.holdout_train_ratio must be in (0, 1), got {train_ratio}")
+    if method == "cv" and folds < 2:
+        raise ValueError(f"propensity.cv_folds must be >= 2, got {folds}")
+
+
 def tune_gbt(train: DataFrame, input_cols: Sequence[str], seed: int, max_depths: Sequence[int],
              max_iters: Sequence[int], folds: int = 3, parallelism: int = 1, method: str = "cv",
              train_ratio: float = 0.75) -> tuple[PipelineModel, dict]:
@@ -67,8 +79,7 @@ def tune_gbt(train: DataFrame, input_cols: Sequence[str], seed: int, max_depths:
     of one point is fitted once, without tuning. Both score AUC-ROC on the left-out rows;
     ties go to the earlier grid point (depth, then iterations, in the order given).
     """
-    if method not in TUNING_METHODS:
-        raise ValueError(f"propensity.tuning must be one of {', '.join(TUNING_METHODS)}, got {method!r}")
+    check_tuning(method, train_ratio, folds)
     pipeline, gbt = gbt_pipeline(input_cols, seed)
     grid = (ParamGridBuilder().addGrid(gbt.maxDepth, [int(d) for d in max_depths])
             .addGrid(gbt.maxIter, [int(i) for i in max_iters]).build())
@@ -80,13 +91,9 @@ def tune_gbt(train: DataFrame, input_cols: Sequence[str], seed: int, max_depths:
                        **{"tuned_best_" + p.name: v for p, v in grid[0].items()}}
     evaluator = BinaryClassificationEvaluator(labelCol=LABEL_COL, metricName="areaUnderROC")
     if method == "cv":
-        if folds < 2:
-            raise ValueError(f"propensity.cv_folds must be >= 2, got {folds}")
         tuner = CrossValidator(estimator=pipeline, estimatorParamMaps=grid, numFolds=folds, seed=seed,
                                evaluator=evaluator, parallelism=parallelism)
     else:
-        if not 0.0 < train_ratio < 1.0:
-            raise ValueError(f"propensity.holdout_train_ratio must be in (0, 1), got {train_ratio}")
         tuner = TrainValidationSplit(estimator=pipeline, estimatorParamMaps=grid, trainRatio=train_ratio,
                                      seed=seed, evaluator=evaluator, parallelism=parallelism)
     fitted = tuner.fit(train)
