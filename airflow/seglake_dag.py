@@ -56,7 +56,7 @@ default_args = {
 
 with DAG(
     dag_id="seglake_pipeline",
-    description="seglake: ingest -> clean -> identity -> sessions -> features -> segments -> cluster -> propensity -> journeys",
+    description="seglake: ingest -> clean -> identity -> consent -> sessions -> features -> segments -> cluster -> propensity -> journeys",
     schedule="@daily",
     start_date=datetime(2026, 8, 1),
     catchup=False,
@@ -67,6 +67,7 @@ with DAG(
     ingest = BashOperator(task_id="ingest", bash_command=spark_submit("ingest"))
     clean = BashOperator(task_id="clean", bash_command=spark_submit("clean"))
     identity = BashOperator(task_id="identity", bash_command=spark_submit("identity"))
+    consent = BashOperator(task_id="consent", bash_command=spark_submit("consent"))
     sessions = BashOperator(task_id="sessions", bash_command=spark_submit("sessions"))
     features = BashOperator(task_id="features", bash_command=spark_submit("features"))
     segments = BashOperator(task_id="segments", bash_command=spark_submit("segments"))
@@ -74,4 +75,4 @@ with DAG(
     propensity = BashOperator(task_id="propensity", bash_command=spark_submit("propensity"))
     journeys = BashOperator(task_id="journeys", bash_command=spark_submit("journeys"))
 
-    ingest >> clean >> identity >> sessions >> features >> segments >> cluster >> propensity >> journeys
+    ingest >> clean >> identity >> consent >> sessions >> features >> segments >> cluster >> propensity >> journeys

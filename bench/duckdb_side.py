@@ -28,6 +28,7 @@ two sides read the same contract and configuration; importing them starts no Spa
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import Iterable, Mapping, Sequence
 import duckdb
 
 from seglake.core.contracts import IDENTIFIER_FIELDS, IDENTIFIERS, RAW_FIELDS
-from seglake.core.pii import DEV_SALT
+from seglake.core.pii import DEV_KEY
 from seglake.stages.clean import REASONS, load_standards
 from seglake.stages.features import FEATURE_COLUMNS, FeatureParams
 from seglake.stages.ingest import FORMAT_BY_EXTENSION
@@ -254,15 +255,30 @@ def _parse_event_ts(raw: str) -> tuple[list[list[tuple[str, str]]], str]:
     return stages, f"(CASE WHEN _ts_num THEN {from_millis} ELSE {iso_ts} END)"
 
 
-def _pii_hash(raw: str, salt: str) -> str:
-    """``seglake.core.pii.hash_identifier``: sha256(salt || lower(trim(v))), blank -> null."""
+def _hmac_sha256(expr: str, key: str) -> str:
+    """``seglake.core.pii.hmac_sha256`` in DuckDB SQL: HMAC-SHA256 (hex) of ``expr``'s UTF-8 bytes.
+
+    RFC 2104, written here independently of seglake's Spark version: sha256(opad_block ||
+    unhex(sha256(ipad_block || encode(v)))), K = the key's UTF-8 bytes (their SHA-256 when longer
+    than the 64-byte block) zero-padded to 64 bytes, ipad 0x36, opad 0x5c; null stays null.
+    """
+    k = key.encode("utf-8")
+    if not k:
+        raise ValueError("the PII key must be a non-empty string")
+    k = (hashlib.sha256(k).digest() if len(k) > 64 else k).ljust(64, b"\x00")
+    ipad, opad = bytes(b ^ 0x36 for b in k), bytes(b ^ 0x5C for b in k)
+    return (f"sha256(unhex({_q(opad.hex())}) || unhex(sha256(unhex({_q(ipad.hex())}) || encode({expr}))))")
+
+
+def _pii_hash(raw: str, key: str) -> str:
+    """``seglake.core.pii.hash_identifier``: HMAC-SHA256(key, lower(trim(v))), blank -> null."""
     norm = f"nullif(lower(trim({raw})), '')"
-    return f"(CASE WHEN {norm} IS NULL THEN NULL ELSE sha256({_q(salt)} || {norm}) END)"
+    return f"(CASE WHEN {norm} IS NULL THEN NULL ELSE {_hmac_sha256(norm, key)} END)"
 
 
 def _salt(salt: str | None) -> str:
-    """The PII salt: ``salt``, else $SEGLAKE_PII_SALT, else seglake's development salt."""
-    return salt or os.environ.get("SEGLAKE_PII_SALT") or DEV_SALT
+    """The PII key: ``salt``, else $SEGLAKE_PII_SALT, else seglake's development key."""
+    return salt or os.environ.get("SEGLAKE_PII_SALT") or DEV_KEY
 
 
 def ingest_clean(con: duckdb.DuckDBPyConnection, landing_dir: str | os.PathLike,
@@ -274,9 +290,9 @@ def ingest_clean(con: duckdb.DuckDBPyConnection, landing_dir: str | os.PathLike,
     Mirrors ``stages/ingest.py`` (every record kept, fields as strings, malformed JSON lines /
     CSV lines with the wrong field count flagged) and ``stages/clean.py``: ``standardize``
     (timestamps, canonical event type / device / source / channel / currency from
-    ``standardize_yaml``, numbers, consent, PII hashed with the same salted SHA-256, the first
-    applicable reason of :data:`REASONS`), ``derived_event_key`` (same sha256 of the same
-    concatenation, so keys equal seglake's when the salt is the same), ``dedupe_batch`` (one
+    ``standardize_yaml``, numbers, consent, PII hashed with the same HMAC-SHA256, the first
+    applicable reason of :data:`REASONS`), ``derived_event_key`` (same HMAC of the same
+    concatenation, so keys equal seglake's when the key is the same), ``dedupe_batch`` (one
     row per event_key; same tie-break order: source file, raw line), ``duration_medians`` +
     ``impute_duration`` (lower median of durations rounded to ``impute_decimals``).
 
@@ -287,7 +303,7 @@ def ingest_clean(con: duckdb.DuckDBPyConnection, landing_dir: str | os.PathLike,
             naive = UTC.
         standardize_yaml: ``conf/standardize.yaml``.
         fx: optional currency -> USD rates replacing the file's ``currencies.fx_to_usd``.
-        salt: PII salt (default: $SEGLAKE_PII_SALT, else seglake's development salt).
+        salt: PII HMAC key (default: $SEGLAKE_PII_SALT, else seglake's development key).
         consent_default: clean.consent_default.
         impute_decimals: clean.impute_decimals.
 
@@ -352,6 +368,10 @@ def ingest_clean(con: duckdb.DuckDBPyConnection, landing_dir: str | os.PathLike,
     for i, stage in enumerate(ts_stages):
         ctes.append(f"_s{i} AS (SELECT *, {', '.join(f'{e} AS {n}' for n, e in stage)} FROM {prev})")
         prev = f"_s{i}"
+    # seglake.stages.clean.derived_event_key: HMAC of the identifiers, epoch millis and type
+    derived_key = _hmac_sha256("concat_ws('|', coalesce(user_id, ''), coalesce(anonymous_id, ''), "
+                               "coalesce(device_id, ''), coalesce(email_hash, ''), coalesce(phone_hash, ''), "
+                               "CAST(epoch_ms(event_ts) AS VARCHAR), event_type)", salt)
     con.execute(f"""
         CREATE OR REPLACE TABLE standardized AS
         WITH {', '.join(ctes)},
@@ -375,10 +395,7 @@ def ingest_clean(con: duckdb.DuckDBPyConnection, landing_dir: str | os.PathLike,
                 CASE WHEN {_json_object(c['properties'])} THEN {c['properties']} END AS properties,
                 _source_file, _raw AS _raw_line, _format, {reason} AS _reason, {bronze_struct} AS _bronze
             FROM t)
-        SELECT *, CASE WHEN _reason IS NULL THEN coalesce(event_id, sha256(concat_ws('|',
-                    coalesce(user_id, ''), coalesce(anonymous_id, ''), coalesce(device_id, ''),
-                    coalesce(email_hash, ''), coalesce(phone_hash, ''),
-                    CAST(epoch_ms(event_ts) AS VARCHAR), event_type))) END AS event_key
+        SELECT *, CASE WHEN _reason IS NULL THEN coalesce(event_id, {derived_key}) END AS event_key
         FROM r""")
     con.execute("CREATE OR REPLACE TABLE events_quarantine AS "
                 "SELECT unnest(_bronze), _reason AS reason FROM standardized WHERE _reason IS NOT NULL")
@@ -740,7 +757,7 @@ def transitions(con: duckdb.DuckDBPyConnection, as_of: date | str, window_days: 
 
     base = ["customer_id", "session_key"] if spec.scope == "session" else ["customer_id"]
     part = ", ".join(base)
-    order = "ORDER BY event_ts, event_seq"
+    order = "ORDER BY event_ts, session_seq, event_seq"
     collapse = ""
     if spec.collapse_repeats:
         collapse = (f"m AS (SELECT * EXCLUDE (_repeat) FROM (SELECT *, coalesce(lag(state) OVER "

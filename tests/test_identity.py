@@ -1,6 +1,9 @@
 """Identity resolution: connected components vs scipy, guard, stable ids, attach, the job."""
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 from datetime import datetime
 
 import numpy as np
@@ -14,6 +17,8 @@ from seglake.core.context import JobContext
 EVENT_DDL = ("event_key STRING, user_id STRING, anonymous_id STRING, device_id STRING, email_hash STRING, "
              "phone_hash STRING, event_type STRING, event_ts TIMESTAMP, consent BOOLEAN, _ingested_at TIMESTAMP")
 T0 = datetime(2026, 8, 1, 10, 0, 0)
+#: the PII key the identity job reads in tests (conftest sets SEGLAKE_PII_SALT)
+KEY = os.environ["SEGLAKE_PII_SALT"]
 
 
 def _components_scipy(n: int, edges: list[tuple[int, int]]) -> dict[int, int]:
@@ -90,18 +95,69 @@ def _map(df):
     return {(r["identifier_type"], r["identifier"]): r["customer_id"] for r in df.collect()}
 
 
-def _resolve(spark, rows, previous=None, max_persons=20):
+def _resolve(spark, rows, previous=None, max_persons=20, key=KEY):
     tuples = _tuples(spark, rows)
     edges = identity.identity_edges(tuples)
     ex = identity.excluded_identifiers(edges, max_persons)
     nodes = identity.identity_nodes(tuples).join(ex.select("identifier_type", "identifier"),
                                                  ["identifier_type", "identifier"], "left_anti")
-    out, _ = identity.resolve(identity.drop_excluded(edges, ex), nodes, previous)
+    out, _ = identity.resolve(identity.drop_excluded(edges, ex), nodes, previous, key=key)
     return out
 
 
-def _expected_id(spark, rep):
-    return spark.range(1).select(identity.derive_customer_id(F.lit(rep), "c_").alias("c")).first()["c"]
+def _expected_id(spark, rep, key=KEY):
+    """``c_`` + the first 20 hex characters of Python's own HMAC-SHA256(key, representative)."""
+    return "c_" + hmac.new(key.encode(), rep.encode(), hashlib.sha256).hexdigest()[:20]
+
+
+def _groups(m):
+    """The grouping of a map, without the ids: a set of frozensets of identifiers."""
+    by_id: dict[str, set] = {}
+    for ident, cid in m.items():
+        by_id.setdefault(cid, set()).add(ident)
+    return {frozenset(g) for g in by_id.values()}
+
+
+def test_derive_customer_id_is_keyed_hmac(spark):
+    reps = ["1|user_id|u1", "2|anonymous_id|Ä-é-9"]
+    df = spark.createDataFrame([(r,) for r in reps], "rep STRING")
+    got = [r["c"] for r in df.select(identity.derive_customer_id(F.col("rep"), "c_", "k1").alias("c")).collect()]
+    assert got == [_expected_id(spark, r, "k1") for r in reps]
+    assert all(len(c) == 22 for c in got)
+    # not the old unkeyed id, which anyone holding user ids could recompute
+    assert got[0] != "c_" + hashlib.sha256(b"1|user_id|u1").hexdigest()[:20]
+    with pytest.raises(ValueError, match="non-empty key"):
+        identity.derive_customer_id(F.col("rep"), "c_", "")
+
+
+def test_customer_ids_are_keyed_same_grouping_other_key(spark):
+    # planted graph: {u2, u1, a1, d1, e1} (smallest user_id u1), {a9, d9} (no user_id), {u7}
+    rows = [("u2", "a1", None, None, None), ("u1", "a1", "d1", "e1", None), (None, "a9", "d9", None, None),
+            ("u7", None, None, None, None)]
+    m1 = _map(_resolve(spark, rows, key="key-one"))
+    assert m1[("user_id", "u1")] == m1[("email", "e1")] == _expected_id(spark, "1|user_id|u1", "key-one")
+    assert m1[("anonymous_id", "a9")] == _expected_id(spark, "2|anonymous_id|a9", "key-one")
+    assert m1[("user_id", "u7")] == _expected_id(spark, "1|user_id|u7", "key-one")
+    # same key and data: identical ids
+    assert _map(_resolve(spark, rows, key="key-one")) == m1
+    # another key: the same grouping, every id different
+    m2 = _map(_resolve(spark, rows, key="key-two"))
+    assert m2.keys() == m1.keys() and _groups(m2) == _groups(m1) and len(_groups(m1)) == 3
+    assert set(m2.values()).isdisjoint(m1.values())
+    assert m2[("user_id", "u1")] == _expected_id(spark, "1|user_id|u1", "key-two")
+
+
+def test_split_clash_id_is_keyed(spark):
+    # one customer named from u1 splits: {a1, d1, e1} (3 identifiers) keeps the id, {u1} alone
+    # would get the same derivation again, so it gets the keyed '|split' derivation
+    m1 = _map(_resolve(spark, [("u1", "a1", "d1", "e1", None)]))
+    c1 = _expected_id(spark, "1|user_id|u1")
+    assert set(m1.values()) == {c1}
+    prev = spark.createDataFrame([(t, i, c) for (t, i), c in m1.items()],
+                                 "identifier_type STRING, identifier STRING, customer_id STRING")
+    split = _map(_resolve(spark, [("u1", None, None, None, None), (None, "a1", "d1", "e1", None)], prev))
+    assert split[("anonymous_id", "a1")] == split[("email", "e1")] == c1
+    assert split[("user_id", "u1")] == _expected_id(spark, "1|user_id|u1|split")
 
 
 def test_resolve_names_components_by_smallest_user_id_and_is_stable(spark):

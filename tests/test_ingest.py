@@ -159,3 +159,129 @@ def test_missing_landing_is_a_clear_error(spark, tmp_path):
     cfg = make_cfg(tmp_path / "lake", paths={"landing": str(tmp_path / "nowhere")})
     with pytest.raises(ValueError, match="landing folder .* does not exist"):
         ingest.run(JobContext(spark, cfg))
+
+
+def _ledger_and_bronze(spark, cfg):
+    bronze = tables.read(spark, cfg, "bronze.events_raw")
+    ledger = tables.read(spark, cfg, "ops.ingested_files")
+    return bronze, ledger
+
+
+def test_a_run_stopped_between_bronze_and_ledger_is_repaired_not_reingested(spark, tmp_path, landing, monkeypatch):
+    landing_dir, counts = landing
+    cfg = make_cfg(tmp_path / "lake", paths={"landing": str(landing_dir)})
+    files = len(_count_lines(landing_dir))
+
+    def crash(*_a, **_k):
+        raise KeyboardInterrupt("stopped after the bronze commit")   # not a Delta conflict: not retried
+
+    with monkeypatch.context() as m:
+        m.setattr(ingest, "_write_ledger", crash)
+        first = JobContext(spark, cfg)
+        with pytest.raises(KeyboardInterrupt):
+            ingest.run(first)
+    assert tables.read(spark, cfg, "bronze.events_raw").count() == counts["raw_records"]
+    assert not tables.exists(spark, cfg, "ops.ingested_files")
+
+    again = ingest.run(JobContext(spark, cfg))
+    assert (again["files"], again["records"], again["ledger_repaired"]) == (0, 0, 1)
+    bronze, ledger = _ledger_and_bronze(spark, cfg)
+    assert bronze.count() == counts["raw_records"]                   # nothing read twice
+    assert ledger.count() == files
+    assert {r["batch_id"] for r in ledger.select("batch_id").distinct().collect()} == {first.run_id}
+    assert ledger.agg(F.sum("records")).first()[0] == counts["raw_records"]
+    assert ledger.agg(F.sum("malformed")).first()[0] == counts["malformed_by_kind"]["broken_json"]
+    # the ledger's size/modification time are the listing's, as an uninterrupted run writes them
+    listed = {r["path"]: (r["size"], r["modification_time"])
+              for r in ingest.list_landing(spark, str(landing_dir), ["json", "csv", "parquet"]).collect()}
+    assert {r["path"]: (r["size"], r["modification_time"]) for r in ledger.collect()} == listed
+
+
+@pytest.mark.parametrize("pre_existing", [False, True], ids=["empty-lakehouse", "bronze-exists"])
+def test_two_ingests_at_once_append_every_record_once(spark, tmp_path, landing, pre_existing):
+    import shutil
+    import threading
+
+    landing_dir, counts = landing
+    # pre_existing: bronze already holds the first days, both runs race over the rest
+    own = tmp_path / "landing"
+    shutil.copytree(landing_dir, own)
+    later = sorted({p.parent.name for p in own.rglob("*.*")})[len({p.parent.name for p in own.rglob("*.*")}) // 2:]
+    held = tmp_path / "held"
+    if pre_existing:
+        for p in list(own.rglob("*.*")):
+            if p.parent.name in later:
+                dest = held / p.relative_to(own)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                p.rename(dest)
+    cfg = make_cfg(tmp_path / "lake", paths={"landing": str(own)})
+    if pre_existing:
+        ingest.run(JobContext(spark, cfg))
+        for p in list(held.rglob("*.*")):
+            dest = own / p.relative_to(held)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            p.rename(dest)
+
+    results, errors = [], []
+
+    def one():
+        try:
+            results.append(ingest.run(JobContext(spark, cfg)))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # at most one gives up (with the clear message), and never with a half-done ingest
+    assert all(isinstance(e, ingest.ConcurrentIngest) for e in errors), errors
+    assert len(results) >= 1
+    bronze, ledger = _ledger_and_bronze(spark, cfg)
+    assert bronze.count() == counts["raw_records"]
+    assert ledger.count() == len(_count_lines(own))
+    assert ledger.groupBy("path").count().where("count > 1").count() == 0
+    assert bronze.groupBy("_source_file").count().join(
+        ledger.select(F.col("path").alias("_source_file"), "records"), "_source_file"
+    ).where("count <> records").count() == 0
+    # a third run finds nothing
+    assert ingest.run(JobContext(spark, cfg))["files"] == 0
+
+
+def test_unreadable_parquet_files_are_listed_with_reasons_and_do_not_stop_the_run(spark, tmp_path, landing):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    landing_dir, counts = landing
+    own = tmp_path / "landing"
+    shutil.copytree(landing_dir, own)
+    bad = own / "parquet" / "2026-09-02"
+    bad.mkdir(parents=True, exist_ok=True)
+    whole = next(own.rglob("*.parquet")).read_bytes()
+    (bad / "empty.parquet").write_bytes(b"")
+    (bad / "truncated.parquet").write_bytes(whole[: len(whole) // 2])
+    (bad / "text.parquet").write_text('{"event_id": "not parquet at all"}\n')
+    cfg = make_cfg(tmp_path / "lake", paths={"landing": str(own)})
+
+    first = ingest.run(JobContext(spark, cfg))
+    # a zero-byte file holds no record: Spark's file listing leaves it out, so it is neither read nor listed
+    assert first["unreadable_files"] == 2
+    assert first["records"] == counts["raw_records"]                # every readable record is in
+    listed = {Path(r["path"].removeprefix("file:")).name: r["reason"]
+              for r in tables.read(spark, cfg, "ops.unreadable_files").collect()}
+    assert set(listed) == {"truncated.parquet", "text.parquet"}
+    assert "truncated" in listed["truncated.parquet"] and "truncated" in listed["text.parquet"]
+
+    # checked again on the next run, not listed twice while unchanged
+    again = ingest.run(JobContext(spark, cfg))
+    assert (again["files"], again["unreadable_files"]) == (0, 2)
+    assert tables.read(spark, cfg, "ops.unreadable_files").count() == 2
+
+    # once the upload is whole, the file is ingested
+    pq.write_table(pa.table({"event_id": ["fixed-1"], "event_type": ["search"]}), bad / "truncated.parquet")
+    third = ingest.run(JobContext(spark, cfg))
+    assert (third["files"], third["records"], third["unreadable_files"]) == (1, 1, 1)
+    assert tables.read(spark, cfg, "bronze.events_raw").where(F.col("event_id") == "fixed-1").count() == 1

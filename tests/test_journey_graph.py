@@ -123,21 +123,23 @@ def test_pagerank_falls_back_to_spark_above_driver_max_edges(spark, monkeypatch)
 
 
 def test_page_edges_link_consecutive_pages_of_a_session(spark):
-    rows = [("c1", "s1", T0, 1, "/home"), ("c1", "s1", T0 + timedelta(seconds=9), 2, None),
-            ("c1", "s1", T0 + timedelta(seconds=20), 3, "/p/1"), ("c1", "s2", T0 + timedelta(hours=2), 1, "/p/1"),
-            ("c2", "s3", T0, 1, "/home"), ("c2", "s3", T0 + timedelta(seconds=5), 2, "/p/1")]
+    rows = [("c1", "s1", T0, 1, 1, "/home"), ("c1", "s1", T0 + timedelta(seconds=9), 1, 2, None),
+            ("c1", "s1", T0 + timedelta(seconds=20), 1, 3, "/p/1"),
+            ("c1", "s2", T0 + timedelta(hours=2), 2, 1, "/p/1"),
+            ("c2", "s3", T0, 1, 1, "/home"), ("c2", "s3", T0 + timedelta(seconds=5), 1, 2, "/p/1")]
     df = spark.createDataFrame(rows, "customer_id string, session_key string, event_ts timestamp, "
-                                     "event_seq int, page_url string")
+                                     "session_seq int, event_seq int, page_url string")
     assert {(r["src"], r["dst"]): r["weight"] for r in G.page_edges(df).collect()} == {("/home", "/p/1"): 2}
 
 
 def _journeys(spark, spec, sessions):
-    rows = []
+    rows, seen = [], {}
     for customer, key, types in sessions:
+        seen[customer] = seen.get(customer, 0) + 1  # session_seq: the customer's sessions numbered 1..
         for i, et in enumerate(types):
-            rows.append((customer, key, T0 + timedelta(minutes=i), i + 1, et, "web"))
+            rows.append((customer, key, T0 + timedelta(minutes=i), seen[customer], i + 1, et, "web"))
     df = spark.createDataFrame(rows, "customer_id string, session_key string, event_ts timestamp, "
-                                     "event_seq int, event_type string, channel string")
+                                     "session_seq int, event_seq int, event_type string, channel string")
     return J.build_journeys(J.assign_states(df, spec, keep_unmapped=True), spec)
 
 

@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from seglake.stages import journeys as J
 
 REPO = Path(__file__).resolve().parents[1]
-EVENTS_DDL = ("customer_id string, session_key string, event_ts timestamp, event_seq int, "
+EVENTS_DDL = ("customer_id string, session_key string, event_ts timestamp, session_seq int, event_seq int, "
               "event_type string, channel string")
 T0 = datetime(2026, 9, 1, 12, 0, 0)
 #: archetypes whose sessions the generator re-draws until a planted fact holds (>= 1 cart,
@@ -33,11 +33,14 @@ def spec():
 
 
 def _events(spark, sessions):
-    """sessions: list of (customer, session_key, [event types], channel, minute offset)."""
-    rows = []
+    """sessions: list of (customer, session_key, [event types], channel, minute offset), each
+    customer's sessions in time order (session_seq numbers them as sessionize would)."""
+    rows, seen = [], Counter()
     for customer, key, types, channel, t0 in sessions:
+        seen[customer] += 1
         for i, et in enumerate(types):
-            rows.append((customer, key, T0 + timedelta(minutes=t0 + i), i + 1, et, channel if i == 0 else None))
+            rows.append((customer, key, T0 + timedelta(minutes=t0 + i), seen[customer], i + 1, et,
+                         channel if i == 0 else None))
     return spark.createDataFrame(rows, EVENTS_DDL)
 
 
@@ -255,9 +258,10 @@ def counts_rows(counts):
 
 
 def test_channel_touchpoints_use_entry_channel_and_conversion(spark, spec):
-    rows = [("c1", "s1", T0, 1, "email_open", None), ("c1", "s1", T0 + timedelta(seconds=5), 2, "page_view", "Email"),
-            ("c1", "s1", T0 + timedelta(seconds=9), 3, "purchase", "direct"),
-            ("c1", "s2", T0 + timedelta(hours=3), 1, "page_view", None)]
+    rows = [("c1", "s1", T0, 1, 1, "email_open", None),
+            ("c1", "s1", T0 + timedelta(seconds=5), 1, 2, "page_view", "Email"),
+            ("c1", "s1", T0 + timedelta(seconds=9), 1, 3, "purchase", "direct"),
+            ("c1", "s2", T0 + timedelta(hours=3), 2, 1, "page_view", None)]
     ev = J.assign_states(spark.createDataFrame(rows, EVENTS_DDL), spec, keep_unmapped=True)
     tp = {r["session_key"]: (r["channel"], r["converted"]) for r in J.channel_touchpoints(ev, spec).collect()}
     assert tp == {"s1": ("email", True), "s2": ("unknown", False)}
@@ -297,6 +301,109 @@ def test_kstep_paths_from_the_matrix(spark, spec):
                 ("c3", "s3", ["search"], "web", 0)]
     k = {r["path"]: r["journeys"] for r in J.kstep_paths(_matrix(spark, spec, sessions), 3).collect()}
     assert k == {"start>browse>product_view>cart": 2, "browse>product_view>cart>exit": 2}
+
+
+# --------------------------------------------------------------------------- determinism (equal timestamps)
+
+
+T1 = T0 + timedelta(seconds=60)
+TIED_DDL = ("event_key string, customer_id string, event_ts timestamp, event_type string, session_id string, "
+            "channel string")
+#: Two customers whose events share timestamps, listed out of order. The event_key order
+#: (k01 < k02 < ... and x1 < x2 < x3) is the order sessionize gives equal timestamps, so it is
+#: the order every journeys window must keep. c1 switches session_id (A -> B) between k03 and
+#: k04, both at T1: its two sessions share a timestamp, and event_seq restarts at 1 in the second
+#: (a customer-scope order by event_ts, event_seq would put k04 before k02).
+TIED_ROWS = [
+    ("k06", "c1", T1, "purchase", "B", None),
+    ("k02", "c1", T1, "product_view", "A", None),
+    ("x3", "c2", T0, "checkout_start", None, None),
+    ("k07", "c1", T1, "page_view", "B", None),
+    ("k04", "c1", T1, "search", "B", "email"),
+    ("k01", "c1", T0, "page_view", "A", "web"),
+    ("x2", "c2", T0, "add_to_cart", None, "web"),
+    ("k05", "c1", T1, "product_view", "B", None),
+    ("k03", "c1", T1, "add_to_cart", "A", None),
+    ("x1", "c2", T0, "product_view", None, "email"),
+]
+#: (session_seq, event_seq) of every event, in event_key order within each timestamp
+TIED_SEQ = {"k01": (1, 1), "k02": (1, 2), "k03": (1, 3), "k04": (2, 1), "k05": (2, 2), "k06": (2, 3),
+            "k07": (2, 4), "x1": (1, 1), "x2": (1, 2), "x3": (1, 3)}
+#: Hand-computed first-order counts {channel: {(from, to): n}} and full paths {path: journeys}.
+#: Scope session: c1/A (channel web) browse product_view cart | exit; c1/B (email) search
+#: product_view conversion, then browse | exit; c2 (email, x1's channel) product_view cart checkout | exit.
+TIED_WANT = {"session": (
+    {"web": {("start", "browse"): 1, ("browse", "product_view"): 1, ("product_view", "cart"): 1, ("cart", "exit"): 1},
+     "email": {("start", "search"): 1, ("search", "product_view"): 1, ("product_view", "conversion"): 1,
+               ("start", "browse"): 1, ("browse", "exit"): 1, ("start", "product_view"): 1,
+               ("product_view", "cart"): 1, ("cart", "checkout"): 1, ("checkout", "exit"): 1},
+     "all": {("start", "browse"): 2, ("browse", "product_view"): 1, ("product_view", "cart"): 2, ("cart", "exit"): 1,
+             ("start", "search"): 1, ("search", "product_view"): 1, ("product_view", "conversion"): 1,
+             ("browse", "exit"): 1, ("start", "product_view"): 1, ("cart", "checkout"): 1, ("checkout", "exit"): 1}},
+    {"start>browse>product_view>cart>exit": 1, "start>search>product_view>conversion": 1, "start>browse>exit": 1,
+     "start>product_view>cart>checkout>exit": 1}),
+    # scope customer: c1 is one journey over both sessions up to the purchase (channel of its
+    # first session: web), then browse | exit (email); c2 as above
+    "customer": (
+    {"web": {("start", "browse"): 1, ("browse", "product_view"): 1, ("product_view", "cart"): 1, ("cart", "search"): 1,
+             ("search", "product_view"): 1, ("product_view", "conversion"): 1},
+     "email": {("start", "browse"): 1, ("browse", "exit"): 1, ("start", "product_view"): 1,
+               ("product_view", "cart"): 1, ("cart", "checkout"): 1, ("checkout", "exit"): 1},
+     "all": {("start", "browse"): 2, ("browse", "product_view"): 1, ("product_view", "cart"): 2, ("cart", "search"): 1,
+             ("search", "product_view"): 1, ("product_view", "conversion"): 1, ("browse", "exit"): 1,
+             ("start", "product_view"): 1, ("cart", "checkout"): 1, ("checkout", "exit"): 1}},
+    {"start>browse>product_view>cart>search>product_view>conversion": 1, "start>browse>exit": 1,
+     "start>product_view>cart>checkout>exit": 1})}
+
+
+def _layouts(spark, rows, schema):
+    """The same rows in four physical layouts: partitions and row order within them differ."""
+    return {
+        "one partition": spark.createDataFrame(rows, schema).repartition(1),
+        "7 partitions by a random column": (spark.createDataFrame(rows, schema).withColumn("_r", F.rand(7))
+                                            .repartition(7, "_r").drop("_r")),
+        "reversed, one partition": spark.createDataFrame(rows[::-1], schema).coalesce(1),
+        "shuffled, 3 partitions": spark.createDataFrame(random.Random(13).sample(rows, len(rows)), schema)
+                                  .repartition(3),
+    }
+
+
+def _journey_tables(events, spec):
+    """(every transition_matrix row of orders 1..3, every top_paths row), sorted."""
+    journeys = J.build_journeys(J.assign_states(events, spec, keep_unmapped=True), spec)
+    matrix = J.transition_matrix(J.customer_transition_counts(J.journey_transitions(journeys, spec, 3)))
+    rows = sorted(tuple(r) for r in matrix.select("order", "segment", "channel", "from_state", "to_state", "count",
+                                                  "probability").collect())
+    paths = sorted(tuple(r) for r in J.top_paths(J.journey_summaries(journeys, spec), 20).collect())
+    return rows, paths
+
+
+def test_equal_timestamps_give_the_same_journeys_on_any_partitioning(spark, cfg, spec):
+    from seglake.stages import enriched
+
+    scopes = {"session": spec, "customer": J.StateSpec(spec.event_states, scope="customer")}
+    got = {scope: {} for scope in scopes}
+    for name, raw in _layouts(spark, TIED_ROWS, TIED_DDL).items():
+        # sessionized as silver.enriched_events is built, with the columns the job reads
+        sessionized = enriched.build(raw, cfg).select("customer_id", "event_key", "session_key", *J.EVENT_ORDER,
+                                                      "event_type", "channel", "page_url")
+        rows = sessionized.collect()
+        assert {r["event_key"]: (r["session_seq"], r["event_seq"]) for r in rows} == TIED_SEQ, name
+        # the journeys job reads that table in whatever layout its files give: vary it too
+        events = _layouts(spark, rows, sessionized.schema)[name]
+        for scope, scope_spec in scopes.items():
+            got[scope][name] = _journey_tables(events, scope_spec)
+    for scope, by_layout in got.items():
+        (first_name, (matrix, paths)), *others = by_layout.items()
+        for name, tables in others:
+            assert tables == (matrix, paths), (scope, name, first_name)
+        want_counts, want_paths = TIED_WANT[scope]
+        first_order = defaultdict(dict)
+        for order, segment, channel, frm, to, count, _ in matrix:
+            if order == 1 and segment == "all":
+                first_order[channel][(frm, to)] = count
+        assert dict(first_order) == want_counts, scope
+        assert {path: n for path, n, _, _ in paths} == want_paths, scope
 
 
 # --------------------------------------------------------------------------- end to end (generated data)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from pathlib import Path
 
@@ -55,6 +56,45 @@ def test_critical_failures_are_named_and_raise(spark, qcfg):
         "expect_column_values_to_be_unique"]
     with pytest.raises(quality.QualityError, match=r"^silver.events was not written: suite tiny failed 3"):
         quality.require(res, "silver.events")
+
+
+def test_a_failed_warning_is_logged_as_warned_never_as_all_passed(spark, qcfg, caplog):
+    # p is null once: only the warning-level not-null expectation fails
+    df = spark.createDataFrame([("a", 1.0, datetime(2026, 8, 1)), ("b", None, datetime(2026, 8, 2))],
+                               "k STRING, p DOUBLE, ts TIMESTAMP")
+    with caplog.at_level(logging.INFO, logger="seglake.core.quality"):
+        res = quality.validate(df, "tiny", qcfg, "run-w", parameters={"max_ts": datetime(2026, 9, 1)},
+                               build_docs=False)
+    assert res.success and res.failed == []  # a warning does not fail the table ...
+    assert (res.passed, res.evaluated) == (3, 4)  # ... but it did not pass either
+    assert res.headline() == ("3 of 4 expectations passed; 0 failed at error level; "
+                              "1 only warned: expect_column_values_to_not_be_null(p)")
+    lines = [r for r in caplog.records if r.name == "seglake.core.quality" and "suite tiny" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    msg = lines[0].getMessage()
+    assert msg == "suite tiny: " + res.headline()
+    assert "all" not in msg.split() and lines[0].levelno == logging.WARNING
+    assert res.summary() == msg
+
+
+def test_messages_name_failed_and_warned_expectations_without_data_values(spark, qcfg, caplog):
+    # critical: duplicate k, negative p, ts after max_ts; warning: a null p
+    df = spark.createDataFrame([("a", -7.5, datetime(2099, 1, 1)), ("a", None, datetime(2026, 8, 1))],
+                               "k STRING, p DOUBLE, ts TIMESTAMP")
+    with caplog.at_level(logging.INFO, logger="seglake.core.quality"):
+        res = quality.validate(df, "tiny", qcfg, "run-x", parameters={"max_ts": datetime(2026, 9, 1)},
+                               build_docs=False)
+    assert not res.success and (res.passed, res.evaluated) == (0, 4)
+    assert res.summary() == (
+        "suite tiny failed 3 critical expectation(s): expect_column_max_to_be_between(ts), "
+        "expect_column_values_to_be_between(p), expect_column_values_to_be_unique(k); 0 of 4 passed; "
+        "1 only warned: expect_column_values_to_not_be_null(p)")
+    logged = [r.getMessage() for r in caplog.records if r.name == "seglake.core.quality"]
+    assert res.summary() in logged
+    with pytest.raises(quality.QualityError) as err:
+        quality.require(res, "silver.events")
+    for text in [str(err.value), res.headline(), *logged]:
+        assert "2099" not in text and "-7.5" not in text  # observed values are data: never in messages
 
 
 def test_missing_suite_is_clear(spark, qcfg):

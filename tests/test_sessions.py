@@ -97,6 +97,22 @@ def test_sessionize_agrees_with_a_pandas_loop(spark):
     assert max(expected.values()) > 10
 
 
+def test_sessionize_without_event_key_breaks_ties_the_same_on_any_layout(spark):
+    # no event_key: equal timestamps are ordered by the other columns (event_type, session_id here)
+    ddl = "customer_id STRING, event_type STRING, event_ts TIMESTAMP, session_id STRING"
+    t = _t(12, 0)
+    rows = [("c1", "search", t, "B"), ("c1", "page_view", t, "A"), ("c1", "add_to_cart", t, "A"),
+            ("c1", "purchase", t + timedelta(minutes=1), "B")]
+    # add_to_cart (A), page_view (A) | search (B: new session), purchase (B)
+    want = {"add_to_cart": (1, 1), "page_view": (1, 2), "search": (2, 1), "purchase": (2, 2)}
+    layouts = {"as listed": spark.createDataFrame(rows, ddl).coalesce(1),
+               "reversed": spark.createDataFrame(rows[::-1], ddl).coalesce(1),
+               "3 partitions": spark.createDataFrame(rows, ddl).repartition(3)}
+    for name, ev in layouts.items():
+        got = {r["event_type"]: (r["session_seq"], r["event_seq"]) for r in sessions.sessionize(ev, 30).collect()}
+        assert got == want, name
+
+
 def test_load_states(tmp_path):
     assert sessions.load_states(tmp_path / "missing.yaml") == sessions.DEFAULT_STATES
     p = tmp_path / "states.yaml"

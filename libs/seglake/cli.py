@@ -2,7 +2,9 @@
 
 Exit codes (for schedulers): 0 success; 1 a job failed (message names the job);
 2 bad usage or bad configuration; 3 the verb or job is not available in this version;
-4 Spark could not start.
+4 Spark could not start; 5 clean set a bad batch aside (the others were cleaned);
+6 another run holds the lease: the same job is running (this run
+stopped before changing anything), or erase waited too long for exclusive access to VACUUM.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from seglake import __version__, registry
 from seglake.core.config import ENVIRONMENTS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_SPARK = 0, 1, 2, 3, 4
+EXIT_SET_ASIDE = 5  # clean set aside a bad batch (the others were cleaned)
+EXIT_BUSY = 6   # another run holds the lease
 
 log = logging.getLogger("seglake")
 
@@ -51,7 +55,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seglake", description="Behavioral customer segmentation on Spark + Delta Lake.",
-        epilog="Exit codes: 0 ok, 1 job failed, 2 usage/config error, 3 not available yet, 4 Spark did not start.")
+        epilog="Exit codes: 0 ok, 1 job failed, 2 usage/config error, 3 not available yet, 4 Spark did not start, "
+               "6 another run holds the lease.")
     parser.add_argument("--version", action="version", version=f"seglake {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
@@ -142,7 +147,7 @@ def cmd_run(args) -> int:
         started = time.perf_counter()
         results = runner.run_chain(ctx)
         print(f"\nchain finished in {time.perf_counter() - started:.1f} s\n" + runner.summary_table(results))
-        return EXIT_OK
+        return _set_aside_exit(results)
     result = runner.run_job(ctx, args.job)
     print(f"{args.job} done in {result.seconds:.1f} s ({result.status})")
     for key, value in result.summary.items():
@@ -150,7 +155,17 @@ def cmd_run(args) -> int:
     if result.rows_out:
         print("  rows written: " + ", ".join(f"{t}={n}" for t, n in result.rows_out.items()))
     print(f"  recorded in ops.run_log (run_id {ctx.run_id}, job {args.job})")
-    return EXIT_OK
+    return _set_aside_exit([result])
+
+
+def _set_aside_exit(results) -> int:
+    """EXIT_SET_ASIDE (with one line naming the batches) when clean set a batch aside, else EXIT_OK."""
+    aside = sorted({b for r in results if r.status == "set_aside" for b in r.summary.get("set_aside", {})})
+    if not aside:
+        return EXIT_OK
+    print(f"set aside: bronze batch(es) {', '.join(aside)} were not cleaned (too many rejected records; see "
+          f"ops.clean_set_aside); fix the cause, then: seglake run clean --retry-set-aside", file=sys.stderr)
+    return EXIT_SET_ASIDE
 
 
 def cmd_generate(args) -> int:
@@ -263,7 +278,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SPARK
     except Exception as exc:  # noqa: BLE001 - a scheduler needs the exit code and one clear line
+        from seglake.core.leases import LeaseBusy
         from seglake.core.runner import JobFailed
+        busy = exc.cause if isinstance(exc, JobFailed) and isinstance(exc.cause, LeaseBusy) else exc
+        if isinstance(busy, LeaseBusy):
+            print(f"busy: {busy}", file=sys.stderr)
+            return EXIT_BUSY
         if isinstance(exc, JobFailed):
             log.debug("traceback", exc_info=exc.cause)
             print(f"error: job '{exc.job}' failed: {type(exc.cause).__name__}: {explain(exc.cause)}\n(rerun this job alone with: seglake run {exc.job}; add -v for the traceback)",

@@ -14,6 +14,7 @@ JOBS: dict[str, str] = {
     "ingest": "seglake.stages.ingest",
     "clean": "seglake.stages.clean",
     "identity": "seglake.stages.identity",
+    "consent": "seglake.stages.consent",     # ops.consent: consent events, --withdraw/--grant
     "sessions": "seglake.stages.enriched",  # silver.enriched_events + silver.sessions
     "features": "seglake.stages.features",
     "segments": "seglake.stages.segments",
@@ -29,7 +30,7 @@ JOBS: dict[str, str] = {
 
 #: the jobs `seglake run all` and `seglake demo` chain, in order.
 PIPELINE: tuple[str, ...] = (
-    "ingest", "clean", "identity", "sessions", "features", "segments", "cluster",
+    "ingest", "clean", "identity", "consent", "sessions", "features", "segments", "cluster",
     "propensity", "journeys",
 )
 

@@ -1,12 +1,13 @@
 """The data contract of DESIGN.md, defined once: raw fields, identifier columns, table names,
-and the one reader of consented events with their customer_id.
+the one reader of consented events with their customer_id, and the person-level consent state
+(:func:`withdrawn_customers`, read from the ``ops.consent`` ledger that ``seglake run consent`` writes).
 
 Every stage, the generator, erase and the report import these names instead of spelling
 them again. Table names are ``<layer>.<table>`` (stored at ``<lakehouse>/<layer>/<table>/``).
 """
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from typing import Iterable, Sequence
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -78,6 +79,11 @@ RUN_LOG = "ops.run_log"
 INGESTED_FILES = "ops.ingested_files"
 CLEAN_BATCHES = "ops.clean_batches"
 IDENTITY_RUNS = "ops.identity_runs"
+JOB_LEASES = "ops.job_leases"   # seglake.core.leases: who runs which job now
+CLEAN_SET_ASIDE = "ops.clean_set_aside"
+UNREADABLE_FILES = "ops.unreadable_files"
+ERASURE_REQUESTS = "ops.erasure_requests"   # seglake.core.erasure: the erasure ledger (hashes only)
+CONSENT_LEDGER = "ops.consent"   # seglake.stages.consent: grant/withdraw per identifier, with time
 
 #: Every table of the contract, in the order of the flow (for object stores, where the
 #: lakehouse cannot be listed, and for the report's table inventory).
@@ -86,7 +92,8 @@ KNOWN_TABLES: tuple[str, ...] = (
     ENRICHED_EVENTS, CUSTOMER_FEATURES, FEATURE_SCALING, RETENTION_MATRIX, SEGMENT_MEMBERSHIP, SEGMENT_CHANGES,
     SEGMENT_HEALTH, SEGMENT_OVERLAP, CLUSTERS, CLUSTER_PROFILES, CLUSTER_SWEEP, PROPENSITY_SCORES,
     TRANSITION_MATRIX, JOURNEY_METRICS, JOURNEY_PATHS, RUN_LOG, INGESTED_FILES, CLEAN_BATCHES,
-    IDENTITY_RUNS,
+    IDENTITY_RUNS, CLEAN_SET_ASIDE, UNREADABLE_FILES, JOB_LEASES,
+    ERASURE_REQUESTS, CONSENT_LEDGER,
 )
 
 
@@ -158,15 +165,103 @@ def attach_customer_id(events: DataFrame, identity_map: DataFrame,
     return out.select(*events.columns, "customer_id")
 
 
+# --------------------------------------------------------------------------- consent ledger
+
+#: Canonical event types (conf/standardize.yaml) that carry a person's consent decision -> the
+#: ledger action ``seglake run consent`` records for them. They are not behaviour: never profiled.
+CONSENT_EVENT_TYPES: dict[str, str] = {"consent_withdrawn": "withdraw", "consent_granted": "grant"}
+CONSENT_ACTIONS: tuple[str, ...] = ("withdraw", "grant")
+
+
+def consent_instant(at: date | datetime | None = None) -> datetime:
+    """The instant a consent state is judged at, as an aware UTC datetime.
+
+    A date means its 00:00 UTC (an as-of date: the moment its window closes), a naive datetime
+    is taken as UTC, None means now.
+    """
+    if at is None:
+        return datetime.now(timezone.utc)
+    if isinstance(at, datetime):
+        return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    if isinstance(at, date):
+        return datetime(at.year, at.month, at.day, tzinfo=timezone.utc)
+    raise TypeError(f"consent_instant needs a date, a datetime or None, got {type(at).__name__}")
+
+
+def instant_col(at: date | datetime | None) -> Column:
+    """``at`` as a TIMESTAMP literal, independent of the session time zone (epoch microseconds)."""
+    micros = (consent_instant(at) - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
+    return F.timestamp_micros(F.lit(int(micros)))
+
+
+def _effective_ledger(spark: SparkSession, cfg: Config, at: datetime) -> DataFrame:
+    return (tables.read(spark, cfg, CONSENT_LEDGER).where(F.col("effective_at") <= instant_col(at))
+            .select("identifier_type", "identifier", "action", "effective_at"))
+
+
+def withdrawn_customers(spark: SparkSession, cfg: Config, at: date | datetime | None = None) -> DataFrame:
+    """``customer_id`` of every customer whose consent is withdrawn at ``at``.
+
+    The ledger (``ops.consent``) rows effective at or before ``at`` are joined to the *current*
+    silver.identity_map on (identifier_type, identifier), so a withdrawal follows its identifier
+    into whichever customer holds it now (two customers merged by identity: the merged one is
+    withdrawn). Per customer, the latest action over all its identifiers decides (by
+    ``effective_at``; at equal times a withdrawal wins over a grant): a grant given later through
+    any of its identifiers re-includes the customer. Empty without a ledger.
+
+    Args:
+        spark: the session.
+        cfg: the configuration (table paths).
+        at: the instant (:func:`consent_instant`: a date is its 00:00 UTC; None = now).
+    """
+    latest = (consent_actions(spark, cfg, at).groupBy("customer_id")
+              .agg(F.max(F.struct(F.col("effective_at"), (F.col("action") == F.lit("withdraw")).alias("w")))
+                   .alias("latest")))
+    return latest.where(F.col("latest.w")).select("customer_id")
+
+
+def consent_actions(spark: SparkSession, cfg: Config, at: date | datetime | None = None) -> DataFrame:
+    """``customer_id, action, effective_at`` of every ledger row effective at or before ``at``,
+    attached to customers through the current silver.identity_map (empty without a ledger or a map)."""
+    if not (tables.exists(spark, cfg, CONSENT_LEDGER) and tables.exists(spark, cfg, IDENTITY_MAP)):
+        return spark.createDataFrame([], "customer_id STRING, action STRING, effective_at TIMESTAMP")
+    ledger = _effective_ledger(spark, cfg, consent_instant(at))
+    idmap = tables.read(spark, cfg, IDENTITY_MAP).select("identifier_type", "identifier", "customer_id")
+    return (idmap.join(F.broadcast(ledger), ["identifier_type", "identifier"])  # the ledger is small
+            .select("customer_id", "action", "effective_at"))
+
+
+def exclude_withdrawn(spark: SparkSession, cfg: Config, df: DataFrame,
+                      at: date | datetime | None = None) -> DataFrame:
+    """``df`` without the rows of customers withdrawn at ``at`` (:func:`withdrawn_customers`).
+
+    A broadcast left anti join on ``customer_id`` (rows with a null customer_id stay). Without a
+    ledger, or with no withdrawal effective by ``at`` (one look at the small ledger), ``df`` itself:
+    no join at all.
+    """
+    require_columns(df, ["customer_id"], "exclude_withdrawn input")
+    if not tables.exists(spark, cfg, CONSENT_LEDGER):
+        return df
+    instant = consent_instant(at)
+    if not _effective_ledger(spark, cfg, instant).where(F.col("action") == F.lit("withdraw")).limit(1).collect():
+        return df
+    # withdrawn customers are few (bounded by consent decisions, not by events): broadcast
+    return df.join(F.broadcast(withdrawn_customers(spark, cfg, instant)), "customer_id", "left_anti")
+
+
 def customer_events(spark: SparkSession, cfg: Config, *, start: date | None = None,
                     end: date | None = None, end_inclusive: bool = False,
                     event_types: Sequence[str] | None = None, columns: Sequence[str] | None = None,
-                    drop_unattached: bool = True, where: Column | None = None) -> DataFrame:
+                    drop_unattached: bool = True, where: Column | None = None,
+                    consent_at: date | datetime | None = None, withdrawals: bool = True) -> DataFrame:
     """Consented silver.events with their ``customer_id`` (the one reader every later stage uses).
 
     Filters are applied to silver.events before the identity join (``event_date`` is its
     partition column, so a window prunes files); then :func:`profiling_events` and
-    :func:`attach_customer_id` with the guard's excluded identifiers.
+    :func:`attach_customer_id` with the guard's excluded identifiers. Consent events
+    (:data:`CONSENT_EVENT_TYPES`) are records of a decision, not behaviour: never returned.
+    Customers whose consent is withdrawn (:func:`withdrawn_customers`) at ``consent_at`` are
+    left out as a whole (:func:`exclude_withdrawn`).
 
     Args:
         spark: the session.
@@ -180,6 +275,12 @@ def customer_events(spark: SparkSession, cfg: Config, *, start: date | None = No
         drop_unattached: drop events whose anchor identifier has no customer (default); with
             False they are kept with a null ``customer_id``.
         where: an extra filter on silver.events columns, applied before the join.
+        consent_at: the instant consent is judged at; default ``end`` (its 00:00 UTC, whether
+            ``end_inclusive`` or not: the as-of moment), or now without ``end``. A withdrawal
+            effective before the as-of day starts excludes the customer from that as-of on;
+            earlier as-of dates (backfills included) still include them.
+        withdrawals: False keeps withdrawn customers (for silver.enriched_events, whose readers
+            apply the withdrawals at their own as-of).
 
     Returns:
         The selected silver columns plus ``customer_id``.
@@ -194,7 +295,7 @@ def customer_events(spark: SparkSession, cfg: Config, *, start: date | None = No
         events = events.where(F.col("event_type").isin(*event_types))
     if where is not None:
         events = events.where(where)
-    events = profiling_events(events)
+    events = profiling_events(events).where(~F.col("event_type").isin(*CONSENT_EVENT_TYPES))
     if columns is not None:
         id_cols = [c for _, c in IDENTIFIERS]
         keep = [c for c in columns if c in events.columns and c != "customer_id"]
@@ -205,6 +306,8 @@ def customer_events(spark: SparkSession, cfg: Config, *, start: date | None = No
     out = attach_customer_id(events, idmap, excluded)
     if drop_unattached:
         out = out.where(F.col("customer_id").isNotNull())
+    if withdrawals:
+        out = exclude_withdrawn(spark, cfg, out, consent_at if consent_at is not None else end)
     if columns is not None:
         out = out.select(*[c for c in columns if c in out.columns and c != "customer_id"], "customer_id")
     return out

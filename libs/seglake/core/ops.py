@@ -71,7 +71,7 @@ def record_run(spark: SparkSession, cfg: Config, job: str, run_id: str, metrics:
         run_id: the run id (``ctx.run_id``).
         metrics: what the run produced, e.g. counts.
         started_at: when the run started (aware or naive UTC).
-        status: ``success`` | ``failed`` | ``noop``.
+        status: ``success`` | ``failed`` | ``noop`` | ``set_aside`` (clean: a batch set aside).
         as_of: the as-of date the run computed for, if any.
         rows_in: rows of each table version the run read (from the Delta log).
         rows_out: rows each written table received (from the Delta commit metrics).
@@ -87,9 +87,10 @@ def record_run(spark: SparkSession, cfg: Config, job: str, run_id: str, metrics:
 
 
 def last_run(spark: SparkSession, cfg: Config, job: str) -> dict | None:
-    """The latest ``ops.run_log`` row of ``job`` as a dict (None if the job never ran)."""
+    """The latest ``ops.run_log`` row of ``job`` as a dict (None if the job never ran; two runs
+    started at the same instant: the larger run_id, (run_id, job) being the table's key)."""
     if not tables.exists(spark, cfg, RUN_LOG):
         return None
     row = (tables.read(spark, cfg, RUN_LOG).where(F.col("job") == job)
-           .orderBy(F.col("started_at").desc()).limit(1).collect())
+           .orderBy(F.col("started_at").desc(), F.col("run_id").desc()).limit(1).collect())
     return row[0].asDict() if row else None

@@ -1,12 +1,16 @@
-"""PII handling: the one salted hashing function and where the salt comes from.
+"""PII handling: the one keyed hashing function (HMAC-SHA256) and where its key comes from.
 
-Identifiers that are personal data (email, phone, device fingerprints) are replaced by a
-salted SHA-256 before anything reaches silver. The salt is a secret read from the
-environment variable named by ``clean.pii_salt_env``; it is never logged, and neither are
-identifiers.
+Identifiers that are personal data (email, phone, device fingerprints) are replaced by an
+HMAC-SHA256 keyed by a secret before anything reaches silver, and customer ids are derived
+with the same keyed function (:mod:`seglake.stages.identity.graph`): without the key, nobody
+holding identifiers can recompute a hash or a customer_id to re-identify a person. The key is
+read from the environment variable named by ``clean.pii_salt_env`` (default
+``SEGLAKE_PII_SALT``; the setting keeps its historical name); it is never logged, and neither
+are identifiers. Rotating it changes every hash and every customer_id (README: key rotation).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 
@@ -17,13 +21,16 @@ from seglake.core.config import Config
 
 log = logging.getLogger(__name__)
 
-#: Used only when no salt is configured and ``clean.require_pii_salt`` is false (laptops,
+#: Used only when no key is configured and ``clean.require_pii_salt`` is false (laptops,
 #: tests). Not secret: hashes made with it must never leave a development machine.
 DEV_SALT = "seglake-dev-salt-not-secret"
+DEV_KEY = DEV_SALT
+
+_BLOCK = 64  # SHA-256 block size in bytes (RFC 2104's B)
 
 
 class MissingSaltError(ValueError):
-    """The PII salt is required but its environment variable is not set."""
+    """The PII key is required but its environment variable is not set."""
 
 
 def normalize_identifier(col: Column | str) -> Column:
@@ -37,28 +44,62 @@ def normalize_identifier(col: Column | str) -> Column:
     return F.when(trimmed == "", F.lit(None).cast("string")).otherwise(trimmed)
 
 
-def hash_identifier(col: Column | str, salt: str) -> Column:
-    """Salted SHA-256 (hex) of a normalized identifier; null stays null.
+def _check_key(key: str, caller: str) -> None:
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"{caller} needs a non-empty key string (the PII secret), got "
+                         f"{'an empty string' if key == '' else type(key).__name__}")
 
-    ``sha2(concat(salt, lower(trim(value))), 256)``, built-in functions only. This is the one
-    hashing function of the project: tests hash ground-truth identifiers with it to compare.
+
+def _pads(key: str) -> tuple[bytes, bytes]:
+    """HMAC's two padded key blocks: (K' xor ipad, K' xor opad), K' = the key's UTF-8 bytes
+    (SHA-256 of them when longer than 64 bytes) zero-padded to 64 bytes."""
+    k = key.encode("utf-8")
+    if len(k) > _BLOCK:
+        k = hashlib.sha256(k).digest()
+    k = k.ljust(_BLOCK, b"\x00")
+    return bytes(b ^ 0x36 for b in k), bytes(b ^ 0x5C for b in k)
+
+
+def hmac_sha256(col: Column | str, key: str) -> Column:
+    """HMAC-SHA256 (64 lower-case hex characters) of a string column's UTF-8 bytes; null stays null.
+
+    ``sha2(opad_block || unhex(sha2(ipad_block || encode(value, 'UTF-8'), 256)), 256)``: RFC 2104
+    from built-in functions only (no UDF); equal to Python's
+    ``hmac.new(key.encode(), value.encode(), hashlib.sha256).hexdigest()``. The value is used as
+    is (no normalization: see :func:`hash_identifier` for identifiers).
+
+    Args:
+        col: a string column.
+        key: the secret, see :func:`key`.
+    """
+    _check_key(key, "hmac_sha256")
+    col = F.col(col) if isinstance(col, str) else col
+    ipad, opad = _pads(key)
+    inner = F.unhex(F.sha2(F.concat(F.lit(ipad), F.encode(col, "UTF-8")), 256))
+    return F.sha2(F.concat(F.lit(opad), inner), 256)
+
+
+def hash_identifier(col: Column | str, key: str) -> Column:
+    """HMAC-SHA256 (hex) of a normalized identifier keyed by the PII secret; null and blank -> null.
+
+    :func:`hmac_sha256` of ``lower(trim(value))``, built-in functions only. This is the one
+    identifier hashing function of the project: tests hash ground-truth identifiers with it to
+    compare, and check it against Python's :mod:`hmac`.
 
     Args:
         col: the identifier column (string).
-        salt: the secret salt, see :func:`salt`.
+        key: the secret HMAC key, see :func:`key` (formerly called the salt).
     """
-    if not isinstance(salt, str) or not salt:
-        raise ValueError("hash_identifier needs a non-empty salt string")
+    _check_key(key, "hash_identifier")
     norm = normalize_identifier(col)
-    return F.when(norm.isNull(), F.lit(None).cast("string")).otherwise(
-        F.sha2(F.concat(F.lit(salt), norm), 256))
+    return F.when(norm.isNull(), F.lit(None).cast("string")).otherwise(hmac_sha256(norm, key))
 
 
-def salt(cfg: Config) -> str:
-    """The PII salt from the environment variable named by ``clean.pii_salt_env``.
+def key(cfg: Config) -> str:
+    """The PII HMAC key from the environment variable named by ``clean.pii_salt_env``.
 
     When the variable is unset or empty: :class:`MissingSaltError` if
-    ``clean.require_pii_salt`` is true (prod), else :data:`DEV_SALT` with a warning.
+    ``clean.require_pii_salt`` is true (prod), else :data:`DEV_KEY` with a warning.
     The value is never logged.
     """
     env_name = cfg.get("clean.pii_salt_env") or "SEGLAKE_PII_SALT"
@@ -67,8 +108,12 @@ def salt(cfg: Config) -> str:
         return value
     if cfg.get("clean.require_pii_salt", False):
         raise MissingSaltError(
-            f"the PII salt is required (clean.require_pii_salt) but the environment variable "
+            f"the PII key is required (clean.require_pii_salt) but the environment variable "
             f"{env_name} is not set; set it to a long random secret before running this job.")
-    log.warning("environment variable %s is not set: hashing PII with the fixed development salt "
+    log.warning("environment variable %s is not set: hashing PII with the fixed development key "
                 "(set it in any real environment; hashes made now are not protected).", env_name)
-    return DEV_SALT
+    return DEV_KEY
+
+
+#: The former name of :func:`key`, kept for callers that say ``pii.salt(cfg)``.
+salt = key

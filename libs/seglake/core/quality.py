@@ -7,8 +7,10 @@ whole-dataframe batch definition -> ValidationDefinition -> Checkpoint), writes 
 JSON per run and refreshes the Data Docs HTML under ``<lakehouse>/_quality/``.
 
 Expectations with ``"severity": "critical"`` (the GX default) fail the table; ``warning``
-and ``info`` ones are reported only. Row-level rules that route single records to
-quarantine live in the stage (as Spark expressions); the suite is the table-level gate.
+and ``info`` ones are reported only: the log line and :meth:`QualityResult.headline` name
+them as "only warned" (never "all passed"), by type and column, never with data values.
+Row-level rules that route single records to quarantine live in the stage (as Spark
+expressions); the suite is the table-level gate.
 """
 from __future__ import annotations
 
@@ -29,9 +31,26 @@ class QualityError(ValueError):
     """A table-level data quality failure (the message names the failed expectations)."""
 
 
+def expectation_name(item: Mapping[str, Any]) -> str:
+    """How messages name an expectation: its type and column, e.g.
+    ``expect_column_values_to_not_be_null(duration_s)``; an ``info`` one is marked ``[info]``.
+    Never an observed value: those are data (the result JSON and the Data Docs keep them)."""
+    column = item.get("column")
+    name = f"{item['type']}({column})" if column else str(item["type"])
+    return name + (f" [{item['severity']}]" if item.get("severity") not in (None, "critical", "warning") else "")
+
+
+def _names(items: list[dict]) -> str:
+    return ", ".join(sorted(expectation_name(i) for i in items))
+
+
 @dataclass
 class QualityResult:
-    """Outcome of one suite run."""
+    """Outcome of one suite run.
+
+    ``success`` is False only when a critical (error-level) expectation failed; a failed
+    ``warning``/``info`` one is listed in ``warnings`` and does not count as passed.
+    """
 
     suite: str
     success: bool
@@ -41,12 +60,38 @@ class QualityResult:
     results_path: str | None = None
     docs_path: str | None = None
 
+    @property
+    def evaluated(self) -> int:
+        """Expectations evaluated (GX's statistic; else those passed + failed + warned)."""
+        n = self.statistics.get("evaluated_expectations")
+        if n is None:
+            n = int(self.statistics.get("successful_expectations") or 0) + len(self.failed) + len(self.warnings)
+        return int(n)
+
+    @property
+    def passed(self) -> int:
+        """Expectations that held: neither failed at error level nor only warned."""
+        return self.evaluated - len(self.failed) - len(self.warnings)
+
+    def headline(self) -> str:
+        """The outcome in one line, for a job summary: what passed, what failed at error level
+        and what only warned, by name (never data values), e.g.
+        ``23 of 24 expectations passed; 0 failed at error level; 1 only warned:
+        expect_column_values_to_not_be_null(duration_s)``, or ``all 24 expectations passed``."""
+        if not self.failed and not self.warnings:
+            return f"all {self.evaluated} expectations passed"
+        failed = f"{len(self.failed)} failed at error level" + (f": {_names(self.failed)}" if self.failed else "")
+        warned = f"{len(self.warnings)} only warned" + (f": {_names(self.warnings)}" if self.warnings else "")
+        return f"{self.passed} of {self.evaluated} expectations passed; {failed}; {warned}"
+
     def summary(self) -> str:
-        """One sentence naming the failed expectations, for error messages."""
-        if self.success:
-            return f"suite {self.suite}: all {self.statistics.get('evaluated_expectations')} expectations passed"
-        parts = [f"{f['type']}({f.get('column') or ''}): {f.get('observed')}" for f in self.failed]
-        return f"suite {self.suite} failed {len(self.failed)} critical expectation(s): " + "; ".join(parts)
+        """One sentence with the suite's name and :meth:`headline`'s facts (logged by
+        :func:`validate`; the message of :class:`QualityError`)."""
+        if not self.failed:
+            return f"suite {self.suite}: {self.headline()}"
+        warned = f"{len(self.warnings)} only warned" + (f": {_names(self.warnings)}" if self.warnings else "")
+        return (f"suite {self.suite} failed {len(self.failed)} critical expectation(s): {_names(self.failed)}; "
+                f"{self.passed} of {self.evaluated} passed; {warned}")
 
 
 def expectations_dir(cfg: Config) -> Path:
@@ -158,7 +203,8 @@ def validate(df: DataFrame, suite_name: str, cfg: Config, run_id: str,
             result.docs_path = str(Path(docs_dir.removeprefix("file://")) / "index.html")
     else:  # object storage: GX's filesystem backends do not reach it; the run log keeps the outcome
         log.warning("quality results for %s are not written: %s is not a local path", suite_name, base)
-    log.info("%s", result.summary())
+    # a warned or failed expectation is logged as a warning: "all passed" only when all did
+    log.log(logging.WARNING if failed or warnings else logging.INFO, "%s", result.summary())
     return result
 
 

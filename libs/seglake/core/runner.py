@@ -10,6 +10,11 @@ log, never from extra passes over the data: ``rows_out`` from the operation metr
 job's own commits, ``rows_in`` from the log statistics of the table version it read.
 An exception becomes :class:`JobFailed` naming the job, which the CLI turns into exit code 1.
 Jobs are idempotent, so rerunning a job or the chain rebuilds the same tables.
+
+Each run holds the job's lease (:func:`seglake.core.leases.hold`) from before it starts until
+its ``ops.run_log`` row is written, released in every case: a second run of the same job at
+the same time stops with :class:`~seglake.core.leases.LeaseBusy` before doing anything (no run
+log row: it did not run; the CLI exits 6), and no job writes while erase VACUUMs.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 from seglake import registry
-from seglake.core import ops, tables
+from seglake.core import leases, ops, tables
 from seglake.core.context import JobContext
 
 log = logging.getLogger(__name__)
@@ -52,7 +57,14 @@ def run_job(ctx: JobContext, job: str) -> StageResult:
 
 def run_stage(ctx: JobContext, job: str, run: Callable[[JobContext], dict | None],
               uses_as_of: bool = False) -> StageResult:
-    """Run ``run(ctx)`` as job ``job`` and record its ``ops.run_log`` row (see the module doc)."""
+    """Run ``run(ctx)`` as job ``job`` under the job's lease and record its ``ops.run_log`` row
+    (see the module doc). LeaseBusy (another run holds the lease) propagates as it is."""
+    with leases.hold(ctx.spark, ctx.cfg, job, ctx.run_id):
+        return _run_stage(ctx, job, run, uses_as_of)
+
+
+def _run_stage(ctx: JobContext, job: str, run: Callable[[JobContext], dict | None],
+               uses_as_of: bool) -> StageResult:
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
     ctx.status = "success"
@@ -84,8 +96,15 @@ def _record(ctx: JobContext, job: str, journal: tables.Journal, metrics: dict, s
     rows_out: dict[str, int] = {}
     try:
         rows_in, rows_out = _counts(ctx, journal)
-        ops.record_run(ctx.spark, ctx.cfg, job, ctx.run_id, metrics, started_at, status=status,
-                       as_of=ctx.as_of, rows_in=rows_in, rows_out=rows_out, error=error)
+        for attempt in range(3):  # a MERGE of another job's row committed meanwhile: merge again
+            try:
+                ops.record_run(ctx.spark, ctx.cfg, job, ctx.run_id, metrics, started_at, status=status,
+                               as_of=ctx.as_of, rows_in=rows_in, rows_out=rows_out, error=error)
+                break
+            except Exception as exc:  # noqa: BLE001 - only commit conflicts are retried
+                if attempt == 2 or not leases.is_conflict(exc):
+                    raise
+                log.info("ops.run_log: a concurrent commit conflicted with the %s row; merging again", job)
     except Exception as exc:  # noqa: BLE001 - the job's result matters more than its log row
         log.warning("could not record the %s run %s in %s: %s: %s", job, ctx.run_id, ops.RUN_LOG,
                     type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")

@@ -34,7 +34,8 @@ def session_conf(cfg: Config) -> dict[str, str]:
         "spark.sql.shuffle.partitions": str(spark_cfg["shuffle_partitions"]),
         "spark.sql.session.timeZone": "UTC",
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
-        "spark.databricks.delta.retentionDurationCheck.enabled": "false",
+        # Delta's VACUUM retention check stays on: only seglake.core.tables.vacuum switches it off,
+        # for one call whose caller chose a short retention (maintain's flag, erase's exclusive lease)
     })
     conf.update({str(k): str(v) for k, v in (spark_cfg.get("extra_conf") or {}).items()})
     return conf

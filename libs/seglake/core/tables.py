@@ -14,6 +14,7 @@ from typing import Iterable, Iterator, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 
+from seglake.core import faults
 from seglake.core.config import Config
 
 log = logging.getLogger(__name__)
@@ -279,17 +280,24 @@ def _partitioned(writer, partition_by: Sequence[str]):
 
 
 def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] = (),
-           user_metadata: str | None = None, properties: dict | None = None) -> None:
+           user_metadata: str | None = None, properties: dict | None = None,
+           txn: tuple[str, int] | None = None) -> None:
     """Append ``df`` (creating the table on the first write, with ``properties``);
-    ``user_metadata`` goes into the commit's ``userMetadata`` (see :func:`recorded_metadata`)."""
+    ``user_metadata`` goes into the commit's ``userMetadata`` (see :func:`recorded_metadata`);
+    ``txn`` = (app id, version) makes it a Delta idempotent write (``txnAppId``/``txnVersion``):
+    skipped when the table already holds a commit of that app id with that version or a newer one."""
     before = _version_before(df.sparkSession, cfg, table)
     writer = df.write.format("delta").mode("append").options(
         **_creation_options(df, cfg, table, partition_by, properties))
+    if txn is not None:
+        writer = writer.option("txnAppId", txn[0]).option("txnVersion", int(txn[1]))
+    faults.point(f"before_commit:{table}")
     if user_metadata is None:
         _partitioned(writer, partition_by).save(cfg.table_path(table))
     else:  # the metadata must be committed even when there are no rows to add
         with _session_conf(df.sparkSession, {"spark.databricks.delta.skipRecordingEmptyCommits": "false"}):
             _partitioned(writer.option("userMetadata", user_metadata), partition_by).save(cfg.table_path(table))
+    faults.point(f"after_commit:{table}")
     _journal_commit(df.sparkSession, cfg, table, before)
 
 
@@ -304,11 +312,13 @@ def overwrite(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str
     else:
         writer = writer.option("overwriteSchema", "true")
     before = _version_before(df.sparkSession, cfg, table)
+    faults.point(f"before_commit:{table}")
     if user_metadata is None:
         _partitioned(writer, partition_by).save(cfg.table_path(table))
     else:
         with _session_conf(df.sparkSession, {"spark.databricks.delta.skipRecordingEmptyCommits": "false"}):
             _partitioned(writer.option("userMetadata", user_metadata), partition_by).save(cfg.table_path(table))
+    faults.point(f"after_commit:{table}")
     _journal_commit(df.sparkSession, cfg, table, before)
 
 
@@ -340,9 +350,11 @@ def delete_matching(spark: SparkSession, cfg: Config, table: str, keys: DataFram
     before = _version_before(spark, cfg, table)
     settings = {} if user_metadata is None else {"spark.databricks.delta.commitInfo.userMetadata": user_metadata,
                                                   "spark.databricks.delta.skipRecordingEmptyCommits": "false"}
+    faults.point(f"before_commit:{table}")
     with _session_conf(spark, settings):
         (DeltaTable.forPath(spark, cfg.table_path(table)).alias("t")
          .merge(keys.select(on).alias("s"), f"t.`{on}` = s.`{on}`").whenMatchedDelete().execute())
+    faults.point(f"after_commit:{table}")
     _journal_commit(spark, cfg, table, before)
 
 
@@ -371,5 +383,48 @@ def merge(spark: SparkSession, df: DataFrame, cfg: Config, table: str, keys: Ite
         builder = builder.withSchemaEvolution()
     if update:
         builder = builder.whenMatchedUpdateAll()
+    faults.point(f"before_commit:{table}")
     builder.whenNotMatchedInsertAll().execute()
+    faults.point(f"after_commit:{table}")
     _journal_commit(spark, cfg, table, before)
+
+
+#: Delta's default ``delta.deletedFileRetentionDuration`` (7 days): VACUUM keeps what older
+#: versions need this long, and Delta refuses a shorter retention unless its check is off
+DELTA_RETENTION_HOURS = 168
+
+
+def vacuum(spark: SparkSession, cfg: Config, table: str, retention_hours: float) -> None:
+    """VACUUM ``table``, keeping the files table versions of the last ``retention_hours`` need.
+
+    The session keeps Delta's retention check on; only this call switches it off, when the
+    caller chose a retention below :data:`DELTA_RETENTION_HOURS` (callers decide when that is
+    safe: maintain's ``--allow-short-retention``, erase under an exclusive lease). VACUUM lists
+    files with ``spark.sql.sources.parallelPartitionDiscovery.parallelism`` tasks (default 10000,
+    far too many for our tables): bounded here by the shuffle setting. Both settings are restored.
+    """
+    from delta.tables import DeltaTable
+
+    hours = float(retention_hours)
+    if hours < 0:
+        raise ValueError(f"VACUUM retention must be >= 0 hours, got {retention_hours!r}")
+    try:
+        tasks = max(2, int(spark.conf.get("spark.sql.shuffle.partitions")))
+    except (TypeError, ValueError):  # "auto" on Databricks
+        tasks = 200
+    settings = {"spark.sql.sources.parallelPartitionDiscovery.parallelism": str(tasks)}
+    if hours < DELTA_RETENTION_HOURS:
+        settings["spark.databricks.delta.retentionDurationCheck.enabled"] = "false"
+    with _session_conf(spark, settings):
+        DeltaTable.forPath(spark, cfg.table_path(table)).vacuum(hours)
+
+
+@contextlib.contextmanager
+def tagged_commits(spark: SparkSession, tags: dict) -> Iterator[None]:
+    """Every Delta commit made inside the block carries ``tags`` (JSON) as its userMetadata, so a
+    later run can tell which run made a table's latest write (:func:`recorded_metadata`). The
+    commit of a write that changes nothing is still recorded, so the tag is always there."""
+    import json
+    with _session_conf(spark, {"spark.databricks.delta.commitInfo.userMetadata": json.dumps(tags),
+                               "spark.databricks.delta.skipRecordingEmptyCommits": "false"}):
+        yield

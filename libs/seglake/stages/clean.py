@@ -13,8 +13,9 @@
 5. imputes missing durations with the median per event type x device (fallback
    per event type, then global), flagging ``duration_imputed``;
 6. validates the result with the Great Expectations suite ``expectations/silver_events.json``
-   (:mod:`seglake.core.quality`); a table-level failure, or a reject share above
-   ``clean.max_reject_share``, stops the job before silver is written;
+   (:mod:`seglake.core.quality`); a table-level failure stops the job before silver is
+   written; a batch whose reject share is above ``clean.max_reject_share`` is set aside
+   (:mod:`seglake.stages.clean_batches`) and the other batches are cleaned;
 7. (the stage runner writes its ``ops.run_log`` row; a run with no new batch is a ``noop``).
 
 Consent: consent=false events stay in silver.events (audit, erasure, exact counts) but every
@@ -34,11 +35,13 @@ import yaml
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from seglake.core import pii, quality, tables
+from seglake.core import erasure, pii, quality, tables
 from seglake.core.contracts import (BRONZE_EVENTS, BRONZE_META_FIELDS, CLEAN_BATCHES, IDENTIFIER_FIELDS,
                                     QUARANTINE, RAW_FIELDS, SILVER_EVENTS)
 from seglake.core.context import JobContext
 from seglake.core.spark import persist_events
+from seglake.stages import clean_batches
+from seglake.stages.impute import duration_medians, impute_duration  # noqa: F401 - part of clean's API
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +171,12 @@ def parse_consent(raw: Column, default: bool) -> Column:
 
 
 def derived_event_key(user_id: Column, anonymous_id: Column, device_hash: Column, email_hash: Column,
-                      phone_hash: Column, event_ts: Column, event_type: Column) -> Column:
-    """sha2 of identifiers (hashed where silver hashes) + UTC epoch millis + canonical type."""
+                      phone_hash: Column, event_ts: Column, event_type: Column, key: str) -> Column:
+    """HMAC (the PII key) of identifiers (hashed where silver hashes) + UTC epoch millis + canonical
+    type: keyed, because user_id and anonymous_id enter it as they are (an unkeyed hash could be
+    recomputed from a user id and linked to the event's customer)."""
     parts = [F.coalesce(c, F.lit("")) for c in (user_id, anonymous_id, device_hash, email_hash, phone_hash)]
-    return F.sha2(F.concat_ws("|", *parts, F.unix_millis(event_ts).cast("string"), event_type), 256)
+    return pii.hmac_sha256(F.concat_ws("|", *parts, F.unix_millis(event_ts).cast("string"), event_type), key)
 
 
 # --------------------------------------------------------------------------- transformations
@@ -282,7 +287,7 @@ def standardize(bronze: DataFrame, std: Standards, salt: str, max_ts: datetime,
     )
     key = F.coalesce(F.col("event_id"), derived_event_key(
         F.col("user_id"), F.col("anonymous_id"), F.col("device_id"), F.col("email_hash"),
-        F.col("phone_hash"), F.col("event_ts"), F.col("event_type")))
+        F.col("phone_hash"), F.col("event_ts"), F.col("event_type"), salt))
     return (typed.withColumn("event_key", F.when(F.col("_reason").isNull(), key))
             .withColumn("event_date", F.to_date("event_ts")))
 
@@ -307,51 +312,6 @@ def dedupe_batch(valid: DataFrame) -> DataFrame:
             .where(F.col("_rn") == 1).drop("_rn"))
 
 
-def duration_medians(events: DataFrame, decimals: int = 3) -> DataFrame:
-    """Median ``duration_s`` per (event_type, device_type), per event_type and global.
-
-    The lower median (``percentile_disc(0.5)``) of durations rounded to ``decimals``, found
-    from value counts: one aggregation (grouping sets) to (level, group, value, count) rows,
-    then a running sum per group. Unlike ``percentile_approx``, whose sketch merges depend on
-    how rows are partitioned, the result is the same on any cluster layout, so a rerun or a
-    cluster run imputes the same values. Memory is bounded by the distinct rounded values,
-    not by events.
-    ``level`` is ``type_device`` | ``type`` | ``global``. Small output (types x devices rows).
-    """
-    levels = (events.where(F.col("duration_s").isNotNull())
-              .withColumn("_v", F.round(F.col("duration_s"), int(decimals)))
-              .groupingSets([["event_type", "device_type", "_v"], ["event_type", "_v"], ["_v"]],
-                            "event_type", "device_type", "_v")
-              .agg(F.count(F.lit(1)).alias("_n"),
-                   F.when(F.grouping("event_type") == 1, "global").when(F.grouping("device_type") == 1, "type")
-                   .otherwise("type_device").alias("level")))
-    group = Window.partitionBy("level", "event_type", "device_type")
-    running = F.sum("_n").over(group.orderBy("_v").rowsBetween(Window.unboundedPreceding, Window.currentRow))
-    return (levels.withColumn("_cum", running).withColumn("_total", F.sum("_n").over(group))
-            .where(F.col("_cum") * 2 >= F.col("_total"))
-            .groupBy("level", "event_type", "device_type").agg(F.min("_v").alias("median"))
-            .select("event_type", "device_type", "median", "level"))
-
-
-def impute_duration(events: DataFrame, medians: DataFrame) -> DataFrame:
-    """Fill missing ``duration_s`` from :func:`duration_medians`, set ``duration_imputed``.
-
-    Fallback order: median of (event_type, device_type), of event_type, global. A row that
-    had a duration keeps it (``duration_imputed`` false).
-    """
-    td = medians.where(F.col("level") == "type_device").select(
-        "event_type", "device_type", F.col("median").alias("_m_td"))
-    t = medians.where(F.col("level") == "type").select("event_type", F.col("median").alias("_m_t"))
-    glob = medians.where(F.col("level") == "global").select(F.col("median").alias("_m_g"))
-    out = (events.join(F.broadcast(td), ["event_type", "device_type"], "left")
-           .join(F.broadcast(t), ["event_type"], "left")
-           .crossJoin(F.broadcast(glob.unionByName(
-               glob.sparkSession.createDataFrame([], "_m_g DOUBLE")).agg(F.max("_m_g").alias("_m_g")))))
-    filled = F.coalesce(F.col("duration_s"), F.col("_m_td"), F.col("_m_t"), F.col("_m_g"))
-    return (out.withColumn("duration_imputed", F.col("duration_s").isNull() & filled.isNotNull())
-            .withColumn("duration_s", filled).drop("_m_td", "_m_t", "_m_g"))
-
-
 def parse_properties(text: Column) -> Column:
     """The properties JSON object as ``map<string,string>`` (null when it is not one)."""
     return F.from_json(text, "map<string,string>")
@@ -374,6 +334,7 @@ def _sql_quote(value: str) -> str:
 def add_arguments(parser) -> None:  # noqa: D103 - argparse hook
     parser.add_argument("--skip-docs", action="store_true",
                         help="do not refresh the Great Expectations Data Docs HTML")
+    clean_batches.add_arguments(parser)
 
 
 def run(ctx: JobContext) -> dict:
@@ -396,22 +357,22 @@ def _run(ctx: JobContext, started: datetime) -> dict:
     bronze = tables.read(spark, cfg, BRONZE)
     check_bronze_schema(bronze)
 
-    done_batches = (tables.read(spark, cfg, CLEANED_BATCHES).select("_batch_id")
-                    if tables.exists(spark, cfg, CLEANED_BATCHES) else None)
-    pending = bronze.select("_batch_id").distinct()
-    if done_batches is not None:
-        pending = pending.join(done_batches, "_batch_id", "left_anti")
-    # one row per ingest batch: small
-    batch_ids = sorted(r["_batch_id"] for r in pending.collect() if r["_batch_id"] is not None)
+    batch_ids, skipped = clean_batches.pending(spark, cfg, bronze, bool(ctx.args.get("retry_set_aside")))
+    if skipped:
+        log.warning("clean: %d set-aside batch(es) skipped (see %s; --retry-set-aside after a fix)",
+                    len(skipped), clean_batches.CLEAN_SET_ASIDE)
     if not batch_ids:
         summary = {"batches": 0, "records_in": 0, "note": "no new bronze batches: nothing to clean"}
+        if skipped:
+            summary["set_aside_skipped"] = len(skipped)
         ctx.status = "noop"
         return summary
 
     max_ts = started + timedelta(minutes=float(cfg.get("clean.max_future_skew_minutes")))
     standardized = standardize(bronze.where(F.col("_batch_id").isin(batch_ids)), std, salt, max_ts,
                                bool(cfg.get("clean.consent_default", False)), properties_as_text=True)
-    standardized = persist_events(standardized)
+    # records of persons erased earlier (ops.erasure_requests) never reach silver or quarantine again
+    standardized = persist_events(erasure.erased_filter(spark, cfg, standardized, erasure.STANDARDIZED_COLUMNS))
     try:
         return _write(ctx, started, standardized, batch_ids, max_ts, decimals)
     finally:
@@ -421,18 +382,24 @@ def _run(ctx: JobContext, started: datetime) -> dict:
 def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_ids: list[str],
            max_ts: datetime, impute_decimals: int) -> dict:
     spark, cfg = ctx.spark, ctx.cfg
-    # one row per reason code (<= len(REASONS) + 1): small
-    by_reason_rows = standardized.groupBy("_reason").count().collect()
-    records_in = sum(r["count"] for r in by_reason_rows)
-    by_reason = {r["_reason"]: r["count"] for r in by_reason_rows if r["_reason"] is not None}
+    # one row per batch and reason code (<= batches x (len(REASONS) + 1)): small
+    max_share = float(cfg.get("clean.max_reject_share"))
+    good, bad = clean_batches.judge(standardized.groupBy("_batch_id", "_reason").count().collect(), max_share)
+    set_aside = clean_batches.set_aside(spark, cfg, bad, max_share, ctx.run_id) if bad else {}
+    if not good:
+        ctx.status = "set_aside"
+        return {"batches": 0, "records_in": 0, "set_aside": set_aside,
+                "note": f"every pending batch was set aside (see {clean_batches.CLEAN_SET_ASIDE})"}
+    if bad:
+        batch_ids = sorted(good)
+        standardized = standardized.where(F.col("_batch_id").isin(batch_ids))
+    records_in = sum(s["records"] for s in good.values())
+    by_reason: dict[str, int] = {}
+    for s in good.values():
+        for reason, n in s["by_reason"].items():
+            by_reason[reason] = by_reason.get(reason, 0) + n
     quarantined = sum(by_reason.values())
     valid = records_in - quarantined
-    share = quarantined / records_in if records_in else 0.0
-    max_share = float(cfg.get("clean.max_reject_share"))
-    if share > max_share:
-        raise quality.QualityError(
-            f"{SILVER} was not written: {quarantined} of {records_in} records ({share:.1%}) were rejected, "
-            f"more than clean.max_reject_share={max_share:.1%} (by reason: {dict(sorted(by_reason.items()))})")
 
     unique = dedupe_batch(standardized.where(F.col("_reason").isNull()).drop("_bronze", "_reason"))
     unique = persist_events(unique)
@@ -473,6 +440,7 @@ def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_id
     done = spark.createDataFrame([(b, ctx.run_id, now) for b in batch_ids],
                                  "_batch_id STRING, run_id STRING, cleaned_at TIMESTAMP")
     tables.merge(spark, done, cfg, CLEANED_BATCHES, keys=["_batch_id"])
+    clean_batches.release(spark, cfg, batch_ids)
 
     summary = {
         "batches": len(batch_ids),
@@ -486,11 +454,12 @@ def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_id
         "quarantined_by_reason": dict(sorted(by_reason.items())),
         "imputed_durations": int(stats["imputed"] or 0),
         "consent_false": int(stats["consent_false"] or 0),
-        "quality": f"{result.statistics.get('successful_expectations')}/"
-                   f"{result.statistics.get('evaluated_expectations')} expectations passed"
-                   + (f", {len(result.warnings)} warning(s)" if result.warnings else ""),
+        "quality": result.headline(),
         "quality_results": result.results_path,
         "data_docs": result.docs_path,
     }
+    if set_aside:
+        summary["set_aside"] = set_aside
+        ctx.status = "set_aside"
     summary["duration_s"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
     return summary

@@ -5,7 +5,9 @@ One row per consented silver event whose anchor identifier has a customer: ``cus
 the session (``session_key``, ``session_seq``, ``event_seq``), the journey state of its
 event type and the event columns the stages use. It is built once (by ``seglake run
 sessions``, or on demand by :func:`read` when it is behind its inputs) instead of every
-stage re-reading silver.events, joining the identity map and sessionizing again.
+stage re-reading silver.events, joining the identity map and sessionizing again. Customers who
+withdrew consent (``ops.consent``) keep their rows here; :func:`read`, the stages' one way in,
+leaves them out at the reader's as-of (a withdrawal or a later grant needs no rewrite).
 
 Kept up to date incrementally (:func:`refresh`). Each write records, in its Delta commit's
 ``userMetadata``, the state it reflects: the versions of silver.events and the identity map, a hash of
@@ -39,7 +41,7 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, replace
-from datetime import date
+from datetime import date, datetime
 from typing import Sequence
 
 from pyspark.errors import AnalysisException
@@ -49,7 +51,7 @@ from pyspark.sql import functions as F
 from seglake.core import tables
 from seglake.core.config import Config
 from seglake.core.contracts import (CLEAN_BATCHES, CONSENT_RULE, ENRICHED_EVENTS, IDENTITY_EXCLUDED, IDENTITY_MAP,
-                                    SESSIONS, SILVER_EVENTS, customer_events)
+                                    SESSIONS, SILVER_EVENTS, customer_events, exclude_withdrawn)
 from seglake.stages import sessions as S
 
 log = logging.getLogger(__name__)
@@ -155,7 +157,9 @@ def build(events_with_customer: DataFrame, cfg: Config) -> DataFrame:
 
 
 def _source_events(spark: SparkSession, cfg: Config) -> DataFrame:
-    return customer_events(spark, cfg, columns=EVENT_COLUMNS)
+    # withdrawn customers stay in the table (withdrawal is not erasure, and a later grant needs no
+    # rebuild): :func:`read` leaves them out at each reader's own as-of
+    return customer_events(spark, cfg, columns=EVENT_COLUMNS, withdrawals=False)
 
 
 def _write(df: DataFrame, cfg: Config, table: str, partition_by: str, meta: dict, full: bool) -> None:
@@ -204,7 +208,7 @@ def _new_batch_customers(spark: SparkSession, cfg: Config, old_ledger_version: i
     batch_ids = [r[0] for r in ledger.distinct().collect()]  # one row per ingest batch: small
     if not batch_ids:
         return spark.createDataFrame([], "customer_id string")
-    return customer_events(spark, cfg, columns=("event_key",),
+    return customer_events(spark, cfg, columns=("event_key",), withdrawals=False,
                            where=F.col("_batch_id").isin(batch_ids)).select("customer_id")
 
 
@@ -346,10 +350,14 @@ def _up_to_date(spark: SparkSession, cfg: Config, now: State, recorded: dict | N
 
 def read(spark: SparkSession, cfg: Config, *, start: date | None = None, end: date | None = None,
          end_inclusive: bool = False, event_types: Sequence[str] | None = None,
-         columns: Sequence[str] | None = None) -> DataFrame:
+         columns: Sequence[str] | None = None, consent_at: date | datetime | None = None) -> DataFrame:
     """The enriched events (refreshed first when behind its inputs), filtered like
     :func:`seglake.core.contracts.customer_events`: ``event_date`` window, event types, columns
-    (``customer_id`` is always kept)."""
+    (``customer_id`` is always kept), and without the customers whose consent is withdrawn at
+    ``consent_at`` (default: 00:00 UTC of ``end``, the reader's as-of; now without ``end``).
+
+    The table itself keeps withdrawn customers' events; every stage reads it through here, so
+    the withdrawal applies at read time (:func:`seglake.core.contracts.exclude_withdrawn`)."""
     done = refresh(spark, cfg)  # a no-op (metadata reads only) when the table is up to date
     if done["mode"] != "noop":
         log.info("enriched events: %s was behind its inputs; brought it up to date first (%s)",
@@ -361,6 +369,7 @@ def read(spark: SparkSession, cfg: Config, *, start: date | None = None, end: da
         df = df.where((F.col("event_date") <= F.lit(end)) if end_inclusive else (F.col("event_date") < F.lit(end)))
     if event_types is not None:
         df = df.where(F.col("event_type").isin(*event_types))
+    df = exclude_withdrawn(spark, cfg, df, consent_at if consent_at is not None else end)
     if columns is not None:
         df = df.select("customer_id", *[c for c in columns if c != "customer_id"])
     return df

@@ -2,7 +2,9 @@
 
 Only events with ``event_ts < as_of_date`` (midnight UTC) are used, so a row never sees
 the future: recomputing a past as_of after new data arrived gives the same row. Sessions
-are cut at as_of as well (an event's session depends only on the events before it).
+are cut at as_of as well (an event's session depends only on the events before it). A customer
+whose consent is withdrawn at as_of (``ops.consent``, :func:`seglake.core.contracts.withdrawn_customers`)
+gets no row for that as_of.
 
 Definitions (windows are ``[as_of - N days, as_of)``; "purchase" = features.purchase_event_types):
 - first_seen_ts / last_seen_ts: first / last event; tenure_days, recency_days,
@@ -304,14 +306,17 @@ def run(ctx) -> dict:
     """``seglake run features [--as-of D | --start D1 --end D2 [--step-days N]]``."""
     from seglake.stages import cohorts, enriched
     from seglake.core import tables
-    from seglake.core.contracts import CONSENT_RULE
+    from seglake.core.contracts import CONSENT_RULE, exclude_withdrawn
     from seglake.core.spark import persist_events
     spark, cfg = ctx.spark, ctx.cfg
     params = FeatureParams.from_config(cfg)
     dates = as_of_dates(ctx)
     ctx.as_of = dates[-1]  # recorded in ops.run_log (a backfill's last date)
     consent_via = CONSENT_RULE
-    sev = enriched.read(spark, cfg, end=max(dates), columns=(
+    # consent withdrawals (ops.consent) are judged at each as_of: customers withdrawn at the first
+    # one are left out when reading, those withdrawn later only from the as_of dates after it
+    first = min(dates)
+    sev = enriched.read(spark, cfg, end=max(dates), consent_at=first, columns=(
         "session_key", "event_type", "event_ts", "source", "device_type", "revenue_usd", "scroll_depth",
         "duration_s", "properties"))
     if len(dates) > 1:  # a backfill reads the events once per as_of: keep them on local disk
@@ -321,13 +326,14 @@ def run(ctx) -> dict:
     out: dict = {}
     try:
         for d in dates:
-            feats = compute_features(sev, d, params).persist()
+            sev_d = sev if d == first else exclude_withdrawn(spark, cfg, sev, d)
+            feats = compute_features(sev_d, d, params).persist()
             scaled, stats = build(feats, params.model_inputs)
             where = f"as_of_date = '{d.isoformat()}'"
             tables.overwrite(scaled, cfg, "gold.customer_features", partition_by=["as_of_date"], replace_where=where)
             tables.overwrite(stats.withColumn("as_of_date", F.lit(d)), cfg, "gold.feature_scaling",
                              partition_by=["as_of_date"], replace_where=where)
-            n_rm = cohorts.write_retention(spark, cfg, sev, d)
+            n_rm = cohorts.write_retention(spark, cfg, sev_d, d)
             row = feats.agg(F.count(F.lit(1)).alias("n"), F.avg(F.col("is_new_user").cast("int")).alias("new"),
                             F.avg(F.col("is_inactive").cast("int")).alias("inactive"),
                             F.avg("purchases_total").alias("p")).first()

@@ -4,29 +4,37 @@ Every record is kept: all raw contract fields as strings, the original text in `
 and ``_malformed = true`` when the record could not be parsed at all (a broken JSON line,
 a CSV line with the wrong number of fields). Files are tracked in ``ops.ingested_files``
 (path, size, modification time, batch id), so a file is ingested exactly once and a rerun
-with no new files appends nothing.
+with no new files appends nothing — also when a run is killed between its bronze commit and
+its ledger commit, or two ingests run at once (see :func:`run`).
 
 The pure transforms (``parse_json_lines``, ``parse_csv_lines``, ``parquet_to_bronze``,
 ``add_metadata``) take and return DataFrames; ``run`` does the listing, reading and writing.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
-from typing import Iterable
+from datetime import datetime
+from typing import Iterable, Iterator
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from seglake.core import tables
-from seglake.core.contracts import BRONZE_EVENTS, INGESTED_FILES, RAW_FIELDS, require_columns
+from seglake.core import faults, leases, tables
+from seglake.core.contracts import BRONZE_EVENTS, INGESTED_FILES, RAW_FIELDS, UNREADABLE_FILES, require_columns
 from seglake.core.context import JobContext
 
 log = logging.getLogger(__name__)
 
 BRONZE = BRONZE_EVENTS
 LEDGER = INGESTED_FILES
+#: Delta idempotent-write id of bronze appends (``txnAppId``); see :func:`run`
+TXN_APP_ID = "seglake-ingest"
+_META_TAG = "ingest"
+#: listings (or ledger writes) tried when concurrent ingests keep committing first
+ATTEMPTS = 3
 
 #: The CSV header line (raw contract fields in bronze order).
 CSV_HEADER = ",".join(RAW_FIELDS)
@@ -41,6 +49,8 @@ BRONZE_SCHEMA = T.StructType(
        T.StructField("_source_file", T.StringType()), T.StructField("_batch_id", T.StringType()),
        T.StructField("_ingested_at", T.TimestampType())]
 )
+UNREADABLE = UNREADABLE_FILES
+UNREADABLE_DDL = "path STRING, size LONG, modification_time TIMESTAMP, format STRING, reason STRING, batch_id STRING"
 LEDGER_DDL = ("path STRING, size LONG, modification_time TIMESTAMP, format STRING, records LONG, "
               "malformed LONG, batch_id STRING, ingested_at TIMESTAMP")
 _PARSE_DDL = ", ".join(f"`{c}` STRING" for c in (*RAW_FIELDS, _CORRUPT))
@@ -51,6 +61,12 @@ _PARSE_SCHEMA = T.StructType([T.StructField(c, T.StringType()) for c in RAW_FIEL
 # ------------------------------------------------------------------------------ transforms
 def _fields_from(parsed: Column) -> list[Column]:
     return [parsed.getField(c).alias(c) for c in RAW_FIELDS]
+
+
+def _strip_bom(value: Column) -> Column:
+    """The line without a leading byte-order mark (U+FEFF: the first line of a file saved "with
+    BOM" by some editors and exports), which would otherwise break its JSON or CSV parse."""
+    return F.regexp_replace(value, "^\uFEFF", "")
 
 
 def parse_json_lines(lines: DataFrame) -> DataFrame:
@@ -65,6 +81,7 @@ def parse_json_lines(lines: DataFrame) -> DataFrame:
         line is not a JSON object). Blank lines are not records and are dropped.
     """
     require_columns(lines, ["value", "_source_file"], "parse_json_lines")
+    lines = lines.withColumn("value", _strip_bom(F.col("value")))
     parsed = F.from_json(F.col("value"), _PARSE_SCHEMA, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT})
     return (lines.where(F.trim(F.col("value")) != "")
             .select(parsed.alias("p"), "value", "_source_file")
@@ -85,6 +102,7 @@ def parse_csv_lines(lines: DataFrame, header: str = CSV_HEADER) -> DataFrame:
         number of fields). Empty fields are null.
     """
     require_columns(lines, ["value", "_source_file"], "parse_csv_lines")
+    lines = lines.withColumn("value", _strip_bom(F.col("value")))
     parsed = F.from_csv(F.col("value"), _PARSE_DDL,
                         {"mode": "PERMISSIVE", "escape": '"', "columnNameOfCorruptRecord": _CORRUPT})
     return (lines.where((F.trim(F.col("value")) != "") & (F.col("value") != F.lit(header)))
@@ -158,6 +176,39 @@ def _landing_exists(spark: SparkSession, landing: str) -> bool:
     return True                                       # object stores: let the reader decide
 
 
+def parquet_defect(spark: SparkSession, path: str) -> str | None:
+    """Why a Parquet file cannot be read (None: it looks whole): empty, too short, or without the
+    ``PAR1`` magic at both ends (a truncated or partly uploaded file). Eight bytes read per file
+    on the driver (local files directly, others through Hadoop's file system)."""
+    if path.startswith("file:") or "://" not in path:
+        from pathlib import Path
+        local = Path(path.removeprefix("file://").removeprefix("file:"))
+        size = local.stat().st_size
+        with local.open("rb") as fh:
+            head = fh.read(4)
+            fh.seek(max(0, size - 4))
+            tail = fh.read(4)
+    else:
+        jvm = spark._jvm
+        file = jvm.org.apache.hadoop.fs.Path(path)
+        fs = file.getFileSystem(spark._jsc.hadoopConfiguration())
+        size = int(fs.getFileStatus(file).getLen())
+        stream = fs.open(file)
+        try:   # byte by byte: py4j copies arrays, so readFully into a Python buffer cannot work
+            head = bytes(stream.read() & 0xFF for _ in range(min(4, size)))
+            stream.seek(max(0, size - 4))
+            tail = bytes(stream.read() & 0xFF for _ in range(min(4, size)))
+        finally:
+            stream.close()
+    if size == 0:
+        return "empty file (0 bytes)"
+    if size < 12:
+        return f"too short for Parquet ({size} bytes)"
+    if head != b"PAR1" or tail != b"PAR1":
+        return "not a whole Parquet file (no PAR1 magic at start and end: truncated or not Parquet)"
+    return None
+
+
 def _read(spark: SparkSession, fmt: str, paths: list[str]) -> DataFrame:
     if fmt == "parquet":
         raw = spark.read.option("mergeSchema", "true").parquet(*paths)
@@ -166,30 +217,125 @@ def _read(spark: SparkSession, fmt: str, paths: list[str]) -> DataFrame:
     return parse_json_lines(lines) if fmt == "json" else parse_csv_lines(lines)
 
 
-def run(ctx: JobContext) -> dict:
-    """Ingest the landing files not yet in ``ops.ingested_files`` into ``bronze.events_raw``."""
-    spark, cfg = ctx.spark, ctx.cfg
-    t0 = time.time()
-    landing = cfg.path("landing")
-    formats = list(cfg.get("ingest.formats") or ["json", "csv", "parquet"])
-    source = cfg.get("ingest.source_name") or "landing"
-    max_files = int(cfg.get("ingest.max_files_per_run") or 0)
-    if not _landing_exists(spark, landing):
-        raise ValueError(f"landing folder {landing} does not exist: generate data or set paths.landing")
+def _ingest_meta(commit: dict) -> dict | None:
+    """The ``ingest`` entry of a bronze commit's userMetadata (batch id, txn version, files), or None."""
+    meta = commit.get("userMetadata")
+    if not meta or not meta.startswith("{"):
+        return None
+    return json.loads(meta).get(_META_TAG)
 
+
+def _ingest_commits(spark: SparkSession, cfg, since: int = -1,
+                    until: int | None = None) -> Iterator[tuple[dict, dict | None]]:
+    """The bronze commits in ``(since, until]`` that appended data (operation WRITE), newest
+    first, with their ingest metadata (None for appends made before ingest recorded it)."""
+    for c in tables.commits(spark, cfg, BRONZE, since=since, until=until):
+        if c["operation"] == "WRITE":
+            yield c, _ingest_meta(c)
+
+
+def _ledgered(spark: SparkSession, cfg, batch_id: str) -> bool:
+    if not tables.exists(spark, cfg, LEDGER):
+        return False
+    # data skipping on batch_id's file statistics: a few ledger files are read at most
+    return bool(tables.read(spark, cfg, LEDGER).where(F.col("batch_id") == batch_id).limit(1).count())
+
+
+def last_txn(spark: SparkSession, cfg, bronze_version: int | None) -> int:
+    """The txnVersion of the newest ingest commit in bronze up to ``bronze_version`` (-1: none)."""
+    if bronze_version is None:
+        return -1
+    for _, meta in _ingest_commits(spark, cfg, until=bronze_version):
+        return int(meta["txn"]) if meta else -1
+    return -1
+
+
+def repair_ledger(spark: SparkSession, cfg) -> list[str]:
+    """Write the ledger rows of every bronze batch that has none, oldest first; returns their ids.
+
+    Bronze and the ledger are two tables, so they cannot change in one commit. The bronze
+    commit carries the batch's file list in its userMetadata (atomically with the data); the
+    ledger rows follow. A run killed between the two leaves a batch without ledger rows: this
+    finds it (walking bronze's appends back to the newest one that is ledgered — normally one
+    commit) and writes them, before anything is listed, so its files are never read twice.
+    """
+    if not tables.exists(spark, cfg, BRONZE):
+        return []
+    missing = []
+    for _, meta in _ingest_commits(spark, cfg):
+        if meta is None or _ledgered(spark, cfg, meta["batch_id"]):
+            break
+        missing.append(meta)
+    for meta in reversed(missing):
+        _write_ledger(spark, cfg, meta)
+    return [m["batch_id"] for m in reversed(missing)]
+
+
+def _write_ledger(spark: SparkSession, cfg, meta: dict) -> None:
+    """Ledger rows (MERGE on path: a file is never listed twice) of one bronze batch, with its
+    per-file counts read back from bronze (a pruned scan of three columns, one row per file)."""
+    batch_id = meta["batch_id"]
+    per_file = {r["_source_file"]: r for r in (
+        tables.read(spark, cfg, BRONZE).where(F.col("_batch_id") == batch_id)
+        .groupBy("_source_file").agg(F.count(F.lit(1)).alias("records"),
+                                     F.sum(F.col("_malformed").cast("long")).alias("malformed"),
+                                     F.max("_ingested_at").alias("at"))
+        .collect())}
+    files = [dict(zip(("path", "size", "modification_time", "format"), f)) for f in meta["files"]]
+    unmatched = set(per_file) - {f["path"] for f in files}
+    if unmatched:                                       # a path spelled differently by the reader
+        raise RuntimeError(f"ingest: bronze rows name files not in the listing: {sorted(unmatched)[:3]}")
+    at = max((r["at"] for r in per_file.values()), default=None)
+    rows = []
+    for f in files:
+        counts = per_file.get(f["path"])
+        rows.append((f["path"], int(f["size"]), datetime.fromisoformat(f["modification_time"]), f["format"],
+                     int(counts["records"]) if counts else 0, int(counts["malformed"] or 0) if counts else 0,
+                     batch_id, at))
+    tables.merge(spark, spark.createDataFrame(rows, LEDGER_DDL), cfg, LEDGER, keys=["path"])
+
+
+def _ledger_totals(spark: SparkSession, cfg, batch_id: str) -> dict:
+    """records, malformed and records per format of one batch, from its ledger rows (one per file)."""
+    out: dict = {"records": 0, "malformed": 0}
+    for r in (tables.read(spark, cfg, LEDGER).where(F.col("batch_id") == batch_id).groupBy("format")
+              .agg(F.sum("records").alias("records"), F.sum("malformed").alias("malformed")).collect()):
+        out["records"] += int(r["records"])
+        out["malformed"] += int(r["malformed"])
+        out[f"{r['format']} records"] = int(r["records"])
+    return out
+
+
+def _attempt(ctx: JobContext, landing: str, formats: list[str], source: str, max_files: int) -> dict:
+    """One listing + bronze append + ledger write; ``{"skipped": True}`` when another ingest
+    committed first (Delta's idempotent write skipped ours)."""
+    spark, cfg = ctx.spark, ctx.cfg
+    # the order matters: bronze's version first, then the repair and the listing, so that any
+    # ingest commit the listing cannot know of has a txnVersion >= ours (see ``run``)
+    bronze_version = tables.version(spark, cfg, BRONZE)
+    txn = last_txn(spark, cfg, bronze_version) + 1
+    recovered = repair_ledger(spark, cfg)
+    if recovered:
+        log.warning("ingest: %d earlier batch(es) were in bronze without their ledger rows (a run "
+                    "stopped between its two commits); ledger repaired: %s", len(recovered), ", ".join(recovered))
+    faults.point("ingest.after_repair")
     listing = list_landing(spark, landing, formats)
     if tables.exists(spark, cfg, LEDGER):
-        done = tables.read(spark, cfg, LEDGER).select("path")
-        listing = listing.join(done, "path", "left_anti")
+        listing = listing.join(tables.read(spark, cfg, LEDGER).select("path"), "path", "left_anti")
     # one row per file (not per event): small enough to bring to the driver
     new_files = listing.orderBy("modification_time", "path").collect()
     if max_files > 0:
         new_files = new_files[:max_files]
+    unreadable = {r["path"]: why for r in new_files if r["format"] == "parquet"
+                  and (why := parquet_defect(spark, r["path"])) is not None}
+    if unreadable:
+        _record_unreadable(spark, cfg, [r for r in new_files if r["path"] in unreadable], unreadable, ctx.run_id)
+        new_files = [r for r in new_files if r["path"] not in unreadable]
     log.info("ingest: %d new file(s) under %s", len(new_files), landing)
     summary: dict = {"batch_id": ctx.run_id, "landing": landing, "files": len(new_files),
-                     "records": 0, "malformed": 0}
+                     "records": 0, "malformed": 0, "ledger_repaired": len(recovered),
+                     "unreadable_files": len(unreadable)}
     if not new_files:
-        summary["seconds"] = round(time.time() - t0, 1)
         return summary
 
     ingested_at = F.current_timestamp()               # one value for the whole write
@@ -202,38 +348,87 @@ def run(ctx: JobContext) -> dict:
     batch = parts[0]
     for part in parts[1:]:
         batch = batch.unionByName(part)
-    tables.append(batch, cfg, BRONZE)
-    log.info("ingest: appended batch %s to %s (%.1fs)", ctx.run_id, BRONZE, time.time() - t0)
+    meta = {"batch_id": ctx.run_id, "txn": txn,
+            "files": [[r["path"], int(r["size"]), r["modification_time"].isoformat(), r["format"]] for r in new_files]}
+    tables.append(batch, cfg, BRONZE, user_metadata=json.dumps({_META_TAG: meta}), txn=(TXN_APP_ID, txn))
+    since = -1 if bronze_version is None else bronze_version
+    if not any(m and m["batch_id"] == ctx.run_id for _, m in _ingest_commits(spark, cfg, since=since)):
+        return {**summary, "skipped": True}           # Delta skipped the write: txn already used
+    log.info("ingest: appended batch %s to %s", ctx.run_id, BRONZE)
+    faults.point("ingest.after_bronze")
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            _write_ledger(spark, cfg, meta)
+            break
+        except Exception as exc:  # noqa: BLE001 - only Delta's concurrency conflicts are retried
+            if not leases.is_conflict(exc) or attempt == ATTEMPTS:
+                raise
+            if _ledgered(spark, cfg, ctx.run_id):     # a concurrent ingest's repair wrote them
+                break
+    faults.point("ingest.after_ledger")
+    summary.update(_ledger_totals(spark, cfg, ctx.run_id))
+    return summary
 
-    # per-file counts from the batch just written (a pruned scan of three columns; one row
-    # per file comes back to the driver)
-    per_file = {r["_source_file"]: r for r in (
-        tables.read(spark, cfg, BRONZE).where(F.col("_batch_id") == ctx.run_id)
-        .groupBy("_source_file").agg(F.count(F.lit(1)).alias("records"),
-                                     F.sum(F.col("_malformed").cast("long")).alias("malformed"),
-                                     F.max("_ingested_at").alias("at"))
-        .collect())}
-    ledger_rows = []
-    by_format: dict[str, int] = {}
-    at = max((r["at"] for r in per_file.values()), default=None)
-    for f in new_files:
-        counts = per_file.get(f["path"])
-        records = int(counts["records"]) if counts else 0
-        malformed = int(counts["malformed"] or 0) if counts else 0
-        ledger_rows.append((f["path"], int(f["size"]), f["modification_time"], f["format"], records,
-                            malformed, ctx.run_id, at))
-        summary["records"] += records
-        summary["malformed"] += malformed
-        by_format[f["format"]] = by_format.get(f["format"], 0) + records
-    unmatched = set(per_file) - {f["path"] for f in new_files}
-    if unmatched:                                       # a path spelled differently by the reader
-        raise RuntimeError(f"ingest: bronze rows name files not in the listing: {sorted(unmatched)[:3]}")
-    tables.append(spark.createDataFrame(ledger_rows, LEDGER_DDL), cfg, LEDGER)
+
+def _record_unreadable(spark: SparkSession, cfg, files: list, reasons: dict[str, str], run_id: str) -> None:
+    """List files that cannot be read in ``ops.unreadable_files`` (one row per path, size and
+    modification time: an unchanged file is not listed again) and say so in the log. They are
+    not in the ledger: the next run checks them again (a file still being uploaded is read once
+    it is whole)."""
+    for r in files:
+        log.warning("ingest: skipping unreadable file %s: %s", r["path"], reasons[r["path"]])
+    rows = [(r["path"], int(r["size"]), r["modification_time"], r["format"], reasons[r["path"]], run_id)
+            for r in files]
+    df = spark.createDataFrame(rows, UNREADABLE_DDL).withColumn("found_at", F.current_timestamp())
+    tables.merge(spark, df, cfg, UNREADABLE, keys=["path", "size", "modification_time"])
+
+
+class ConcurrentIngest(RuntimeError):
+    """Other ingest runs kept committing first: this one gave up without appending anything."""
+
+
+def run(ctx: JobContext) -> dict:
+    """Ingest the landing files not yet in ``ops.ingested_files`` into ``bronze.events_raw``.
+
+    Exactly once, even when killed or run twice at once: the bronze append carries its file
+    list (userMetadata) and a Delta transaction id (``txnAppId`` seglake-ingest, ``txnVersion``
+    = the newest ingest commit's + 1, read *before* the listing). A run that listed files
+    another ingest committed in the meantime has a txnVersion that ingest already used: Delta
+    skips its write (or fails it with a concurrency conflict), and the run lists again. The
+    ledger rows follow the bronze commit and are repaired from it by the next run if the job
+    stops in between (:func:`repair_ledger`).
+    """
+    spark, cfg = ctx.spark, ctx.cfg
+    t0 = time.time()
+    landing = cfg.path("landing")
+    formats = list(cfg.get("ingest.formats") or ["json", "csv", "parquet"])
+    source = cfg.get("ingest.source_name") or "landing"
+    max_files = int(cfg.get("ingest.max_files_per_run") or 0)
+    if not _landing_exists(spark, landing):
+        raise ValueError(f"landing folder {landing} does not exist: generate data or set paths.landing")
+
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            summary = _attempt(ctx, landing, formats, source, max_files)
+        except Exception as exc:  # noqa: BLE001 - only Delta's concurrency conflicts are retried
+            if not leases.is_conflict(exc):
+                raise
+            why = f"{type(exc).__name__}"
+        else:
+            if not summary.pop("skipped", False):
+                break
+            why = "its transaction id was used by a concurrent ingest"
+        log.warning("ingest: another ingest run committed first (%s); nothing of this attempt was kept; "
+                    "listing again (attempt %d of %d)", why, attempt, ATTEMPTS)
+    else:
+        raise ConcurrentIngest(f"ingest: other ingest runs committed first {ATTEMPTS} times in a row; this run "
+                               f"appended nothing. Run one ingest at a time (rerun `seglake run ingest`).")
     seconds = time.time() - t0
-    for fmt in formats:
-        summary[f"{fmt} records"] = by_format.get(fmt, 0)
+    if summary["files"]:
+        for fmt in formats:
+            summary.setdefault(f"{fmt} records", 0)
+        summary["records/s"] = int(summary["records"] / seconds) if seconds > 0 else 0
     summary["seconds"] = round(seconds, 1)
-    summary["records/s"] = int(summary["records"] / seconds) if seconds > 0 else 0
     log.info("ingest: %d file(s), %d record(s), %d malformed in %.1fs", summary["files"],
              summary["records"], summary["malformed"], seconds)
     return summary

@@ -20,7 +20,15 @@ only the ones named by ``--table``:
 is refused unless ``--allow-short-retention`` is given: VACUUM would delete files that a
 reader or writer still working on an older table version needs (it fails, or a writer commits
 on top of data that is gone) and time travel within that window stops working. The check is
-done here, never left to the session setting ``spark.databricks.delta.retentionDurationCheck.enabled``.
+done here; Delta's own (``spark.databricks.delta.retentionDurationCheck.enabled``) stays on in
+the session and :func:`seglake.core.tables.vacuum` switches it off for the one allowed call.
+
+**Leases.** ``ops.job_leases`` is not compacted like the other tables: :func:`seglake.core.leases.compact`
+removes the rows of leases that expired a day ago, compacts it and VACUUMs it with Delta's default
+retention whatever ``maintain.vacuum_retention_hours`` says (a shorter one could delete a row file
+a starting job is about to commit); its result is the summary's ``job_leases``. With a retention
+below 168 h the tables are maintained under an exclusive lease (:func:`seglake.core.leases.exclusive`):
+maintain waits for running jobs, and jobs started meanwhile wait for it.
 
 **ops.run_log.** OPTIMIZE and VACUUM are run through ``DeltaTable`` here, not through the writers
 of :mod:`seglake.core.tables`, so the run journal records neither a read nor a commit: the job's
@@ -37,20 +45,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from pyspark.sql import SparkSession
 
-from seglake.core import tables
+from seglake.core import leases, tables
 from seglake.core.config import Config
 from seglake.core.context import JobContext
-from seglake.core.contracts import KNOWN_TABLES
+from seglake.core.contracts import JOB_LEASES, KNOWN_TABLES
 
 log = logging.getLogger(__name__)
 
 #: Delta's default ``delta.deletedFileRetentionDuration`` (7 days): VACUUM with a shorter
 #: retention needs ``--allow-short-retention``.
-SAFE_RETENTION_HOURS = 168
+SAFE_RETENTION_HOURS = tables.DELTA_RETENTION_HOURS
+#: Delta's own retention check: on in every session, off only inside tables.vacuum's short-retention call
 _RETENTION_CHECK = "spark.databricks.delta.retentionDurationCheck.enabled"
 
 
@@ -195,36 +204,6 @@ def checkpoint(spark: SparkSession, path: str) -> int | None:
         return None
 
 
-@contextlib.contextmanager
-def _session_conf(spark: SparkSession, key: str, value: str | None) -> Iterator[None]:
-    """Set ``key`` for the block (``value`` None: leave it as it is), then restore it."""
-    if value is None:
-        yield
-        return
-    previous = spark.conf.get(key, None)
-    spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        if previous is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, previous)
-
-
-def vacuum(spark: SparkSession, path: str, retention_hours: float) -> None:
-    """VACUUM with ``retention_hours``, already checked by :func:`vacuum_retention`.
-
-    A retention the caller was allowed to shorten is not refused again by Delta's own check
-    when a session enables it: the check is switched off for this one call.
-    """
-    from delta.tables import DeltaTable
-
-    check = "false" if retention_hours < SAFE_RETENTION_HOURS else None
-    with _session_conf(spark, _RETENTION_CHECK, check):
-        DeltaTable.forPath(spark, path).vacuum(float(retention_hours))
-
-
 # --------------------------------------------------------------------------- the job
 
 def human_bytes(n: int) -> str:
@@ -244,7 +223,8 @@ def maintain_table(spark: SparkSession, cfg: Config, table: str, retention_hours
     before = before or detail(spark, path)
     optimize(spark, path, zorder)
     checkpoint_version = checkpoint(spark, path)
-    vacuum(spark, path, retention_hours)
+    # retention already checked by vacuum_retention; Delta's own check is off for this call only
+    tables.vacuum(spark, cfg, table, retention_hours)
     after = detail(spark, path)
     return {"files_before": before["files"], "files_after": after["files"],
             "bytes_before": before["bytes"], "bytes_after": after["bytes"],
@@ -258,8 +238,8 @@ def run(ctx: JobContext) -> dict:
     wanted = selected_tables(ctx.args.get("table"))
     retention = vacuum_retention(cfg, bool(ctx.args.get("allow_short_retention")))
     zorder = zorder_columns(cfg)
-    present = [t for t in wanted if tables.exists(spark, cfg, t)]
-    missing = [t for t in wanted if t not in present]
+    present = [t for t in wanted if t != JOB_LEASES and tables.exists(spark, cfg, t)]
+    missing = [t for t in wanted if t not in present and t != JOB_LEASES]
     if ctx.args.get("table"):
         for table in missing:
             log.warning("maintain: %s does not exist yet at %s - skipped", table, cfg.table_path(table))
@@ -277,25 +257,32 @@ def run(ctx: JobContext) -> dict:
     by_table: dict[str, str] = {}
     checkpoints: dict[str, int | None] = {}
     totals = {"files_before": 0, "files_after": 0, "bytes_before": 0, "bytes_after": 0}
-    for index, table in enumerate(present, start=1):
-        result = maintain_table(spark, cfg, table, retention, zorder.get(table), details[table])
-        for key in totals:
-            totals[key] += result[key]
-        checkpoints[table] = result["checkpoint_version"]
-        by_table[table] = (f"{result['files_before']} -> {result['files_after']} files, "
-                           f"{human_bytes(result['bytes_before'])} -> {human_bytes(result['bytes_after'])}")
-        log.info("maintain: [%d/%d] %s: %d files (%s) -> %d files (%s)%s", index, len(present), table,
-                 result["files_before"], human_bytes(result["bytes_before"]), result["files_after"],
-                 human_bytes(result["bytes_after"]),
-                 f", z-ordered by {', '.join(zorder[table])}" if table in zorder else "")
+    # a short retention deletes files a running writer may still commit: be alone in the lakehouse
+    alone = leases.exclusive(spark, cfg, ctx.run_id) if present and retention < SAFE_RETENTION_HOURS \
+        else contextlib.nullcontext()
+    with alone:
+        for index, table in enumerate(present, start=1):
+            result = maintain_table(spark, cfg, table, retention, zorder.get(table), details[table])
+            for key in totals:
+                totals[key] += result[key]
+            checkpoints[table] = result["checkpoint_version"]
+            by_table[table] = (f"{result['files_before']} -> {result['files_after']} files, "
+                               f"{human_bytes(result['bytes_before'])} -> {human_bytes(result['bytes_after'])}")
+            log.info("maintain: [%d/%d] %s: %d files (%s) -> %d files (%s)%s", index, len(present), table,
+                     result["files_before"], human_bytes(result["bytes_before"]), result["files_after"],
+                     human_bytes(result["bytes_after"]),
+                     f", z-ordered by {', '.join(zorder[table])}" if table in zorder else "")
+    pruned = leases.compact(spark, cfg) if JOB_LEASES in wanted and tables.exists(spark, cfg, JOB_LEASES) else None
 
-    if not present:
+    if not present and pruned is None:
         ctx.status = "noop"
     summary: dict = {"tables": len(present), **totals, "vacuum_retention_hours": retention,
                      "by_table": by_table, "checkpoints": checkpoints}
     used = {t: ", ".join(c) for t, c in zorder.items() if t in present}
     if used:
         summary["zorder"] = used
+    if pruned is not None:
+        summary["job_leases"] = pruned
     if missing and ctx.args.get("table"):
         summary["missing"] = missing
     return summary

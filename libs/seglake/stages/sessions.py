@@ -54,6 +54,22 @@ def state_col(event_type: Column, states: Mapping[str, str]) -> Column:
     return F.try_element_at(lookup, event_type)  # null for a missing key, also in ANSI mode
 
 
+def event_order(events: DataFrame) -> list[Column]:
+    """A customer's events in time order with a total tie-break for equal timestamps.
+
+    ``event_ts``, then ``event_key`` (silver's unique key, the MERGE key of clean) when the
+    input has it. Without it (hand-built or ground-truth inputs) the ties are broken by every
+    other sortable column, by name (map and variant columns cannot be sorted), so only rows
+    equal in all of them (differing at most in map/variant columns) can swap places.
+    """
+    if "event_key" in events.columns:
+        return [F.col("event_ts"), F.col("event_key")]
+    unsortable = ("map<", "variant")
+    rest = sorted(f.name for f in events.schema.fields if f.name not in ("customer_id", "event_ts")
+                  and not any(t in f.dataType.simpleString() for t in unsortable))
+    return [F.col("event_ts")] + [F.col(c) for c in rest]
+
+
 def sessionize(events_with_customer: DataFrame, inactivity_minutes: int,
                split_on_session_id: bool = True) -> DataFrame:
     """Add session_key, session_seq and event_seq to events that carry a customer_id.
@@ -64,13 +80,18 @@ def sessionize(events_with_customer: DataFrame, inactivity_minutes: int,
 
     Args:
         events_with_customer: needs customer_id, event_ts; session_id and event_key used
-            when present (event_key breaks ties of equal timestamps deterministically).
+            when present (event_key breaks ties of equal timestamps deterministically; without
+            it the other columns do, see :func:`event_order`).
         inactivity_minutes: the gap, > 0.
         split_on_session_id: also split on a source session_id change.
 
     Returns:
         The events plus session_key (``<customer_id>:<epoch millis of the session start>``,
-        unique per customer session), session_seq (1.. per customer), event_seq (1.. per session).
+        unique per customer session unless two of them start in the same millisecond: a
+        session_id change at an equal timestamp), session_seq (1.. per customer), event_seq
+        (1.. per session).
+        (session_seq, event_seq) numbers a customer's events in :func:`event_order`: the order
+        later stages use (``seglake.stages.journeys.EVENT_ORDER``).
     """
     df = events_with_customer
     missing = [c for c in ("customer_id", "event_ts") if c not in df.columns]
@@ -81,7 +102,7 @@ def sessionize(events_with_customer: DataFrame, inactivity_minutes: int,
     for c in ("session_key", "session_seq", "event_seq"):
         if c in df.columns:
             raise ValueError(f"events already have a {c} column; sessionize would overwrite it")
-    order = [F.col("event_ts")] + ([F.col("event_key")] if "event_key" in df.columns else [])
+    order = event_order(df)
     w = Window.partitionBy("customer_id").orderBy(*order)
     ts_ms = F.unix_millis(F.col("event_ts"))
     gap = ts_ms - F.lag(ts_ms).over(w)
@@ -113,7 +134,9 @@ def session_table(sessionized: DataFrame, states: Mapping[str, str] | None = Non
     states = dict(DEFAULT_STATES if states is None else states)
     pages = list(page_event_types)
     df = sessionized.withColumn("_state", state_col(F.col("event_type"), states))
-    seq = F.col("event_seq")
+    # the position in the customer's event order: unique per customer, so first/last are never a
+    # tie, even when two sessions of a customer start in the same millisecond (same session_key)
+    seq = F.struct("session_seq", "event_seq")
 
     def first_nonnull(c: str) -> Column:
         known = F.col(c).isNotNull() & (F.col(c) != F.lit("unknown"))  # silver writes "unknown" devices

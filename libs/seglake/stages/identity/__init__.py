@@ -14,9 +14,13 @@ hashed phone) are linked; the connected components of that graph are the custome
   the edge set checkpointed every round, convergence = the edge set's checksum stops
   changing). ``identity.engine: graphframes`` uses GraphFrames' connectedComponents
   instead when its JVM jar is on the classpath.
-* **Stable customer_id**: a new component is named ``<prefix> + sha-256(smallest user_id
-  of the component)[:20]`` (components without any user_id: the smallest identifier, by
-  type rank anonymous_id < device_id < email < phone). When a previous map exists, a
+* **Stable customer_id**: a new component is named ``<prefix> + HMAC-SHA256(key,
+  representative)[:20]`` (hex), keyed by the PII secret (:func:`seglake.core.pii.key`, the
+  same key as the identifier hashes), so a customer_id cannot be recomputed from a user_id
+  without the key; the representative is the node key (``1|user_id|<id>``) of the smallest
+  user_id of the component (components without any user_id: the smallest identifier, by
+  type rank anonymous_id < device_id < email < phone). Same key and data, same ids; a new
+  key gives new ids with the same grouping. When a previous map exists, a
   component keeps the previous customer_id of its identifiers. *Merge* (one new component
   holds identifiers of several previous customers): the previous customer holding the most
   identifiers keeps its id (ties: the smallest id) and the others are retired (their

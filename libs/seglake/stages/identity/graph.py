@@ -3,7 +3,8 @@
 Builds the nodes and edges from the distinct identifier combinations of events, applies the
 giant-component guard (:func:`excluded_identifiers`, :func:`drop_excluded`), and turns the
 connected components into stable customer ids (:func:`resolve`, :func:`assign_customer_ids`,
-:func:`derive_customer_id`), ordering nodes by identifier type rank (:func:`_node_key`).
+:func:`derive_customer_id`: keyed by the PII secret), ordering nodes by identifier type rank
+(:func:`_node_key`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from seglake.core.contracts import IDENTIFIERS, require_columns
+from seglake.core.pii import hmac_sha256
 from seglake.stages.identity.components import connected_components_with_rounds, graphframes_components
 
 log = logging.getLogger(__name__)
@@ -34,9 +36,18 @@ def _node_key(type_col: Column, id_col: Column) -> Column:
     return F.concat(_rank_col(type_col).cast("string"), F.lit("|"), type_col, F.lit("|"), id_col)
 
 
-def derive_customer_id(rep_key: Column, prefix: str) -> Column:
-    """``prefix`` + first 20 hex characters of sha-256 of a component's representative key."""
-    return F.concat(F.lit(prefix), F.substring(F.sha2(rep_key, 256), 1, 20))
+def derive_customer_id(rep_key: Column, prefix: str, key: str) -> Column:
+    """``prefix`` + first 20 hex characters of the HMAC-SHA256 of a component's representative key.
+
+    Keyed by the PII secret (:func:`seglake.core.pii.key`), so a customer_id cannot be
+    recomputed from a user_id without the key; the same key and data give the same ids.
+
+    Args:
+        rep_key: the representative node key (:func:`_node_key`, e.g. ``1|user_id|u42``).
+        prefix: customer id prefix (``identity.customer_id_prefix``).
+        key: the PII secret (non-empty).
+    """
+    return F.concat(F.lit(prefix), F.substring(hmac_sha256(rep_key, key), 1, 20))
 
 
 # --------------------------------------------------------------------------- graph building
@@ -109,7 +120,7 @@ def drop_excluded(edges: DataFrame, excluded: DataFrame) -> DataFrame:
 
 # --------------------------------------------------------------------------- customer ids
 def assign_customer_ids(components: DataFrame, previous: DataFrame | None, prefix: str = "c_",
-                        customer_sizes: DataFrame | None = None) -> DataFrame:
+                        customer_sizes: DataFrame | None = None, *, key: str) -> DataFrame:
     """Name components with stable customer ids.
 
     Args:
@@ -119,6 +130,7 @@ def assign_customer_ids(components: DataFrame, previous: DataFrame | None, prefi
         prefix: customer id prefix.
         customer_sizes: customer_id, n (identifiers held) for the virtual nodes; a virtual
             node without a size counts as 1.
+        key: the PII secret keying new customer ids (:func:`derive_customer_id`).
 
     Returns:
         identifier_type, identifier, customer_id for every real (non-virtual) identifier.
@@ -155,16 +167,16 @@ def assign_customer_ids(components: DataFrame, previous: DataFrame | None, prefi
         Window.partitionBy("component").orderBy(F.desc("_n"), F.asc("prev_id")))).filter("_r = 1")
         .select("component", F.col("prev_id").alias("kept_id")))
     named = reps.join(kept, "component", "left")
-    fresh = derive_customer_id(F.col("_rep"), prefix)
+    fresh = derive_customer_id(F.col("_rep"), prefix, key)
     named = named.withColumn("_fresh", fresh)
     # a fresh id equal to an id kept by another component (split of a component named from
     # this representative) gets a second, distinct derivation
     taken = kept.select(F.col("kept_id").alias("_fresh"), F.col("component").alias("_holder"))
     named = named.join(taken, "_fresh", "left")
     clash = F.col("_holder").isNotNull() & (F.col("_holder") != F.col("component"))
+    split_id = derive_customer_id(F.concat(F.col("_rep"), F.lit("|split")), prefix, key)
     named = named.withColumn("customer_id", F.coalesce(
-        F.col("kept_id"),
-        F.when(clash, derive_customer_id(F.concat(F.col("_rep"), F.lit("|split")), prefix)).otherwise(F.col("_fresh"))))
+        F.col("kept_id"), F.when(clash, split_id).otherwise(F.col("_fresh"))))
     return (comp.filter(F.col("identifier_type") != _CUSTOMER_NODE)
             .join(named.select("component", "customer_id"), "component")
             .select("identifier_type", "identifier", "customer_id"))
@@ -172,17 +184,21 @@ def assign_customer_ids(components: DataFrame, previous: DataFrame | None, prefi
 
 def resolve(edges: DataFrame, nodes: DataFrame, previous: DataFrame | None = None, prefix: str = "c_",
             max_iterations: int = 50, checkpoint_interval: int = 1,
-            engine: str = "native", customer_sizes: DataFrame | None = None) -> tuple[DataFrame, int]:
+            engine: str = "native", customer_sizes: DataFrame | None = None, *,
+            key: str) -> tuple[DataFrame, int]:
     """Components of (nodes, edges) named with stable customer ids.
 
     Args:
         edges: src_type, src, dst_type, dst (already without excluded identifiers).
         nodes: identifier_type, identifier (every node, isolated ones included).
         previous: previous identity map, or None.
+        key: the PII secret keying new customer ids (:func:`derive_customer_id`).
 
     Returns:
         (identity map: identifier_type, identifier, customer_id; rounds taken (0 for graphframes)).
     """
+    if not isinstance(key, str) or not key:
+        raise ValueError("resolve needs a non-empty key string (the PII secret, seglake.core.pii.key)")
     node_id = F.xxhash64("identifier_type", "identifier")
     all_nodes = nodes.select("identifier_type", "identifier").unionByName(
         edges.select(F.col("src_type").alias("identifier_type"), F.col("src").alias("identifier"))).unionByName(
@@ -193,12 +209,12 @@ def resolve(edges: DataFrame, nodes: DataFrame, previous: DataFrame | None = Non
     if collisions:
         log.warning("identity: 64-bit node id collision; falling back to string node ids")
         all_nodes = all_nodes.withColumn("nid", _node_key(F.col("identifier_type"), F.col("identifier")))
-        key = _node_key
+        node_id_of = _node_key
     else:
-        def key(t: Column, i: Column) -> Column:
+        def node_id_of(t: Column, i: Column) -> Column:
             return F.xxhash64(t, i)
-    e = edges.select(key(F.col("src_type"), F.col("src")).alias("src"),
-                     key(F.col("dst_type"), F.col("dst")).alias("dst"))
+    e = edges.select(node_id_of(F.col("src_type"), F.col("src")).alias("src"),
+                     node_id_of(F.col("dst_type"), F.col("dst")).alias("dst"))
     loops = all_nodes.select(F.col("nid").alias("src"), F.col("nid").alias("dst"))
     graph = e.unionByName(loops)
     if engine == "native":
@@ -208,4 +224,4 @@ def resolve(edges: DataFrame, nodes: DataFrame, previous: DataFrame | None = Non
     else:
         raise ValueError(f"identity.engine must be 'native' or 'graphframes', got {engine!r}")
     comps = all_nodes.join(cc, all_nodes["nid"] == cc["id"]).select("identifier_type", "identifier", "component")
-    return assign_customer_ids(comps, previous, prefix, customer_sizes), rounds
+    return assign_customer_ids(comps, previous, prefix, customer_sizes, key=key), rounds

@@ -4,18 +4,26 @@
 the last run when possible, see ``ops.identity_runs``), rebuilding from the stored edges when
 the guard excludes new identifiers, and writes silver.identity_map, silver.identity_edges and
 silver.identity_excluded; :func:`_log_run` records the run and :func:`_finish` its summary.
+A run that stopped between those writes is detected by the next (:func:`_interrupted`), which
+then rebuilds in full instead of updating a mixed state.
+New customer ids are keyed by the PII secret (:func:`seglake.core.pii.key`, the environment
+variable named by ``clean.pii_salt_env``), so prod refuses to run without it.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from seglake.core import pii
 from seglake.core.contracts import (CONSENT_RULE, IDENTITY_EDGES, IDENTITY_EXCLUDED, IDENTITY_MAP, IDENTITY_RUNS,
                                     SILVER_EVENTS, profiling_events)
 from seglake.stages.identity.graph import (_CUSTOMER_NODE, drop_excluded, excluded_identifiers, identifier_tuples,
                                            identity_edges, identity_nodes, resolve)
+
+log = logging.getLogger(__name__)
 
 MAP_TABLE = IDENTITY_MAP
 EDGES_TABLE = IDENTITY_EDGES
@@ -28,7 +36,7 @@ def _last_run(spark: SparkSession, cfg) -> dict | None:
     if not tables.exists(spark, cfg, RUNS_TABLE):
         return None
     # one row: the latest run (the runs table has one row per identity run: small)
-    row = tables.read(spark, cfg, RUNS_TABLE).orderBy(F.desc("finished_at")).first()
+    row = tables.read(spark, cfg, RUNS_TABLE).orderBy(F.desc("finished_at"), F.desc("run_id")).first()
     return row.asDict() if row else None
 
 
@@ -38,6 +46,7 @@ def run(ctx) -> dict:
     spark, cfg = ctx.spark, ctx.cfg
     icfg = cfg["identity"]
     prefix = icfg["customer_id_prefix"]
+    key = pii.key(cfg)  # HMAC key of new customer ids; a missing prod key fails before any work
     max_persons = int(icfg["max_persons_per_identifier"])
     events_all = tables.read(spark, cfg, SILVER_EVENTS)
     events, consent_via = profiling_events(events_all), CONSENT_RULE
@@ -46,6 +55,10 @@ def run(ctx) -> dict:
     incremental = bool(icfg["incremental"]) and last is not None and have_map \
         and last.get("watermark") is not None and "_ingested_at" in events.columns
     if ctx.args.get("full"):
+        incremental = False
+    interrupted = _interrupted(spark, cfg, last)
+    if interrupted:
+        log.warning("identity: %s; rebuilding the map in full", interrupted)
         incremental = False
     watermark = events_all.agg(F.max("_ingested_at").alias("w")).first()["w"] \
         if "_ingested_at" in events_all.columns else None
@@ -100,7 +113,7 @@ def run(ctx) -> dict:
             local_map, rounds = resolve(graph_edges, nodes, previous=None, prefix=prefix,
                                         max_iterations=int(icfg["max_iterations"]),
                                         checkpoint_interval=int(icfg["checkpoint_interval"]),
-                                        engine=icfg["engine"], customer_sizes=sizes)
+                                        engine=icfg["engine"], customer_sizes=sizes, key=key)
             local_map = local_map.localCheckpoint()
             # customers retired by a merge: all their identifiers move to the winner
             retired = (links.select(F.col("customer_id").alias("old_id"), "identifier_type", "identifier")
@@ -109,11 +122,14 @@ def run(ctx) -> dict:
                        .filter(F.col("old_id") != F.col("new_id")).select("old_id", "new_id").distinct())
             moved = previous.join(retired.withColumnRenamed("old_id", "customer_id"), "customer_id") \
                 .select("identifier_type", "identifier", F.col("new_id").alias("customer_id"))
-            changes = local_map.unionByName(moved).dropDuplicates(["identifier_type", "identifier"]) \
+            # the new map's row wins over a moved one (never an arbitrary pick of dropDuplicates)
+            changes = local_map.unionByName(moved.join(local_map.select("identifier_type", "identifier"),
+                                                       ["identifier_type", "identifier"], "left_anti")) \
                 .withColumn("_run_id", F.lit(ctx.run_id))
             n_changes = changes.count()
-            tables.merge(spark, changes, cfg, MAP_TABLE, ["identifier_type", "identifier"], update=True)
-            tables.merge(spark, new_edges, cfg, EDGES_TABLE, ["src_type", "src", "dst_type", "dst"])
+            with tables.tagged_commits(spark, {_TAG: {"run_id": ctx.run_id}}):
+                tables.merge(spark, changes, cfg, MAP_TABLE, ["identifier_type", "identifier"], update=True)
+                tables.merge(spark, new_edges, cfg, EDGES_TABLE, ["src_type", "src", "dst_type", "dst"])
             summary.update({"mode": "incremental", "new_edges": new_edges.count(),
                             "changed_identifiers": n_changes, "merged_customers": retired.count(),
                             "cc_rounds": rounds})
@@ -136,18 +152,48 @@ def run(ctx) -> dict:
     previous = (tables.read(spark, cfg, MAP_TABLE).select("identifier_type", "identifier", "customer_id")
                 .localCheckpoint() if tables.exists(spark, cfg, MAP_TABLE) else None)
     idmap, rounds = resolve(drop_excluded(edges_all, excluded), nodes, previous, prefix,
-                            int(icfg["max_iterations"]), int(icfg["checkpoint_interval"]), icfg["engine"])
+                            int(icfg["max_iterations"]), int(icfg["checkpoint_interval"]), icfg["engine"],
+                            key=key)
     idmap = idmap.withColumn("_run_id", F.lit(ctx.run_id)).localCheckpoint()
     if previous is not None:
         retired = previous.select("customer_id").distinct().join(idmap.select("customer_id").distinct(),
                                                                  "customer_id", "left_anti").count()
         summary["retired_customer_ids"] = retired
-    tables.overwrite(idmap, cfg, MAP_TABLE)
-    tables.overwrite(edges_all, cfg, EDGES_TABLE)
-    tables.overwrite(excluded.withColumn("_run_id", F.lit(ctx.run_id)), cfg, EXCLUDED_TABLE)
+    with tables.tagged_commits(spark, {_TAG: {"run_id": ctx.run_id}}):
+        tables.overwrite(idmap, cfg, MAP_TABLE)
+        tables.overwrite(edges_all, cfg, EDGES_TABLE)
+        tables.overwrite(excluded.withColumn("_run_id", F.lit(ctx.run_id)), cfg, EXCLUDED_TABLE)
     summary = {"mode": "full", **summary, "edges": edges_all.count(), "cc_rounds": rounds}
+    if interrupted:
+        summary["repaired"] = interrupted
     _log_run(spark, cfg, ctx.run_id, "full", watermark)
     return _finish(spark, cfg, summary, consent_via)
+
+
+#: userMetadata tag of identity's writes to the map, the edges and the excluded identifiers
+_TAG = "identity_write"
+
+
+def _interrupted(spark: SparkSession, cfg, last: dict | None) -> str | None:
+    """Why the tables are not the output of one whole run (None when they are).
+
+    A run writes the map, the edges and the excluded identifiers (each commit tagged with its
+    run id), then its ``ops.identity_runs`` row. A run that stopped in between leaves a table
+    whose newest identity write is tagged with a run that has no row: an incremental update
+    on top of that mixed state could be wrong, so the next run rebuilds in full.
+    """
+    from seglake.core import tables
+    if last is None:
+        return None                                   # no finished run: a full build anyway
+    runs = tables.read(spark, cfg, RUNS_TABLE)
+    for table in (MAP_TABLE, EDGES_TABLE, EXCLUDED_TABLE):
+        tag = tables.recorded_metadata(spark, cfg, table, _TAG)
+        # a run that changed nothing makes no write: the newest write must be of *a* finished run
+        if tag is not None and tag.get("run_id") != last["run_id"] and \
+                not runs.where(F.col("run_id") == tag.get("run_id")).limit(1).count():
+            return (f"{table} was last written by identity run {tag.get('run_id')}, which did not finish "
+                    f"(the last finished run is {last['run_id']})")
+    return None
 
 
 def _log_run(spark: SparkSession, cfg, run_id: str, mode: str, watermark) -> None:

@@ -10,6 +10,10 @@ chain algebra (fundamental matrix ``N = (I - Q)^-1``, absorption ``B = N R``, ex
 Journey paths and the funnel -> ``gold.journey_paths`` / ``gold.journey_metrics``.
 The journey graph (PageRank, motif) lives in :mod:`seglake.stages.journeys.graph`.
 
+Events are ordered by ``EVENT_ORDER`` (event_ts, session_seq, event_seq): the order sessionize
+gave them (event_ts, then event_key), total per customer, so equal timestamps give the same
+journeys on every run and any partitioning.
+
 A *journey* is the ordered list of mapped events of one session (scope ``session``) or of
 one customer over the window (scope ``customer``), split after every conversion. It begins
 in the virtual ``start`` state and ends in ``conversion`` (its last event is a conversion) or
@@ -39,12 +43,12 @@ from seglake.stages.journeys.matrices import (build_journeys, channel_path_trans
                                               customer_transition_counts, journey_transitions,
                                               transition_matrix, with_probabilities)
 from seglake.stages.journeys.paths import funnel_counts, funnel_metrics, journey_summaries, kstep_paths, top_paths
-from seglake.stages.journeys.states import (ALL, PATH_SEP, UNKNOWN_CHANNEL, StateSpec, assign_states,
+from seglake.stages.journeys.states import (ALL, EVENT_ORDER, PATH_SEP, UNKNOWN_CHANNEL, StateSpec, assign_states,
                                             load_states)
 
 __all__ = [
     # states
-    "ALL", "PATH_SEP", "UNKNOWN_CHANNEL", "StateSpec", "assign_states", "load_states",
+    "ALL", "EVENT_ORDER", "PATH_SEP", "UNKNOWN_CHANNEL", "StateSpec", "assign_states", "load_states",
     # matrices
     "build_journeys", "channel_path_transitions", "channel_touchpoints", "customer_transition_counts",
     "journey_transitions", "transition_matrix", "with_probabilities",

@@ -25,7 +25,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from seglake.core.contracts import require_columns
-from seglake.stages.journeys.states import ALL, StateSpec, _journey_window
+from seglake.stages.journeys.states import ALL, EVENT_ORDER, StateSpec, _journey_window
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,15 @@ def page_edges(events: DataFrame) -> DataFrame:
     """Weighted page-to-page edges: consecutive page events of the same session.
 
     Args:
-        events: sessionized events with ``customer_id, session_key, event_ts, event_seq, page_url``
-            (events without a page_url are skipped, so the edge links the previous page seen).
+        events: sessionized events with ``customer_id, session_key, event_ts, session_seq, event_seq,
+            page_url`` (events without a page_url are skipped, so the edge links the previous
+            page seen; pages follow each other in ``EVENT_ORDER``, a total order).
 
     Returns:
         ``src, dst, weight`` (LONG): how often ``dst`` was the next page after ``src``.
     """
-    require_columns(events, ["customer_id", "session_key", "event_ts", "event_seq", "page_url"], "page_edges")
-    w = Window.partitionBy("customer_id", "session_key").orderBy("event_ts", "event_seq")
+    require_columns(events, ["customer_id", "session_key", *EVENT_ORDER, "page_url"], "page_edges")
+    w = Window.partitionBy("customer_id", "session_key").orderBy(*EVENT_ORDER)
     pages = events.where(F.col("page_url").isNotNull() & (F.length("page_url") > 0))
     return (pages.select(F.lag("page_url").over(w).alias("src"), F.col("page_url").alias("dst"))
             .where(F.col("src").isNotNull())
@@ -96,7 +97,10 @@ def pagerank(edges: DataFrame, damping: float = 0.85, max_iter: int = 50, tol: f
     if driver_max_edges > 0:
         rows = edges.limit(driver_max_edges + 1).collect()  # bounded: at most driver_max_edges + 1 rows
         if len(rows) <= driver_max_edges:
-            ranked, iterations = _pagerank_driver([(r["src"], r["dst"], r["weight"]) for r in rows],
+            # sorted: collect() returns the edges in partition order, and the float sums of the
+            # power iteration follow the edge order, so unsorted edges could change the last
+            # bits of a rank (and the order of two nearly equal ranks) from run to run
+            ranked, iterations = _pagerank_driver(sorted((r["src"], r["dst"], r["weight"]) for r in rows),
                                                   damping, max_iter, tol)
             log.info("pagerank: %d edges, %d vertices, %d iterations on the driver",
                      len(rows), len(ranked), iterations)
@@ -202,7 +206,7 @@ def event_edges(journeys: DataFrame, spec: StateSpec) -> DataFrame:
         ``customer_id, src, dst, src_state, dst_state``.
     """
     require_columns(journeys, ["customer_id", "journey_key", "journey_part", "journey_pos", "is_last", "state",
-                        "event_ts", "event_seq"], "event_edges")
+                               *EVENT_ORDER], "event_edges")
     w = _journey_window(spec)
     vid = lambda pos: F.concat_ws(":", F.col("journey_key"), pos.cast("string"))  # noqa: E731
     df = journeys.select("customer_id", "journey_key", "journey_pos", "is_last", "state",

@@ -28,7 +28,7 @@ from seglake.stages.journeys.matrices import (build_journeys, channel_path_trans
                                               customer_transition_counts, journey_transitions,
                                               transition_matrix)
 from seglake.stages.journeys.paths import funnel_counts, funnel_metrics, journey_summaries, kstep_paths, top_paths
-from seglake.stages.journeys.states import ALL, PATH_SEP, assign_states, load_states
+from seglake.stages.journeys.states import ALL, EVENT_ORDER, PATH_SEP, assign_states, load_states
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,16 @@ def _membership(spark, cfg, as_of: date) -> DataFrame | None:
 def sessionized_events(spark, cfg, window_start: date, as_of: date) -> DataFrame:
     """Consented events of the window with customer ids and sessions (the stage's input), from
     silver.enriched_events: sessions are those of the customer's whole history, so a session that
-    began before the window keeps its key and its events keep their order (event_key breaks ties).
+    began before the window keeps its key and its events keep their order. That order is the one
+    sessionize gave them (event_ts, then event_key), stored as session_seq and event_seq: every
+    journeys window orders by ``EVENT_ORDER`` (event_ts, session_seq, event_seq), total per customer,
+    so events with equal timestamps are ordered the same on every run and any partitioning.
 
     Returns:
-        ``customer_id, session_key, event_ts, event_seq, event_type, channel, page_url``.
+        ``customer_id, session_key, event_ts, session_seq, event_seq, event_type, channel, page_url``.
     """
     return enriched.read(spark, cfg, start=window_start, end=as_of,
-                         columns=("session_key", "event_ts", "event_seq", "event_type", "channel", "page_url"))
+                         columns=("session_key", *EVENT_ORDER, "event_type", "channel", "page_url"))
 
 
 def add_arguments(parser) -> None:  # noqa: D103 - argparse hook

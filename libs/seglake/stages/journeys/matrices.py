@@ -15,14 +15,16 @@ from pyspark.sql import functions as F
 
 from seglake.core.contracts import require_columns
 from seglake.stages.journeys.states import (
-    ALL, PATH_SEP, UNKNOWN_CHANNEL, StateSpec, _journey_partition, _journey_window)
+    ALL, EVENT_ORDER, PATH_SEP, UNKNOWN_CHANNEL, StateSpec, _journey_partition, _journey_window)
 
 def build_journeys(events: DataFrame, spec: StateSpec) -> DataFrame:
     """Cut mapped events into journeys.
 
     Args:
-        events: one row per event with ``customer_id, session_key, event_ts, event_seq,
-            state, channel``; rows with a null ``state`` are ignored.
+        events: one row per event with ``customer_id, session_key, event_ts, session_seq,
+            event_seq, state, channel`` (:func:`seglake.stages.sessions.sessionize`'s output:
+            events are ordered by ``EVENT_ORDER``, total per customer); rows with a null
+            ``state`` are ignored.
         spec: the states spec (scope, collapse of repeats).
 
     Returns:
@@ -32,10 +34,9 @@ def build_journeys(events: DataFrame, spec: StateSpec) -> DataFrame:
         session: its first non-null ``channel`` over all its events, side events included;
         else ``unknown``).
     """
-    require_columns(events, ["customer_id", "session_key", "event_ts", "event_seq", "state", "channel"],
-             "build_journeys")
+    require_columns(events, ["customer_id", "session_key", *EVENT_ORDER, "state", "channel"], "build_journeys")
     base = _journey_partition(spec)
-    order = [F.col("event_ts"), F.col("event_seq")]
+    order = [F.col(c) for c in EVENT_ORDER]
     w_base = Window.partitionBy(*base).orderBy(*order)
     # the session's channel: first non-null channel of any of its events (side events too)
     w_session = Window.partitionBy("customer_id", "session_key").orderBy(*order).rowsBetween(
@@ -68,7 +69,7 @@ def journey_transitions(journeys: DataFrame, spec: StateSpec, max_order: int = 3
 
     Args:
         journeys: output of :func:`build_journeys` (needs ``customer_id, journey_key,
-            journey_pos, is_last, journey_channel, state, event_ts, event_seq``).
+            journey_pos, is_last, journey_channel, state, event_ts, session_seq, event_seq``).
         spec: the states spec.
         max_order: highest Markov order k (1..max_order rows per transition).
 
@@ -79,7 +80,7 @@ def journey_transitions(journeys: DataFrame, spec: StateSpec, max_order: int = 3
     if not 1 <= int(max_order) <= 5:
         raise ValueError(f"journey_transitions: max_order must be between 1 and 5, got {max_order}")
     require_columns(journeys, ["customer_id", "journey_key", "journey_part", "journey_pos", "is_last",
-                        "journey_channel", "state", "event_ts", "event_seq"], "journey_transitions")
+                               "journey_channel", "state", *EVENT_ORDER], "journey_transitions")
     # Same window as build_journeys (partition starts with customer_id, same order): no
     # shuffle and no second sort when the input comes straight from it.
     w = _journey_window(spec)
@@ -160,17 +161,17 @@ def channel_touchpoints(events: DataFrame, spec: StateSpec) -> DataFrame:
     """One touchpoint per session: its entry channel and whether it converted.
 
     Args:
-        events: sessionized events with ``customer_id, session_key, event_ts, event_seq,
-            channel, state`` (``state`` may be null: every session is a touch, side events too).
+        events: sessionized events with ``customer_id, session_key, event_ts, session_seq,
+            event_seq, channel, state`` (``state`` may be null: every session is a touch, side
+            events too).
         spec: the states spec.
 
     Returns:
         ``customer_id, session_key, touch_ts, channel, converted``.
     """
-    require_columns(events, ["customer_id", "session_key", "event_ts", "event_seq", "channel", "state"],
-             "channel_touchpoints")
-    first = F.min_by(F.lower(F.col("channel")),
-                     F.when(F.col("channel").isNotNull(), F.struct("event_ts", "event_seq")))
+    require_columns(events, ["customer_id", "session_key", *EVENT_ORDER, "channel", "state"], "channel_touchpoints")
+    # the session's first channel in EVENT_ORDER (unique per customer: no ties)
+    first = F.min_by(F.lower(F.col("channel")), F.when(F.col("channel").isNotNull(), F.struct(*EVENT_ORDER)))
     return (events.where(F.col("customer_id").isNotNull())
             .groupBy("customer_id", "session_key")
             .agg(F.min("event_ts").alias("touch_ts"),

@@ -4,8 +4,9 @@ names shared by every journeys module (a leaf: imports nothing from the package)
 :class:`StateSpec` holds the event_type -> state mapping, the virtual ``start`` and the
 absorbing ``conversion`` / ``exit`` states, the journey scope and the funnel / motif
 options; :func:`load_states` reads it from YAML and :func:`assign_states` adds each event's
-``state``. The constants ``ALL`` (aggregate segment/channel value), ``UNKNOWN_CHANNEL`` and
-``PATH_SEP`` and the journey window helpers are used by the matrices, paths and graph modules.
+``state``. The constants ``ALL`` (aggregate segment/channel value), ``UNKNOWN_CHANNEL``,
+``PATH_SEP`` and ``EVENT_ORDER`` (the total order of a customer's events) and the journey window
+helpers are used by the matrices, paths and graph modules.
 """
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ from seglake.core.contracts import require_columns
 ALL = "all"  # segment / channel value of the rows that aggregate over that dimension
 UNKNOWN_CHANNEL = "unknown"
 PATH_SEP = ">"
+#: The order of a customer's sessionized events, used by every journeys window: the order
+#: ``sessionize`` gave them (event_ts, then event_key), as it stored it in session_seq (1.. per
+#: customer) and event_seq (1.. per session). (session_seq, event_seq) is unique per customer,
+#: so the order is total, also for events with equal timestamps and across a session boundary
+#: (event_seq alone restarts at 1 in every session); event_ts leads because it never decreases
+#: along that order.
+EVENT_ORDER = ("event_ts", "session_seq", "event_seq")
 
 # --------------------------------------------------------------------------- states spec
 
@@ -121,7 +129,8 @@ def _journey_partition(spec: StateSpec) -> list[str]:
 
 
 def _journey_window(spec: StateSpec) -> Window:
-    return Window.partitionBy(*_journey_partition(spec), "journey_part").orderBy("event_ts", "event_seq")
+    """Window over one journey's events in :data:`EVENT_ORDER` (a total order)."""
+    return Window.partitionBy(*_journey_partition(spec), "journey_part").orderBy(*EVENT_ORDER)
 
 
 # --------------------------------------------------------------------------- transforms

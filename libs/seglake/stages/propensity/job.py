@@ -17,11 +17,11 @@ from pyspark.sql import functions as F
 from seglake.core import tables
 from seglake.core.context import JobContext
 from seglake.core.spark import stable_layout
-from seglake.core.contracts import ENRICHED_EVENTS, IDENTITY_MAP
+from seglake.core.contracts import CONSENT_LEDGER, ENRICHED_EVENTS, IDENTITY_MAP, consent_actions, exclude_withdrawn
 from seglake.stages import enriched
 from seglake.stages.propensity.common import (_METRIC_KEYS, EVENTS_TABLE, FEATURES_TABLE, LABEL_COL, PROB_COL,
                                               SCORES_TABLE, TARGETS, _num)
-from seglake.stages.propensity.labels import build_labels, features_at, snapshot_dates
+from seglake.stages.propensity.labels import build_labels, drop_censored, features_at, snapshot_dates
 from seglake.stages.propensity.models import (Candidate, calibration, check_tuning, evaluate,
                                               feature_importances, input_features, lr_pipeline, tune_gbt)
 from seglake.stages.propensity.registry import (ChampionOutcome, _calibration_plot, _log_figure, promote_if_better,
@@ -86,9 +86,12 @@ def run(ctx: JobContext) -> dict:
     inputs = input_features(cfg)
     purchase_types = list(cfg.get("features.purchase_event_types") or ["purchase"])
 
-    events = enriched.read(spark, cfg, columns=("event_key", "event_type", "event_ts", "session_id", "session_key",
-                                                "source", "device_type", "revenue_usd", "scroll_depth",
-                                                "duration_s", "properties"))
+    # consent: a customer withdrawn at as_of is in no snapshot, event or label of this run; a
+    # snapshot whose label window holds a withdrawal is left out (unknown, not churned)
+    events = enriched.read(spark, cfg, consent_at=as_of,
+                           columns=("event_key", "event_type", "event_ts", "session_id", "session_key",
+                                    "source", "device_type", "revenue_usd", "scroll_depth",
+                                    "duration_s", "properties"))
     first = tables.read(spark, cfg, EVENTS_TABLE).agg(F.min("event_date")).first()[0]
     if first is None:
         raise ValueError("silver.events is empty: nothing to train propensity models on")
@@ -96,9 +99,10 @@ def run(ctx: JobContext) -> dict:
     train_dates, eval_date = snapshot_dates(as_of, horizon, int(pc["train_snapshots"]),
                                             int(pc["train_step_days"]), earliest)
 
-    snaps = features_at(ctx, [*train_dates, eval_date, as_of], events).persist()
-    labelled = build_labels(snaps.filter(F.col("as_of_date") < F.lit(as_of)), events, horizon,
-                            purchase_types).persist()
+    snaps = features_at(ctx, [*train_dates, eval_date, as_of], events)
+    snaps = exclude_withdrawn(spark, cfg, snaps, as_of).persist()  # gold rows of older as_of dates too
+    labelled = build_labels(snaps.filter(F.col("as_of_date") < F.lit(as_of)), events, horizon, purchase_types)
+    labelled = drop_censored(labelled, consent_actions(spark, cfg, as_of), horizon).persist()
     current = snaps.filter(F.col("as_of_date") == F.lit(as_of))
     n_current = current.count()
     if n_current == 0:
@@ -107,7 +111,8 @@ def run(ctx: JobContext) -> dict:
     summary: dict[str, Any] = {"as_of": as_of.isoformat(), "train_snapshots": ", ".join(map(str, train_dates)),
                                "eval_snapshot": eval_date.isoformat()}
     champions: dict[str, tuple[PipelineModel, str, int]] = {}
-    with tracking.start_run(spark, cfg, "propensity", [EVENTS_TABLE, ENRICHED_EVENTS, FEATURES_TABLE, IDENTITY_MAP],
+    with tracking.start_run(spark, cfg, "propensity",
+                            [EVENTS_TABLE, ENRICHED_EVENTS, FEATURES_TABLE, IDENTITY_MAP, CONSENT_LEDGER],
                             f"propensity {as_of}", ctx.run_id, as_of) as parent:
         mlflow.log_params({"horizon_days": horizon, "train_dates": ",".join(map(str, train_dates)),
                            "eval_date": str(eval_date), "inputs": ",".join(inputs),

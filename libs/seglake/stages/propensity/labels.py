@@ -2,8 +2,10 @@
 
 :func:`snapshot_dates` places the evaluation snapshot one horizon before the scoring date and
 the training snapshots before it, :func:`build_labels` labels (customer, snapshot) rows from
-the events of the following horizon (churn, purchase) and :func:`features_at` reads (or
-computes, with the features stage's code) the features of each snapshot date.
+the events of the following horizon (churn, purchase), :func:`drop_censored` leaves out the
+snapshots whose label window holds a consent withdrawal (no events then means no consent, not
+churn) and :func:`features_at` reads (or computes, with the features stage's code) the features
+of each snapshot date.
 """
 from __future__ import annotations
 
@@ -77,6 +79,35 @@ def build_labels(snapshots: DataFrame, events: DataFrame, horizon_days: int,
             .withColumn("churn_label", F.when(F.col("_bought").isNull(), 1.0).otherwise(0.0))
             .withColumn("purchase_label", F.coalesce(F.col("_bought").cast("double"), F.lit(0.0)))
             .drop("_bought"))
+
+
+def drop_censored(labelled: DataFrame, consent_actions: DataFrame, horizon_days: int) -> DataFrame:
+    """``labelled`` without the (customer, snapshot) rows whose label window
+    ``[as_of_date, as_of_date + horizon)`` holds a consent withdrawal of that customer.
+
+    Their label is unknown: events missing after a withdrawal say nothing about churn or a
+    purchase, so such a row is neither churned nor retained (left out of training and evaluation).
+
+    Args:
+        labelled: rows with ``customer_id, as_of_date`` (e.g. :func:`build_labels`' output).
+        consent_actions: ``customer_id, action, effective_at``
+            (:func:`seglake.core.contracts.consent_actions`); small.
+        horizon_days: the label window's length.
+
+    Returns:
+        ``labelled``'s rows and columns, minus the censored rows.
+    """
+    for name, df, cols in (("labelled", labelled, ["customer_id", "as_of_date"]),
+                           ("consent_actions", consent_actions, ["customer_id", "action", "effective_at"])):
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise ValueError(f"drop_censored: {name} lacks column(s) {missing}")
+    w = (consent_actions.where(F.col("action") == F.lit("withdraw"))
+         .select(F.col("customer_id").alias("_w_customer"), F.col("effective_at").alias("_w_at")))
+    start = F.col("as_of_date").cast("timestamp")
+    end = F.date_add(F.col("as_of_date"), horizon_days).cast("timestamp")
+    cond = (F.col("customer_id") == F.col("_w_customer")) & (F.col("_w_at") >= start) & (F.col("_w_at") < end)
+    return labelled.join(F.broadcast(w), cond, "left_anti")
 
 
 def features_at(ctx: JobContext, dates: Sequence[date], events: DataFrame | None = None) -> DataFrame:

@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 
 from seglake.core import tables
 from seglake.core.contracts import (CUSTOMER_FEATURES, SEGMENT_CHANGES, SEGMENT_HEALTH,
-                                    SEGMENT_MEMBERSHIP, SEGMENT_OVERLAP)
+                                    SEGMENT_MEMBERSHIP, SEGMENT_OVERLAP, exclude_withdrawn)
 from seglake.stages import enriched
 from seglake.stages.segments.health import segment_health, segment_overlap
 from seglake.stages.segments.membership import evaluate_segments, resolve_quantiles, segment_changes
@@ -73,6 +73,9 @@ def run(ctx) -> dict:
     if features.limit(1).count() == 0:
         raise ValueError(f"gold.customer_features has no rows for as_of_date {as_of}: "
                          f"run `seglake run features --as-of {as_of}` first")
+    # consent: features written before a withdrawal was recorded still hold the customer; a
+    # withdrawn customer is in no segment from the as_of on (and so leaves it: an `exited` change)
+    features = exclude_withdrawn(spark, cfg, features, as_of)
     events = _events_for_sequences(ctx, as_of, active) if any(s.sequence for s in active) else None
     quantiles = resolve_quantiles(features, active)
     members = evaluate_segments(features, active, as_of, events, quantiles)

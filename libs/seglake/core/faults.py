@@ -1,0 +1,38 @@
+"""Named fault points for the reliability suite (``tests/reliability/``).
+
+A writing job calls :func:`point` at the boundaries that matter for crash safety: the table
+layer before and after every Delta commit (``before_commit:<table>``,
+``after_commit:<table>``), and jobs at their own steps (``ingest.after_bronze``, ...). With
+the environment variable ``SEGLAKE_FAULT=<name>`` (or ``<name>@<n>``: at its n-th time in the
+process) the process kills itself with SIGKILL there — what ``kill -9`` or a lost node does:
+no ``finally`` block, no cleanup. Unset (always, outside tests), a point costs one
+dictionary lookup.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections import Counter
+
+log = logging.getLogger(__name__)
+
+ENV = "SEGLAKE_FAULT"
+_hits: Counter = Counter()
+
+
+def point(name: str) -> None:
+    """Kill this process here when ``SEGLAKE_FAULT`` names this point (see the module doc)."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    target, _, nth = spec.partition("@")
+    if target != name:
+        return
+    _hits[name] += 1
+    if _hits[name] >= int(nth or 1):
+        log.warning("fault point %s reached (%s): killing this process (SIGKILL)", name, spec)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.kill(os.getpid(), signal.SIGKILL)

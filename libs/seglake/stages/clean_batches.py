@@ -1,0 +1,105 @@
+"""Which bronze batches clean works on, and bad batches set aside instead of blocking.
+
+A batch whose reject share is above ``clean.max_reject_share`` (a broken export, a new
+timestamp format, a wrong source mapping) is **set aside**: listed in ``ops.clean_set_aside``
+with its reason and counts, left out of silver and quarantine, and skipped by later runs, so
+the batches ingested after it are cleaned as usual. The run's status is ``set_aside`` (exit
+code 5 from ``seglake run clean``) and its summary names the batches. After a fix (the mapping,
+the threshold, the source), ``seglake run clean --retry-set-aside`` takes them again; a batch
+that now passes is cleaned and leaves the list.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from seglake.core import tables
+from seglake.core.config import Config
+from seglake.core.contracts import CLEAN_BATCHES, CLEAN_SET_ASIDE
+
+log = logging.getLogger(__name__)
+
+SET_ASIDE_DDL = ("_batch_id STRING, reason STRING, records LONG, quarantined LONG, reject_share DOUBLE, "
+                 "by_reason MAP<STRING, LONG>, run_id STRING, set_aside_at TIMESTAMP")
+
+
+def add_arguments(parser) -> None:
+    """``--retry-set-aside``: clean the set-aside batches again (after a fix)."""
+    parser.add_argument("--retry-set-aside", action="store_true",
+                        help="take the batches listed in ops.clean_set_aside again (after fixing their cause)")
+
+
+def set_aside_ids(spark: SparkSession, cfg: Config) -> list[str]:
+    """Batch ids listed in ``ops.clean_set_aside`` (one row per batch: small)."""
+    if not tables.exists(spark, cfg, CLEAN_SET_ASIDE):
+        return []
+    return sorted(r["_batch_id"] for r in tables.read(spark, cfg, CLEAN_SET_ASIDE).select("_batch_id").collect())
+
+
+def pending(spark: SparkSession, cfg: Config, bronze: DataFrame, retry: bool) -> tuple[list[str], list[str]]:
+    """(batches to clean now, set-aside batches skipped): bronze batches that are neither
+    cleaned nor set aside — set-aside ones too when ``retry``. One row per ingest batch: small."""
+    ids = bronze.select("_batch_id").distinct()
+    if tables.exists(spark, cfg, CLEAN_BATCHES):
+        ids = ids.join(tables.read(spark, cfg, CLEAN_BATCHES).select("_batch_id"), "_batch_id", "left_anti")
+    candidates = sorted(r["_batch_id"] for r in ids.collect() if r["_batch_id"] is not None)
+    aside = set(set_aside_ids(spark, cfg))
+    if retry:
+        return candidates, []
+    return [b for b in candidates if b not in aside], sorted(aside & set(candidates))
+
+
+def judge(counts: list, max_share: float) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Split per-batch reason counts into (good, bad) batches.
+
+    Args:
+        counts: rows of ``_batch_id, _reason, count`` (one per batch and reason: small).
+        max_share: ``clean.max_reject_share``.
+
+    Returns:
+        Two dicts batch id -> ``{"records", "quarantined", "by_reason"}``; a batch is bad when
+        its quarantined share is above ``max_share``.
+    """
+    stats: dict[str, dict] = {}
+    for r in counts:
+        s = stats.setdefault(r["_batch_id"], {"records": 0, "quarantined": 0, "by_reason": {}})
+        s["records"] += int(r["count"])
+        if r["_reason"] is not None:
+            s["quarantined"] += int(r["count"])
+            s["by_reason"][r["_reason"]] = int(r["count"])
+    good, bad = {}, {}
+    for batch, s in sorted(stats.items()):
+        share = s["quarantined"] / s["records"] if s["records"] else 0.0
+        (bad if share > max_share else good)[batch] = {**s, "reject_share": share}
+    return good, bad
+
+
+def set_aside(spark: SparkSession, cfg: Config, bad: dict[str, dict], max_share: float, run_id: str) -> dict[str, str]:
+    """List ``bad`` batches in ``ops.clean_set_aside`` (MERGE on the batch: a retry that fails
+    again updates its row); returns batch id -> reason, logged as a warning."""
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    reasons = {b: (f"{s['quarantined']} of {s['records']} records ({s['reject_share']:.1%}) rejected, more than "
+                   f"clean.max_reject_share={max_share:.1%}; by reason: {dict(sorted(s['by_reason'].items()))}")
+               for b, s in bad.items()}
+    rows = [(b, reasons[b], s["records"], s["quarantined"], s["reject_share"], s["by_reason"], run_id, now)
+            for b, s in bad.items()]
+    tables.merge(spark, spark.createDataFrame(rows, SET_ASIDE_DDL), cfg, CLEAN_SET_ASIDE, keys=["_batch_id"],
+                 update=True)
+    for b, why in reasons.items():
+        log.warning("clean: batch %s set aside (listed in %s; rerun with --retry-set-aside after a fix): %s",
+                    b, CLEAN_SET_ASIDE, why)
+    return reasons
+
+
+def release(spark: SparkSession, cfg: Config, cleaned: list[str]) -> None:
+    """Remove batches that were cleaned from the set-aside list (after a successful retry)."""
+    if not cleaned or not tables.exists(spark, cfg, CLEAN_SET_ASIDE):
+        return
+    listed = set(set_aside_ids(spark, cfg)) & set(cleaned)
+    if listed:
+        keys = spark.createDataFrame([(b,) for b in sorted(listed)], "_batch_id STRING")
+        tables.delete_matching(spark, cfg, CLEAN_SET_ASIDE, keys, on="_batch_id")
+        log.info("clean: %d set-aside batch(es) cleaned on retry and removed from %s", len(listed), CLEAN_SET_ASIDE)

@@ -1,0 +1,217 @@
+"""The ``seglake run erase`` job: expand, delete under the exclusive lease, VACUUM, record.
+
+See the package docstring (:mod:`seglake.stages.erase`) for what is erased where.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from functools import reduce
+from pathlib import Path
+
+from pyspark.sql import Column, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from seglake.core import erasure, leases, pii, tables
+from seglake.core.config import Config
+from seglake.core.context import JobContext
+from seglake.core.contracts import (ERASURE_REQUESTS, IDENTITY_EDGES, IDENTITY_MAP, JOB_LEASES, KNOWN_TABLES, LAYERS,
+                                    RUN_LOG)
+from seglake.stages.erase import artifacts
+from seglake.stages.erase.match import Person, column_conditions, quoted
+from seglake.stages.erase.person import expand_person
+
+log = logging.getLogger(__name__)
+
+#: never searched nor VACUUMed: the ledger holds the person's hashes by design (that is how
+#: erasure sticks); the lease table is written by the jobs waiting for erase's lease
+SKIPPED: tuple[str, ...] = (ERASURE_REQUESTS, JOB_LEASES)
+#: written outside the lease (a job that gives up waiting records its failure): VACUUMed only
+#: when the person was found in it
+WRITTEN_OUTSIDE_LEASE: tuple[str, ...] = (RUN_LOG,)
+#: erased last, so that a run killed halfway still finds the person through them when rerun
+IDENTITY_LAST: tuple[str, ...] = (IDENTITY_EDGES, IDENTITY_MAP)
+
+
+def add_arguments(parser) -> None:
+    """``--identifier`` (repeatable) and ``--file`` (one identifier per line)."""
+    parser.add_argument("--identifier", action="append", default=[], metavar="X",
+                        help="an identifier of the person to erase (email, phone, user id, ...); repeatable")
+    parser.add_argument("--file", default=None, metavar="F",
+                        help="a text file with one identifier per line")
+
+
+def identifiers_from_args(args: dict) -> list[str]:
+    """The distinct non-blank identifiers from ``--identifier`` and ``--file``."""
+    values = list(args.get("identifier") or [])
+    path = args.get("file")
+    if path:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"identifier file not found: {p}")
+        values += p.read_text(encoding="utf-8").splitlines()
+    out = sorted({v.strip() for v in values if v and v.strip()})
+    if not out:
+        raise ValueError("erase needs at least one identifier: pass --identifier X or --file F")
+    return out
+
+
+def discover_tables(spark: SparkSession, cfg: Config) -> list[str]:
+    """Every Delta table ``<layer>.<name>`` under the lakehouse (listing local folders, plus
+    the known contract tables for remote lakehouses)."""
+    found: set[str] = set()
+    lake = cfg.lakehouse
+    if "://" not in lake:
+        for layer in LAYERS:
+            base = Path(lake) / layer
+            if base.is_dir():
+                found.update(f"{layer}.{p.name}" for p in base.iterdir() if (p / "_delta_log").is_dir())
+    found.update(t for t in KNOWN_TABLES if tables.exists(spark, cfg, t))
+    return sorted(found)
+
+
+def erasure_order(found: list[str]) -> list[str]:
+    """The tables to search, in order: all but :data:`SKIPPED`, the identity tables last."""
+    body = [t for t in sorted(found) if t not in SKIPPED and t not in IDENTITY_LAST]
+    return body + [t for t in IDENTITY_LAST if t in found]
+
+
+def _is_complex(dtype: T.DataType) -> bool:
+    return isinstance(dtype, (T.ArrayType, T.MapType, T.StructType))
+
+
+def _stats_columns(props: dict, fields: list[T.StructField]) -> set[str]:
+    """Top-level columns Delta keeps min/max statistics of, by the table's properties."""
+    listed = props.get("delta.dataSkippingStatsColumns")
+    if listed:
+        return {c.strip().strip("`").split(".")[0] for c in listed.split(",") if c.strip()}
+    n = int(props.get("delta.dataSkippingNumIndexedCols", 32))
+    return {f.name for f in (fields if n < 0 else fields[:n])}
+
+
+def delete_rows(spark: SparkSession, cfg: Config, table: str, conds: dict[str, Column]) -> tuple[int, list[str]]:
+    """Delete the rows where any of ``conds`` (column -> predicate) holds.
+
+    Returns:
+        (rows deleted, string columns that held the person and of which the table keeps
+        min/max statistics in its transaction log: VACUUM does not remove those).
+    """
+    from delta.tables import DeltaTable
+
+    path = cfg.table_path(table)
+    dt = DeltaTable.forPath(spark, path)
+    cond = reduce(lambda a, b: a | b, conds.values())
+    # one person's rows (a handful), materialized once: counted, inspected and used as the source
+    matched = dt.toDF().where(cond).localCheckpoint()
+    deleted = matched.count()
+    leaked: list[str] = []
+    props = dt.detail().first()["properties"] or {}
+    if deleted:
+        flags = matched.select(*[F.max(c.cast("int")).alias(f"_m{i}") for i, c in enumerate(conds.values())]).first()
+        held = [name for i, name in enumerate(conds) if flags[f"_m{i}"]]
+        fields = matched.schema.fields
+        strings = {f.name for f in fields if isinstance(f.dataType, T.StringType)}
+        leaked = sorted(c for c in held if c in strings and c in _stats_columns(props, fields))
+        # A DELETE would write its predicate -- the identifiers, and the key inside the hash
+        # expression -- into the commit's commitInfo, which VACUUM never removes. Instead the
+        # person's rows are removed by a MERGE whose condition names only columns (complex
+        # ones through to_json), so the transaction log keeps no trace of whom was erased.
+        atomic = [f.name for f in fields if not _is_complex(f.dataType)]
+        nested = [f.name for f in fields if _is_complex(f.dataType)]
+        # fresh column names: the source must not share attributes with the target it came from
+        source = matched.select(*[F.col(quoted(c)).alias(f"_k{i}") for i, c in enumerate(atomic)],
+                                *[F.to_json(F.col(quoted(c))).alias(f"_j{i}") for i, c in enumerate(nested)]
+                                ).distinct()
+        # one person's rows: brought to the driver and back, so the MERGE source has no lineage
+        source = spark.createDataFrame(source.collect(), source.schema)
+        on = " AND ".join([f"t.{quoted(c)} <=> s._k{i}" for i, c in enumerate(atomic)]
+                          + [f"to_json(t.{quoted(c)}) <=> s._j{i}" for i, c in enumerate(nested)])
+        dt.alias("t").merge(source.alias("s"), on).whenMatchedDelete().execute()
+    if str(props.get("delta.enableDeletionVectors", "false")).lower() == "true":
+        # deleted rows may still sit in files only masked by a deletion vector: rewrite them
+        spark.sql(f"REORG TABLE delta.{quoted(path)} APPLY (PURGE)")
+    return deleted, leaked
+
+
+def _landing_note(cfg: Config) -> str:
+    days = int(cfg.get("ingest.landing_retention_days") or 0)
+    kept = (f"kept {days} days by the storage retention you configured (ingest.landing_retention_days)"
+            if days else "no retention declared (ingest.landing_retention_days: 0)")
+    return (f"landing files are not erased ({kept}); records of an erased person in them are "
+            f"suppressed on re-ingest through {ERASURE_REQUESTS}")
+
+
+def _erase(spark: SparkSession, cfg: Config, given: list[str], key: str, retention: float) -> dict:
+    hashed_given = sorted(erasure.hash_values(spark, given, key).values())
+    request = erasure.request_key(spark, hashed_given, key)
+    person: Person = expand_person(
+        spark, cfg, given, key, max_identifiers=int(cfg.get("erase.max_identifiers") or 0),
+        history_versions=int(cfg.get("erase.map_history_versions") or 0),
+        extra_hashes=erasure.request_hashes(spark, cfg, request))
+    # the hashes first: a run killed halfway leaves the person suppressed, and its rerun finds them
+    erasure.record_request(spark, cfg, key_of_request=request, identifiers_hashed=person.hashes, done=False)
+
+    found = discover_tables(spark, cfg)
+    order = erasure_order(found)
+    removed: dict[str, int] = {}
+    leaked: dict[str, list[str]] = {}
+    for i, table in enumerate(order, 1):
+        conds = column_conditions(tables.read(spark, cfg, table).schema, person, key)
+        if not conds:
+            continue
+        n, stats = delete_rows(spark, cfg, table, conds)
+        log.info("erase: [%d/%d] %s: %d rows removed", i, len(order), table, n)
+        if n:
+            removed[table] = n
+        if stats:
+            leaked[table] = stats
+            log.warning("erase: %s keeps min/max statistics of column(s) %s in its transaction log; they may "
+                        "still show the person until Delta's log retention removes old commits",
+                        table, ", ".join(stats))
+
+    targets = ([t for t in order if t not in WRITTEN_OUTSIDE_LEASE or t in removed]
+               if cfg.get("erase.vacuum_all_tables") else [t for t in order if t in removed])
+    for table in targets:
+        tables.vacuum(spark, cfg, table, retention)
+    files = artifacts.clean_files(cfg, person.searchable)
+    request_id = erasure.record_request(
+        spark, cfg, key_of_request=request, identifiers_hashed=person.hashes, done=True,
+        customer_ids_count=len(person.customer_ids), tables_touched=sorted(removed),
+        rows_removed=sum(removed.values()), retention_hours=retention)
+
+    summary = {"request_id": request_id, "identifiers_given": len(given),
+               "customers_matched": len(person.customer_ids),
+               "identifiers_matched": len(set(person.raw) | set(person.hashes)),
+               "rows_removed": sum(removed.values()), "removed_by_table": removed,
+               "tables_vacuumed": len(targets), "vacuum_retention_hours": retention,
+               "files_removed": files["removed"], "files_flagged": files["flagged"],
+               "mlflow_runs": files["mlflow_runs"], "landing": _landing_note(cfg)}
+    if files.get("note"):
+        summary["note"] = files["note"]
+    if files["not_searched"]:
+        summary["not_searched"] = files["not_searched"]
+    if leaked:
+        summary["log_statistics"] = leaked
+    return summary
+
+
+def run(ctx: JobContext) -> dict:
+    """Erase the person(s) named by ``--identifier`` / ``--file`` from every table and file."""
+    spark, cfg = ctx.spark, ctx.cfg
+    given = identifiers_from_args(ctx.args)
+    key = pii.salt(cfg)
+    retention = float(cfg.get("erase.retention_hours"))
+    if retention < 0:
+        raise ValueError(f"erase.retention_hours must be >= 0, got {retention:g}")
+    wait = float(cfg.get("erase.lease_wait_seconds") or 0)
+    log.info("erase: taking the exclusive lease: running writer jobs finish first and new ones wait (%s)",
+             f"waiting at most {wait:g} s" if wait > 0 else "the lease's default wait")
+    started = time.monotonic()
+    with leases.exclusive(spark, cfg, ctx.run_id, wait_seconds=wait if wait > 0 else None):
+        waited = time.monotonic() - started
+        if waited >= 10.0:   # taking the lease itself costs a few seconds (two small Delta commits)
+            log.warning("erase: waited %.0f s for running writer jobs before erasing", waited)
+        summary = _erase(spark, cfg, given, key, retention)
+    summary["lease_wait_s"] = round(waited, 1)
+    return summary
