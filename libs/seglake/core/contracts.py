@@ -243,6 +243,7 @@ def exclude_withdrawn(spark: SparkSession, cfg: Config, df: DataFrame,
     if not tables.exists(spark, cfg, CONSENT_LEDGER):
         return df
     instant = consent_instant(at)
+    # at most one row: is any withdrawal in effect at all?
     if not _effective_ledger(spark, cfg, instant).where(F.col("action") == F.lit("withdraw")).limit(1).collect():
         return df
     # withdrawn customers are few (bounded by consent decisions, not by events): broadcast

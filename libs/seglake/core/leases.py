@@ -210,7 +210,7 @@ def _read(spark: SparkSession, cfg: Config) -> list[dict]:
     try:
         got = df.select(*cols, F.col("_metadata.row_commit_version").alias("version")).collect()  # small
     except AnalysisException:  # a lease table without row tracking: versions unknown (module doc)
-        got = df.select(*cols, F.lit(None).cast("bigint").alias("version")).collect()
+        got = df.select(*cols, F.lit(None).cast("bigint").alias("version")).collect()  # live leases: small
     released = {r["lease_id"] for r in got if r["released"]}
     out: dict[str, dict] = {}
     for r in got:

@@ -36,7 +36,8 @@ def set_aside_ids(spark: SparkSession, cfg: Config) -> list[str]:
     """Batch ids listed in ``ops.clean_set_aside`` (one row per batch: small)."""
     if not tables.exists(spark, cfg, CLEAN_SET_ASIDE):
         return []
-    return sorted(r["_batch_id"] for r in tables.read(spark, cfg, CLEAN_SET_ASIDE).select("_batch_id").collect())
+    return sorted(r["_batch_id"] for r in tables.read(spark, cfg, CLEAN_SET_ASIDE).select("_batch_id")
+                  .collect())  # one row per set-aside batch: small
 
 
 def pending(spark: SparkSession, cfg: Config, bronze: DataFrame, retry: bool) -> tuple[list[str], list[str]]:
@@ -45,7 +46,7 @@ def pending(spark: SparkSession, cfg: Config, bronze: DataFrame, retry: bool) ->
     ids = bronze.select("_batch_id").distinct()
     if tables.exists(spark, cfg, CLEAN_BATCHES):
         ids = ids.join(tables.read(spark, cfg, CLEAN_BATCHES).select("_batch_id"), "_batch_id", "left_anti")
-    candidates = sorted(r["_batch_id"] for r in ids.collect() if r["_batch_id"] is not None)
+    candidates = sorted(r["_batch_id"] for r in ids.collect() if r["_batch_id"] is not None)  # per batch: small
     aside = set(set_aside_ids(spark, cfg))
     if retry:
         return candidates, []

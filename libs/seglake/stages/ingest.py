@@ -298,6 +298,7 @@ def _write_ledger(spark: SparkSession, cfg, meta: dict) -> None:
 def _ledger_totals(spark: SparkSession, cfg, batch_id: str) -> dict:
     """records, malformed and records per format of one batch, from its ledger rows (one per file)."""
     out: dict = {"records": 0, "malformed": 0}
+    # one row per format (<= 3)
     for r in (tables.read(spark, cfg, LEDGER).where(F.col("batch_id") == batch_id).groupBy("format")
               .agg(F.sum("records").alias("records"), F.sum("malformed").alias("malformed")).collect()):
         out["records"] += int(r["records"])

@@ -63,6 +63,7 @@ def _graph_round(spark: SparkSession, cfg: Config, frontier: list[str], cids: se
     """(new customer ids, (type, identifier) pairs) reachable in one step from ``frontier``."""
     found: set[tuple[str, str]] = set()
     new_cids: set[str] = set()
+    # every collect below returns one person's customer ids, identifiers or edges: small
     if tables.exists(spark, cfg, IDENTITY_MAP):
         idmap = tables.read(spark, cfg, IDENTITY_MAP)
         new_cids = {r["customer_id"] for r in idmap.where(F.col("identifier").isin(frontier))
@@ -99,7 +100,7 @@ def _owned_by_others(spark: SparkSession, cfg: Config, candidates: Iterable[str]
     if not candidates or not tables.exists(spark, cfg, IDENTITY_MAP):
         return set()
     rows = (tables.read(spark, cfg, IDENTITY_MAP).where(F.col("identifier").isin(candidates))
-            .select("identifier", "customer_id").distinct().collect())
+            .select("identifier", "customer_id").distinct().collect())  # the person's candidates: small
     return {r["identifier"] for r in rows if r["customer_id"] not in cids}
 
 
@@ -111,6 +112,8 @@ def _earlier_customer_ids(spark: SparkSession, cfg: Config, identifiers: list[st
         return set()
     top = tables.version(spark, cfg, IDENTITY_MAP)
     earlier: set[str] = set()
+    # each collect: the customer ids of the person's identifiers in one version (small); the loop
+    # scans up to ``versions`` old versions of the map once each: erase is rare, the map bounded
     for v in range(top - 1, max(-1, top - 1 - versions), -1):
         try:
             rows = (tables.read(spark, cfg, IDENTITY_MAP, version=v).where(F.col("identifier").isin(identifiers))
