@@ -66,7 +66,9 @@ JSON_KINDS: list[tuple[str, str, str]] = [
     ("k22", '["k22", 1, 2]', "broken_json"),                                             # an array
     ("k23", '"k23 just a string"', "broken_json"),                                       # a scalar
     ("k24", '{"event_id": "k24", "user_id": "u-k24",}', "broken_json"),                  # trailing comma
-    ("k25", "{'event_id': 'k25'}", "broken_json"),                                       # single quotes
+    # single quotes: Spark's JSON reader accepts them (allowSingleQuotes), so the record parses and
+    # is turned away for what it lacks
+    ("k25", "{'event_id': 'k25'}", "missing_identifiers"),
     ("k26", _line(_rec("k26", event_ts="2026-09-01 10:00:00")), SILVER),                 # naive = UTC
     ("k27", _line(_rec("k27", event_ts="2026-09-01T12:00:00.123+0200")), SILVER),
     ("k28", _line(_rec("k28", event_type=" PageView ")), SILVER),                        # alias, spaces
@@ -95,8 +97,9 @@ CSV_KINDS: list[tuple[str, str, list[str]]] = [
     ("k33", ",".join(_csv("k33").split(",")[:10]), ["unparseable_record"]),              # too few fields
     ("k34", _csv("k34") + ",extra,fields", ["unparseable_record"]),                      # too many fields
     ("k35", _csv("k35").replace("k35", '"k35', 1), ["unparseable_record"]),              # unbalanced quote
-    # a quoted field with a line break: read line by line, both halves are quarantined, none lost
-    ("k36", _csv("k36", page_url="line one\nline two"), ["unparseable_record", "unparseable_record"]),
+    # a quoted field with a line break: CSV is read line by line, so both halves are quarantined
+    # (the second half, without the id, is checked by its text below); none lost
+    ("k36", _csv("k36", page_url="line one\nline two"), ["unparseable_record"]),
 ]
 
 
@@ -150,9 +153,6 @@ def _write_landing(root: Path) -> dict:
             "pretty_lines": len(json.dumps(_rec("k42"), indent=1).splitlines())}
 
 
-@pytest.mark.xfail(reason="corpus expectations written before the first run and not yet reconciled with "
-                          "it (first run of 4 Dec 2026 failed; see issue #16 notes): fix the code or the "
-                          "expectation per kind, then remove this mark", strict=False)
 def test_every_bad_record_lands_in_silver_or_quarantine_with_its_reason(spark, tmp_path):
     expected = _write_landing(tmp_path)
     cfg = make_cfg(tmp_path / "lake", paths={"landing": str(tmp_path / "landing")},
@@ -177,7 +177,10 @@ def test_every_bad_record_lands_in_silver_or_quarantine_with_its_reason(spark, t
 
     outcome = {}
     for kind, want in expected["records"].items():
-        outcome[kind] = SILVER if kind in silver else ",".join(reasons_by_id.get(kind, ["<missing>"]))
+        # a line that does not parse has no event_id: it is found by its raw text
+        by_raw = [reason for raw, reason in ((r["_raw"] or "", r["reason"]) for r in quarantine
+                                             if not r["event_id"]) if f'"{kind}' in raw]
+        outcome[kind] = SILVER if kind in silver else ",".join(reasons_by_id.get(kind, by_raw) or ["<missing>"])
     mismatched = {k: (expected["records"][k], v) for k, v in outcome.items() if v != expected["records"][k]}
     assert not mismatched, f"kind: (expected, got) {mismatched}"
 
@@ -188,6 +191,7 @@ def test_every_bad_record_lands_in_silver_or_quarantine_with_its_reason(spark, t
             assert kind in silver, kind
         else:
             assert sorted(reason for raw, reason in raw_reasons if kind in raw) == sorted(outs), kind
+    assert [reason for raw, reason in raw_reasons if raw.startswith('line two"')] == ["unparseable_record"]
     # a pretty-printed record: every one of its lines is a broken record
     pretty = [r["reason"] for r in tables.read(spark, cfg, "silver.events_quarantine")
               .where(F.col("_source_file").endswith("pretty.jsonl")).collect()]

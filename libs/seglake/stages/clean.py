@@ -157,9 +157,12 @@ def parse_event_ts(raw: Column) -> Column:
 
 
 def _number(col: Column) -> tuple[Column, Column]:
-    """(value as double, flag 'present but not a number')."""
+    """(value as double, flag 'present but not a number'). NaN and ±Infinity (which the cast
+    accepts as text, and typed Parquet doubles carry) are not numbers here: one would poison every
+    sum and average it reaches."""
     s = _blank_to_null(col)
-    d = s.try_cast("double")
+    cast = s.try_cast("double")
+    d = F.when(~F.isnan(cast) & (F.abs(cast) != F.lit(float("inf"))), cast)
     return d, s.isNotNull() & d.isNull()
 
 

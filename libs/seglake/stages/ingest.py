@@ -131,6 +131,8 @@ def parquet_to_bronze(rows: DataFrame) -> DataFrame:
             return F.lit(None).cast("string").alias(c)
         if types[c].startswith(("map", "struct", "array")):
             return F.to_json(F.col(c)).alias(c)
+        if types[c].startswith("timestamp"):   # with its offset: the text means one instant in any session zone
+            return F.date_format(F.col(c), "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX").alias(c)
         return F.col(c).cast("string").alias(c)
 
     raw = F.to_json(F.struct(*[F.col(c) for c in data_cols])) if data_cols else F.lit("{}")
@@ -209,10 +211,34 @@ def parquet_defect(spark: SparkSession, path: str) -> str | None:
     return None
 
 
+def _read_parquet(spark: SparkSession, paths: list[str]) -> DataFrame:
+    """Parquet files as bronze rows. Files whose schemas merge are read together; when two files
+    type one column differently (a timestamp here, a string there: Spark cannot merge them), the
+    files are read in groups of one schema each (one footer read per file) and the groups, all
+    cast to bronze's strings, are unioned."""
+    def bronze(df: DataFrame) -> DataFrame:
+        return parquet_to_bronze(df.withColumn("_source_file", F.col("_metadata.file_path")))
+
+    try:
+        return bronze(spark.read.option("mergeSchema", "true").parquet(*paths))
+    except Exception as exc:  # noqa: BLE001 - only a schema merge failure is handled here
+        if "CANNOT_MERGE" not in str(exc) and "Failed to merge" not in str(exc):
+            raise
+    groups: dict[str, list[str]] = {}
+    for path in paths:
+        groups.setdefault(spark.read.parquet(path).schema.json(), []).append(path)
+    log.info("ingest: %d Parquet files in %d incompatible schemas; reading each schema apart",
+             len(paths), len(groups))
+    parts = [bronze(spark.read.option("mergeSchema", "true").parquet(*group)) for group in groups.values()]
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.unionByName(part)
+    return out
+
+
 def _read(spark: SparkSession, fmt: str, paths: list[str]) -> DataFrame:
     if fmt == "parquet":
-        raw = spark.read.option("mergeSchema", "true").parquet(*paths)
-        return parquet_to_bronze(raw.withColumn("_source_file", F.col("_metadata.file_path")))
+        return _read_parquet(spark, paths)
     lines = spark.read.text(paths).select("value", F.col("_metadata.file_path").alias("_source_file"))
     return parse_json_lines(lines) if fmt == "json" else parse_csv_lines(lines)
 
