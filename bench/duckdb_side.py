@@ -359,8 +359,10 @@ def ingest_clean(con: duckdb.DuckDBPyConnection, landing_dir: str | os.PathLike,
     if set(reason_sql) != set(REASONS):   # seglake added or renamed a reason: keep in step
         raise RuntimeError(f"duckdb_side knows reasons {sorted(reason_sql)}, seglake has {sorted(REASONS)}")
     reason = "CASE " + " ".join(f"WHEN {reason_sql[r]} THEN {_q(r)}" for r in REASONS) + " END"
-    numbers = ", ".join(f"TRY_CAST({c[f]} AS DOUBLE) AS _n_{f}, "
-                        f"({c[f]} IS NOT NULL AND TRY_CAST({c[f]} AS DOUBLE) IS NULL) AS _bad_{f}"
+    # NaN and +-Infinity are not numbers (as in seglake's clean)
+    finite = {f: f"CASE WHEN isfinite(TRY_CAST({c[f]} AS DOUBLE)) THEN TRY_CAST({c[f]} AS DOUBLE) END"
+              for f in num_fields}
+    numbers = ", ".join(f"{finite[f]} AS _n_{f}, ({c[f]} IS NOT NULL AND {finite[f]} IS NULL) AS _bad_{f}"
                         for f in num_fields)
     bronze_cols = [*RAW_FIELDS, "_raw", "_malformed", "_format", "_source_file"]
     bronze_struct = "struct_pack(" + ", ".join(f"{_ident(b)} := {_ident(b)}" for b in bronze_cols) + ")"

@@ -157,12 +157,17 @@ def test_cli_arguments_parse():
     args = build_parser().parse_args(["run", "consent", "--withdraw", "a@x.io", "--withdraw", "u-1", "--grant", "u-2",
                                       "--at", "2026-09-01T10:00:00+02:00"])
     assert (args.job, args.withdraw, args.grant) == ("consent", ["a@x.io", "u-1"], ["u-2"])
-    assert args.at == datetime(2026, 9, 1, 8, 0, tzinfo=timezone.utc)
+    # checked when read; the job reads it in time.zone (a date or a time without offset is local to it)
+    assert args.at == "2026-09-01T10:00:00+02:00"
+    assert consent.parse_instant(args.at, "Asia/Tokyo") == datetime(2026, 9, 1, 8, 0, tzinfo=timezone.utc)
     assert build_parser().parse_args(["run", "consent"]).withdraw == []
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "consent", "--withdraw", "x", "--at", "next tuesday"])
     assert consent.parse_instant("2026-09-01T10:00:00Z") == datetime(2026, 9, 1, 10, tzinfo=timezone.utc)
     assert consent.parse_instant("2026-09-01") == datetime(2026, 9, 1, tzinfo=timezone.utc)
+    # in a calendar zone other than UTC: its midnight, and its wall clock
+    assert consent.parse_instant("2026-09-01", "Asia/Tokyo") == datetime(2026, 8, 31, 15, tzinfo=timezone.utc)
+    assert consent.parse_instant("2026-09-01T10:00", "Asia/Tokyo") == datetime(2026, 9, 1, 1, tzinfo=timezone.utc)
 
 
 def test_consent_event_types_are_canonical_and_allowed_in_silver():

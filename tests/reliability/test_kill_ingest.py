@@ -2,27 +2,28 @@
 uninterrupted run leaves them (every raw record once, every file listed once).
 
 Each case runs ``seglake run ingest`` in its own process with ``SEGLAKE_FAULT`` naming the
-point where it kills itself (SIGKILL, see ``seglake.core.faults``), then reruns it normally.
+point where it kills itself (SIGKILL, see ``seglake.core.faults``), then reruns it normally (in
+the test's session, see ``killing.py``).
 """
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from datetime import date
-from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
 
-from conftest import REPO, make_cfg
+from conftest import make_cfg
+from killing import conf_dir, run_killed
 from seglake.core import tables
+from seglake.core.context import JobContext
+from seglake.core.runner import run_job
 
 pytestmark = pytest.mark.slow
 
-POINTS = ("before_commit:bronze.events_raw", "after_commit:bronze.events_raw",
-          "before_commit:ops.ingested_files", "after_commit:ops.ingested_files")
+#: fault point -> what the rerun must find: (files still to ingest, batches whose ledger it repairs)
+POINTS = {"before_commit:bronze.events_raw": ("all", 0), "after_commit:bronze.events_raw": (0, 1),
+          "before_commit:ops.ingested_files": (0, 1), "after_commit:ops.ingested_files": (0, 0)}
 
 
 @pytest.fixture(scope="module")
@@ -34,29 +35,20 @@ def landing(spark, tmp_path_factory):
     return out / "landing", counts
 
 
-def _ingest(lake: Path, fault: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "SEGLAKE_FAULT"}
-    if fault:
-        env["SEGLAKE_FAULT"] = fault
-    exe = Path(sys.executable).with_name("seglake")
-    return subprocess.run([str(exe), "run", "ingest", "--lakehouse", str(lake), "--conf-dir", str(REPO / "conf")],
-                          capture_output=True, text=True, env=env, timeout=600)
-
-
 @pytest.mark.parametrize("point", POINTS)
 def test_kill_then_rerun_converges(spark, tmp_path, landing, point):
     landing_dir, counts = landing
     lake = tmp_path / "lake"
     shutil.copytree(landing_dir, lake / "_input" / "landing")
-    killed = _ingest(lake, point)
-    assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])
-    rerun = _ingest(lake, None)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-
+    run_killed(lake, "ingest", point, conf_dir(tmp_path))
     cfg = make_cfg(lake)
+    files = sum(counts["files_by_format"].values())
+    # the rerun is not blocked by the dead run's lease, and finds exactly the work left
+    rerun = run_job(JobContext(spark, cfg), "ingest").summary
+    left, repaired = POINTS[point]
+    assert (rerun["files"], rerun["ledger_repaired"]) == (files if left == "all" else left, repaired)
     bronze = tables.read(spark, cfg, "bronze.events_raw")
     ledger = tables.read(spark, cfg, "ops.ingested_files")
-    files = sum(counts["files_by_format"].values())
     assert bronze.count() == counts["raw_records"]                        # lost 0, duplicated 0
     assert ledger.count() == ledger.select("path").distinct().count() == files
     assert ledger.agg(F.sum("records")).first()[0] == counts["raw_records"]
@@ -65,6 +57,6 @@ def test_kill_then_rerun_converges(spark, tmp_path, landing, point):
     assert len(batches) == 1
     assert {r["batch_id"] for r in ledger.select("batch_id").distinct().collect()} == batches
     # and a third run has nothing to do
-    again = _ingest(lake, None)
-    assert again.returncode == 0
+    again = run_job(JobContext(spark, cfg), "ingest").summary
+    assert again["files"] == 0 and again["ledger_repaired"] == 0
     assert tables.read(spark, cfg, "bronze.events_raw").count() == counts["raw_records"]

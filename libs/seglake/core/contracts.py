@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
 from typing import Iterable, Sequence
+from zoneinfo import ZoneInfo
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from seglake.core import tables
 from seglake.core.config import Config
+from seglake.core.timezones import calendar_zone
 
 # --------------------------------------------------------------------------- raw events
 
@@ -173,23 +175,28 @@ CONSENT_EVENT_TYPES: dict[str, str] = {"consent_withdrawn": "withdraw", "consent
 CONSENT_ACTIONS: tuple[str, ...] = ("withdraw", "grant")
 
 
-def consent_instant(at: date | datetime | None = None) -> datetime:
+def consent_instant(at: date | datetime | None = None, zone: str = "UTC") -> datetime:
     """The instant a consent state is judged at, as an aware UTC datetime.
 
-    A date means its 00:00 UTC (an as-of date: the moment its window closes), a naive datetime
-    is taken as UTC, None means now.
+    A date means its 00:00 in ``zone`` (seglake's calendar zone ``time.zone``: an as-of date is
+    the moment its window closes), a naive datetime is a wall-clock time in ``zone``, None means now.
     """
     if at is None:
         return datetime.now(timezone.utc)
     if isinstance(at, datetime):
-        return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+        return (at.replace(tzinfo=ZoneInfo(zone)) if at.tzinfo is None else at).astimezone(timezone.utc)
     if isinstance(at, date):
-        return datetime(at.year, at.month, at.day, tzinfo=timezone.utc)
+        return datetime(at.year, at.month, at.day, tzinfo=ZoneInfo(zone)).astimezone(timezone.utc)
     raise TypeError(f"consent_instant needs a date, a datetime or None, got {type(at).__name__}")
 
 
+def _instant(cfg: Config, at: date | datetime | None) -> datetime:
+    return consent_instant(at, calendar_zone(cfg))
+
+
 def instant_col(at: date | datetime | None) -> Column:
-    """``at`` as a TIMESTAMP literal, independent of the session time zone (epoch microseconds)."""
+    """``at`` (an instant; a date: its 00:00 UTC) as a TIMESTAMP literal, independent of the
+    session time zone (epoch microseconds)."""
     micros = (consent_instant(at) - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
     return F.timestamp_micros(F.lit(int(micros)))
 
@@ -212,7 +219,7 @@ def withdrawn_customers(spark: SparkSession, cfg: Config, at: date | datetime | 
     Args:
         spark: the session.
         cfg: the configuration (table paths).
-        at: the instant (:func:`consent_instant`: a date is its 00:00 UTC; None = now).
+        at: the instant (:func:`consent_instant`: a date is its 00:00 in ``time.zone``; None = now).
     """
     latest = (consent_actions(spark, cfg, at).groupBy("customer_id")
               .agg(F.max(F.struct(F.col("effective_at"), (F.col("action") == F.lit("withdraw")).alias("w")))
@@ -225,7 +232,7 @@ def consent_actions(spark: SparkSession, cfg: Config, at: date | datetime | None
     attached to customers through the current silver.identity_map (empty without a ledger or a map)."""
     if not (tables.exists(spark, cfg, CONSENT_LEDGER) and tables.exists(spark, cfg, IDENTITY_MAP)):
         return spark.createDataFrame([], "customer_id STRING, action STRING, effective_at TIMESTAMP")
-    ledger = _effective_ledger(spark, cfg, consent_instant(at))
+    ledger = _effective_ledger(spark, cfg, _instant(cfg, at))
     idmap = tables.read(spark, cfg, IDENTITY_MAP).select("identifier_type", "identifier", "customer_id")
     return (idmap.join(F.broadcast(ledger), ["identifier_type", "identifier"])  # the ledger is small
             .select("customer_id", "action", "effective_at"))
@@ -242,7 +249,7 @@ def exclude_withdrawn(spark: SparkSession, cfg: Config, df: DataFrame,
     require_columns(df, ["customer_id"], "exclude_withdrawn input")
     if not tables.exists(spark, cfg, CONSENT_LEDGER):
         return df
-    instant = consent_instant(at)
+    instant = _instant(cfg, at)
     # at most one row: is any withdrawal in effect at all?
     if not _effective_ledger(spark, cfg, instant).where(F.col("action") == F.lit("withdraw")).limit(1).collect():
         return df

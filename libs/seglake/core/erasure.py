@@ -107,7 +107,7 @@ def record_request(spark: SparkSession, cfg: Config, *, key_of_request: str, ide
     hashed = sorted({h for h in identifiers_hashed if h})
     if not hashed:
         raise ValueError("record_request needs at least one hashed identifier")
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(timezone.utc)
     row = spark.createDataFrame(
         [(str(uuid.uuid4()), key_of_request, now, now if done else None, "done" if done else "pending", hashed,
           int(customer_ids_count), sorted(set(tables_touched)), int(rows_removed),

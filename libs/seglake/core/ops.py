@@ -34,10 +34,9 @@ def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, s
 
 
 def _utc(ts: datetime) -> datetime:
-    """Naive UTC datetime (what Spark stores with session time zone UTC)."""
-    if ts.tzinfo is not None:
-        ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
-    return ts
+    """An aware UTC datetime (a naive one is taken as UTC): PySpark turns a naive datetime into
+    an instant with the OS time zone of the driver, an aware one exactly."""
+    return ts.astimezone(timezone.utc) if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
 
 
 def run_log_row(spark: SparkSession, job: str, run_id: str, metrics: Mapping[str, Any],

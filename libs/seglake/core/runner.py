@@ -14,7 +14,9 @@ Jobs are idempotent, so rerunning a job or the chain rebuilds the same tables.
 Each run holds the job's lease (:func:`seglake.core.leases.hold`) from before it starts until
 its ``ops.run_log`` row is written, released in every case: a second run of the same job at
 the same time stops with :class:`~seglake.core.leases.LeaseBusy` before doing anything (no run
-log row: it did not run; the CLI exits 6), and no job writes while erase VACUUMs.
+log row: it did not run; the CLI exits 6), and no job writes while erase VACUUMs. Each run
+also runs in the calendar zone ``time.zone`` (:func:`seglake.core.timezones.job_zone`); the
+caller's session time zone comes back afterwards.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 from seglake import registry
-from seglake.core import leases, ops, tables
+from seglake.core import leases, ops, tables, timezones
 from seglake.core.context import JobContext
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ def run_stage(ctx: JobContext, job: str, run: Callable[[JobContext], dict | None
               uses_as_of: bool = False) -> StageResult:
     """Run ``run(ctx)`` as job ``job`` under the job's lease and record its ``ops.run_log`` row
     (see the module doc). LeaseBusy (another run holds the lease) propagates as it is."""
-    with leases.hold(ctx.spark, ctx.cfg, job, ctx.run_id):
+    with leases.hold(ctx.spark, ctx.cfg, job, ctx.run_id), timezones.job_zone(ctx.spark, ctx.cfg):
         return _run_stage(ctx, job, run, uses_as_of)
 
 

@@ -32,7 +32,9 @@ def session_conf(cfg: Config) -> dict[str, str]:
         "spark.sql.adaptive.enabled": "true",
         "spark.sql.adaptive.coalescePartitions.enabled": "true",
         "spark.sql.shuffle.partitions": str(spark_cfg["shuffle_partitions"]),
-        "spark.sql.session.timeZone": "UTC",
+        # a session seglake creates starts in its calendar zone; a notebook's keeps its own
+        # (each job sets time.zone for its duration: seglake.core.timezones.job_zone)
+        "spark.sql.session.timeZone": cfg.get("time.zone") or "UTC",
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         # Delta's VACUUM retention check stays on: only seglake.core.tables.vacuum switches it off,
         # for one call whose caller chose a short retention (maintain's flag, erase's exclusive lease)
@@ -51,14 +53,14 @@ def get_spark(cfg: Config, app_name: str | None = None) -> "SparkSession":
       (``--packages``, see README); only SQL settings are applied here.
 
     An already active session (a notebook, Databricks, a test fixture) is reused, with the
-    SQL settings applied to it.
+    shuffle partitions applied to it; its time zone is left as it is (jobs set ``time.zone``
+    only while they run, see :mod:`seglake.core.timezones`).
     """
     from pyspark.sql import DataFrame, SparkSession
 
     active = SparkSession.getActiveSession()
     if active is not None:
-        for key in ("spark.sql.shuffle.partitions", "spark.sql.session.timeZone"):
-            active.conf.set(key, session_conf(cfg)[key])
+        active.conf.set("spark.sql.shuffle.partitions", session_conf(cfg)["spark.sql.shuffle.partitions"])
         return active
 
     spark_cfg = cfg["spark"]

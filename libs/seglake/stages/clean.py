@@ -35,7 +35,7 @@ import yaml
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from seglake.core import erasure, pii, quality, tables
+from seglake.core import erasure, pii, quality, tables, timezones
 from seglake.core.contracts import (BRONZE_EVENTS, BRONZE_META_FIELDS, CLEAN_BATCHES, IDENTIFIER_FIELDS,
                                     QUARANTINE, RAW_FIELDS, SILVER_EVENTS)
 from seglake.core.context import JobContext
@@ -134,26 +134,42 @@ def _blank_to_null(col: Column) -> Column:
 
 # --------------------------------------------------------------------------- column helpers
 
-def parse_event_ts(raw: Column) -> Column:
+def parse_event_ts(raw: Column, naive_zone: Column | None = None) -> Column:
     """Parse a contract timestamp string to a UTC TIMESTAMP; null when unparseable.
 
     Accepted: ``2026-08-01T12:34:56Z``, ``...T14:34:56.123+02:00`` (any offset, fraction
-    optional), ``2026-08-01 12:34:56`` (naive = UTC), ``...+0530`` (offset without colon),
-    epoch milliseconds (digits, also ``1.754E12`` as written by a float conversion).
+    optional), ``2026-08-01 12:34:56`` (naive: a wall-clock time in ``naive_zone``, a zone name
+    per row; None = UTC), ``...+0530`` (offset without colon), epoch milliseconds (digits, also
+    ``1.754E12`` as written by a float conversion). No result depends on the session time zone.
+    A naive time that does not exist in its zone (the hour skipped when clocks go forward) is
+    moved forward by the gap; one that exists twice (clocks go back) is the earlier instant.
     """
     s = F.regexp_replace(F.trim(raw), r"^(\d{4}-\d{2}-\d{2}) ", "$1T")
     numeric = s.rlike(r"^\d+(\.\d+)?([eE]\+?\d+)?$")
     millis = s.try_cast("double")
     from_millis = F.when(numeric & (millis >= F.lit(1e11)) & (millis < F.lit(1e14)),
                          F.timestamp_millis(millis.cast("long")))
-    zoned = F.when(s.rlike(r"(Z|[+-]\d{2}:?\d{2})$"), s).otherwise(F.concat(s, F.lit("Z")))
+    has_offset = s.rlike(r"(Z|[+-]\d{2}:?\d{2})$")
+    zoned = F.when(has_offset, s).otherwise(F.concat(s, F.lit("Z")))
     iso = F.coalesce(
         F.try_to_timestamp(zoned, F.lit("yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX")),
         F.try_to_timestamp(zoned, F.lit("yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XX")),
         F.try_to_timestamp(zoned, F.lit("yyyy-MM-dd'T'HH:mm:ss[.SSS]XXX")),
         F.try_to_timestamp(zoned, F.lit("yyyy-MM-dd'T'HH:mm:ss[.SSS]XX")),
     )
+    if naive_zone is not None:   # parsed as UTC wall clock above: read that wall clock in its zone
+        iso = F.when(has_offset, iso).otherwise(F.to_utc_timestamp(iso, naive_zone))
     return F.when(numeric, from_millis).otherwise(iso)
+
+
+def naive_zone_column(source: Column, zones: Mapping[str, str]) -> Column | None:
+    """The zone of a naive timestamp per row, from its canonical ``source`` and ``zones``
+    (:func:`seglake.core.timezones.naive_zones`); None when every source is UTC."""
+    if not zones:
+        return None
+    default = F.lit(zones.get("default", "UTC"))
+    per_source = {k: v for k, v in zones.items() if k != "default"}
+    return F.coalesce(F.try_element_at(_lit_map(per_source), source), default) if per_source else default
 
 
 def _number(col: Column) -> tuple[Column, Column]:
@@ -193,7 +209,8 @@ def check_bronze_schema(bronze: DataFrame) -> None:
 
 
 def standardize(bronze: DataFrame, std: Standards, salt: str, max_ts: datetime,
-                consent_default: bool = False, properties_as_text: bool = False) -> DataFrame:
+                consent_default: bool = False, properties_as_text: bool = False,
+                naive_zones: Mapping[str, str] | None = None) -> DataFrame:
     """Typed, canonical, PII-hashed records with a quarantine ``_reason`` (null = valid).
 
     Requires the bronze contract columns. Returns the silver columns (without
@@ -210,6 +227,8 @@ def standardize(bronze: DataFrame, std: Standards, salt: str, max_ts: datetime,
         properties_as_text: leave ``properties`` as JSON text for :func:`to_silver` to parse:
             ``from_json`` has no generated code, and here it switched whole-stage code
             generation off for this whole projection (about half of clean's CPU time).
+        naive_zones: zone of naive timestamps by canonical source (and ``default``); None or
+            empty: UTC (``time.naive_zones``, checked by :func:`seglake.core.timezones.naive_zones`).
     """
     check_bronze_schema(bronze)
     # Each raw field is parsed once into a column of its own (step 1); the reason (2) and the silver
@@ -220,10 +239,14 @@ def standardize(bronze: DataFrame, std: Standards, salt: str, max_ts: datetime,
     revenue, bad_rev = _number(F.col("revenue"))
     duration_ms, bad_dur = _number(F.col("duration_ms"))
     scroll, bad_scroll = _number(F.col("scroll_depth"))
+    source_key = F.lower(c["source"])
+    source = F.when(source_key.isNotNull(),
+                    F.coalesce(F.try_element_at(_lit_map(std.sources), source_key), F.lit("other")))
     parsed = bronze.select(
         *[F.col(n) for n in bronze.columns],
         *[c[n].alias(f"_c_{n}") for n in RAW_FIELDS],
-        parse_event_ts(F.col("event_ts")).alias("_p_ts"),
+        source.alias("_p_source"),
+        parse_event_ts(F.col("event_ts"), naive_zone_column(source, dict(naive_zones or {}))).alias("_p_ts"),
         F.try_element_at(_lit_map(std.event_type_map), F.lower(c["event_type"])).alias("_p_type"),
         price.alias("_p_price"), quantity_d.alias("_p_qty"), revenue.alias("_p_rev"),
         duration_ms.alias("_p_dur"), scroll.alias("_p_scroll"),
@@ -234,8 +257,8 @@ def standardize(bronze: DataFrame, std: Standards, salt: str, max_ts: datetime,
     ts, event_type = F.col("_p_ts"), F.col("_p_type")
     price, quantity_d, revenue = F.col("_p_price"), F.col("_p_qty"), F.col("_p_rev")
     duration_ms, scroll = F.col("_p_dur"), F.col("_p_scroll")
-    max_ts_lit = F.lit(max_ts.astimezone(timezone.utc).replace(tzinfo=None)
-                       if max_ts.tzinfo else max_ts).cast("timestamp")
+    # aware: PySpark turns a naive datetime into an instant with the OS time zone of the driver
+    max_ts_lit = F.lit(max_ts if max_ts.tzinfo else max_ts.replace(tzinfo=timezone.utc)).cast("timestamp")
 
     reason = (
         F.when(F.col("_malformed") & (F.col("_format") == "json"), F.lit("broken_json"))
@@ -254,9 +277,7 @@ def standardize(bronze: DataFrame, std: Standards, salt: str, max_ts: datetime,
     device_key = F.lower(p["device_type"])
     device = (F.when(device_key.isNull(), F.lit("unknown"))
               .otherwise(F.coalesce(F.try_element_at(_lit_map(std.device_types), device_key), F.lit("other"))))
-    source_key = F.lower(p["source"])
-    source = F.when(source_key.isNotNull(),
-                    F.coalesce(F.try_element_at(_lit_map(std.sources), source_key), F.lit("other")))
+    source = F.col("_p_source")
     channel_key = F.lower(p["channel"])
     channel = F.coalesce(F.try_element_at(_lit_map(std.channels), channel_key), channel_key)
     currency = F.upper(p["currency"])
@@ -297,7 +318,8 @@ def standardize(bronze: DataFrame, std: Standards, salt: str, max_ts: datetime,
 
 def quarantine_rows(standardized: DataFrame, run_id: str, quarantined_at: datetime) -> DataFrame:
     """Rejected records: all bronze columns + ``reason``, ``_run_id``, ``_quarantined_at``."""
-    at = quarantined_at.astimezone(timezone.utc).replace(tzinfo=None) if quarantined_at.tzinfo else quarantined_at
+    # aware: PySpark turns a naive datetime into an instant with the OS time zone of the driver
+    at = quarantined_at if quarantined_at.tzinfo else quarantined_at.replace(tzinfo=timezone.utc)
     return (standardized.where(F.col("_reason").isNotNull())
             .select("_bronze.*", F.col("_reason").alias("reason"), F.lit(run_id).alias("_run_id"),
                     F.lit(at).cast("timestamp").alias("_quarantined_at")))
@@ -373,7 +395,8 @@ def _run(ctx: JobContext, started: datetime) -> dict:
 
     max_ts = started + timedelta(minutes=float(cfg.get("clean.max_future_skew_minutes")))
     standardized = standardize(bronze.where(F.col("_batch_id").isin(batch_ids)), std, salt, max_ts,
-                               bool(cfg.get("clean.consent_default", False)), properties_as_text=True)
+                               bool(cfg.get("clean.consent_default", False)), properties_as_text=True,
+                               naive_zones=timezones.naive_zones(cfg, std.sources.values()))
     # records of persons erased earlier (ops.erasure_requests) never reach silver or quarantine again
     standardized = persist_events(erasure.erased_filter(spark, cfg, standardized, erasure.STANDARDIZED_COLUMNS))
     try:
@@ -439,7 +462,7 @@ def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_id
         for df in (silver, medians, unique):
             df.unpersist()
 
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(timezone.utc)
     done = spark.createDataFrame([(b, ctx.run_id, now) for b in batch_ids],
                                  "_batch_id STRING, run_id STRING, cleaned_at TIMESTAMP")
     tables.merge(spark, done, cfg, CLEANED_BATCHES, keys=["_batch_id"])

@@ -81,7 +81,7 @@ def judge(counts: list, max_share: float) -> tuple[dict[str, dict], dict[str, di
 def set_aside(spark: SparkSession, cfg: Config, bad: dict[str, dict], max_share: float, run_id: str) -> dict[str, str]:
     """List ``bad`` batches in ``ops.clean_set_aside`` (MERGE on the batch: a retry that fails
     again updates its row); returns batch id -> reason, logged as a warning."""
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(timezone.utc)
     reasons = {b: (f"{s['quarantined']} of {s['records']} records ({s['reject_share']:.1%}) rejected, more than "
                    f"clean.max_reject_share={max_share:.1%}; by reason: {dict(sorted(s['by_reason'].items()))}")
                for b, s in bad.items()}

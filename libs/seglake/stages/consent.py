@@ -49,6 +49,7 @@ from seglake.core.context import JobContext
 from seglake.core.contracts import (CONSENT_ACTIONS, CONSENT_EVENT_TYPES, CONSENT_LEDGER, IDENTIFIERS,
                                     IDENTITY_EXCLUDED, IDENTITY_MAP, SILVER_EVENTS, consent_instant, instant_col,
                                     withdrawn_customers)
+from seglake.core.timezones import calendar_zone
 
 log = logging.getLogger(__name__)
 
@@ -66,24 +67,27 @@ _PHONE = re.compile(r"\+?[\d\s().\-/]+")
 
 # --------------------------------------------------------------------------- arguments
 
-def parse_instant(value: str | date | datetime) -> datetime:
-    """``--at``: an ISO 8601 time (``2026-09-01T10:00:00Z``, ``+02:00`` offsets; naive = UTC) or a
-    date (its 00:00 UTC), as an aware UTC datetime."""
+def parse_instant(value: str | date | datetime, zone: str = "UTC") -> datetime:
+    """``--at``: an ISO 8601 time (``2026-09-01T10:00:00Z``, ``+02:00`` offsets; without an offset:
+    a wall-clock time in ``zone``, seglake's ``time.zone``) or a date (its 00:00 in ``zone``), as
+    an aware UTC datetime."""
     if isinstance(value, (date, datetime)):
-        return consent_instant(value)
+        return consent_instant(value, zone)
     text = str(value).strip()
-    try:  # a date alone parses as its (naive, so UTC) midnight
+    try:  # a date alone parses as its (naive) midnight
         parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
     except ValueError:
         raise ValueError(f"not an ISO 8601 time or date: {value!r} (e.g. 2026-09-01T10:00:00Z)") from None
-    return consent_instant(parsed)
+    return consent_instant(parsed, zone)
 
 
-def _at_argument(value: str) -> datetime:
+def _at_argument(value: str) -> str:
+    """Checks ``--at`` when the command line is read; the job reads it in ``time.zone``."""
     try:
-        return parse_instant(value)
+        parse_instant(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
 def add_arguments(parser) -> None:
@@ -235,7 +239,8 @@ def run(ctx: JobContext) -> dict:
     requests = requests_from_args(ctx.args)
     idmap = _identity_map(spark, cfg)
     if requests:
-        at = parse_instant(ctx.args["at"]) if ctx.args.get("at") is not None else consent_instant(None)
+        at = (parse_instant(ctx.args["at"], calendar_zone(cfg)) if ctx.args.get("at") is not None
+              else consent_instant(None))
         source = "cli"
         rows = cli_rows(spark, requests, idmap, pii.key(cfg), at, ctx.run_id)
     else:

@@ -201,7 +201,7 @@ def _log_run(spark: SparkSession, cfg, run_id: str, mode: str, watermark) -> Non
 
     from seglake.core import tables
     row = spark.createDataFrame(
-        [(run_id, mode, watermark, datetime.now(timezone.utc).replace(tzinfo=None))],
+        [(run_id, mode, watermark, datetime.now(timezone.utc))],
         "run_id STRING, mode STRING, watermark TIMESTAMP, finished_at TIMESTAMP")
     tables.append(row, cfg, RUNS_TABLE)
 

@@ -1,0 +1,80 @@
+"""Shared by the kill tests: run a seglake verb in a process of its own that kills itself at a
+named fault point (SIGKILL, :mod:`seglake.core.faults`), and compare lakehouses table by table.
+
+The killed run is a real ``seglake run <verb>`` process (its own JVM, its own lease, killed with
+no cleanup). The rerun after it runs in the test's own SparkSession: it is an ordinary run of the
+job, and a second JVM start per case would double the suite's time for nothing it checks.
+The killed process's JVM runs with ``-XX:TieredStopAtLevel=1`` (the C1 compiler only): a
+short-lived JVM starts about a quarter faster that way and its results are the same.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO, make_cfg
+from seglake.core import tables
+
+#: columns that name the run or its clock: left out of every comparison
+RUN_COLUMNS = ("_run_id", "run_id")
+
+
+def conf_dir(root: Path, **overrides: dict) -> Path:
+    """A copy of the repository's ``conf/`` whose ``local.yaml`` carries the tests' settings
+    (``local[2]``, 2 shuffle partitions, plus ``overrides`` by section), so the killed process
+    runs with the configuration of the in-process runs it is compared with."""
+    out = root / "conf"
+    if not out.exists():
+        shutil.copytree(REPO / "conf", out)
+        local = yaml.safe_load((out / "local.yaml").read_text())
+        local["spark"].update({"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "3g"})
+        for section, values in overrides.items():
+            local.setdefault(section, {}).update(values)
+        (out / "local.yaml").write_text(yaml.safe_dump(local, sort_keys=False))
+    return out
+
+
+def run_killed(lake: Path, verb: str, point: str, conf: Path, *extra: str,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+    """``seglake run <verb>`` with ``SEGLAKE_FAULT=<point>``; asserts it was killed there."""
+    full = {k: v for k, v in os.environ.items() if k != "SEGLAKE_FAULT"}
+    full.update(env or {})
+    full["SEGLAKE_FAULT"] = point
+    full["JDK_JAVA_OPTIONS"] = (full.get("JDK_JAVA_OPTIONS", "") + " -XX:TieredStopAtLevel=1").strip()
+    exe = Path(sys.executable).with_name("seglake")
+    args = [str(exe), "run", verb, "--lakehouse", str(lake), "--conf-dir", str(conf), *extra]
+    done = subprocess.run(args, capture_output=True, text=True, env=full, timeout=900)
+    assert done.returncode == -9, (f"{verb} was not killed at {point}", done.returncode, done.stderr[-3000:])
+    return done
+
+
+def delta_tables(lake: Path) -> list[str]:
+    return sorted(f"{layer.name}.{t.name}" for layer in lake.iterdir() if layer.is_dir()
+                  for t in layer.iterdir() if (t / "_delta_log").is_dir())
+
+
+def _log_files(lake: Path, table: str) -> set[str]:
+    layer, name = table.split(".", 1)
+    log = lake / layer / name / "_delta_log"
+    return {p.name for p in log.iterdir()} if log.is_dir() else set()
+
+
+def changed_tables(before: Path, *lakes: Path) -> list[str]:
+    """Tables of any of ``lakes`` whose Delta log differs from ``before``'s (a table no run
+    touched is byte for byte the copy of ``before``: comparing it proves nothing)."""
+    names = sorted(set().union(*(delta_tables(lake) for lake in lakes)))
+    return [t for t in names if any(_log_files(lake, t) != _log_files(before, t) for lake in lakes)]
+
+
+def rows(spark, lake: Path, table: str) -> list[tuple]:
+    """Every row of ``table`` as sorted text tuples, without run ids and clocks (``*_at`` but
+    ``_ingested_at``, which bronze keeps from its one commit)."""
+    df = tables.read(spark, make_cfg(lake), table)
+    keep = sorted(c for c in df.columns
+                  if c not in RUN_COLUMNS and (not c.endswith("_at") or c == "_ingested_at"))
+    return sorted(tuple(str(v) for v in r) for r in df.select(*keep).collect())
