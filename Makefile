@@ -5,10 +5,11 @@ VENV      ?= .venv
 EVENTS    ?= 100000
 LAKEHOUSE ?= ./lakehouse
 BENCH_EVENTS ?= 1000000
+SOAK_ROUNDS ?= 24
 BIN       := $(VENV)/bin
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: setup demo test test-fast bench compare report clean-lakehouse
+.PHONY: setup demo test test-fast soak bench compare report clean-lakehouse
 
 setup: $(VENV)/.seglake-setup
 
@@ -28,6 +29,10 @@ test: setup
 
 test-fast: setup
 	$(BIN)/pytest -m "not slow"
+
+# randomized kill -9 soak of the chain (tests/reliability/test_soak.py); figures in test-artifacts/soak.json
+soak: setup
+	SEGLAKE_SOAK_ROUNDS=$(SOAK_ROUNDS) $(BIN)/pytest tests/reliability/test_soak.py
 
 compare: setup
 	$(BIN)/pip install --quiet -e ".[bench]"

@@ -285,3 +285,42 @@ def test_unreadable_parquet_files_are_listed_with_reasons_and_do_not_stop_the_ru
     third = ingest.run(JobContext(spark, cfg))
     assert (third["files"], third["records"], third["unreadable_files"]) == (1, 1, 1)
     assert tables.read(spark, cfg, "bronze.events_raw").where(F.col("event_id") == "fixed-1").count() == 1
+
+
+def test_as_of_ingests_the_files_of_earlier_days_only(spark, tmp_path):
+    """``--as-of D`` (a scheduler's run for the interval ending at D): files of days before D, by
+    their date folder (or, without one, their modification day); later days wait; reruns add nothing."""
+    import os
+    from datetime import datetime, timezone
+
+    from seglake.core.runner import run_job
+
+    land = tmp_path / "landing"
+
+    def put(rel: str, event_id: str, mtime: datetime | None = None) -> None:
+        f = land / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps({"event_id": event_id, "user_id": "u", "event_type": "search",
+                                 "event_ts": "2026-09-01T10:00:00Z"}) + "\n")
+        if mtime is not None:
+            os.utime(f, (mtime.timestamp(), mtime.timestamp()))
+
+    put("json/2026-09-01/a.jsonl", "a")
+    put("json/dt=2026-09-02/b.jsonl", "b")
+    put("json/2026-09-03/c.jsonl", "c")
+    put("json/undated/d.jsonl", "d", datetime(2026, 9, 1, 23, 0, tzinfo=timezone.utc))
+    put("json/undated/e.jsonl", "e", datetime(2026, 9, 2, 0, 30, tzinfo=timezone.utc))
+    cfg = make_cfg(tmp_path / "lake", paths={"landing": str(land)})
+
+    def ingested_as_of(day: date) -> tuple[dict, set]:
+        summary = run_job(JobContext(spark, cfg, as_of=day), "ingest").summary
+        ids = {r["event_id"] for r in tables.read(spark, cfg, "bronze.events_raw").select("event_id").collect()}
+        return summary, ids
+
+    s1, ids = ingested_as_of(date(2026, 9, 2))
+    assert (s1["files"], s1["later_files"], ids) == (2, 3, {"a", "d"})
+    s2, ids = ingested_as_of(date(2026, 9, 2))           # the rerun of that day: nothing new, nothing twice
+    assert (s2["files"], s2["later_files"], ids) == (0, 3, {"a", "d"})
+    s3, ids = ingested_as_of(date(2026, 9, 4))
+    assert (s3["files"], s3["later_files"], ids) == (3, 0, {"a", "b", "c", "d", "e"})
+    assert tables.read(spark, cfg, "bronze.events_raw").count() == 5

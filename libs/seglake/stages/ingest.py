@@ -171,6 +171,19 @@ def list_landing(spark: SparkSession, landing: str, formats: Iterable[str]) -> D
             .where(F.col("format").isin(*formats) & ~base.startswith(".") & ~base.startswith("_")))
 
 
+#: a day in a landing path: a folder named ``2026-09-01`` (or ``dt=``/``date=2026-09-01``)
+_PATH_DAY = r"/(?:dt=|date=)?(\d{4}-\d{2}-\d{2})/"
+
+
+def file_day(path: Column, modification_time: Column) -> Column:
+    """The day a landing file belongs to: the last ``YYYY-MM-DD`` folder of its path (also
+    ``dt=``/``date=YYYY-MM-DD``), else the day of its modification time (in the session time
+    zone, which jobs set to ``time.zone``)."""
+    day_text = F.regexp_extract(path, r".*" + _PATH_DAY, 1)
+    from_path = F.try_to_timestamp(day_text, F.lit("yyyy-MM-dd")).cast("date")   # "" or 2026-13-45: null
+    return F.coalesce(from_path, F.to_date(modification_time))
+
+
 def _landing_exists(spark: SparkSession, landing: str) -> bool:
     if "://" not in landing or landing.startswith("file:"):
         from pathlib import Path
@@ -350,7 +363,14 @@ def _attempt(ctx: JobContext, landing: str, formats: list[str], source: str, max
     if tables.exists(spark, cfg, LEDGER):
         listing = listing.join(tables.read(spark, cfg, LEDGER).select("path"), "path", "left_anti")
     # one row per file (not per event): small enough to bring to the driver
-    new_files = listing.orderBy("modification_time", "path").collect()
+    new_files = (listing.withColumn("day", file_day(F.col("path"), F.col("modification_time")))
+                 .orderBy("modification_time", "path").collect())
+    later = []
+    if ctx.as_of is not None:   # --as-of D: the files of days before D; later days wait for their run
+        later = [r for r in new_files if r["day"] >= ctx.as_of]
+        new_files = [r for r in new_files if r["day"] < ctx.as_of]
+        if later:
+            log.info("ingest: --as-of %s: %d file(s) of later days left for later runs", ctx.as_of, len(later))
     if max_files > 0:
         new_files = new_files[:max_files]
     unreadable = {r["path"]: why for r in new_files if r["format"] == "parquet"
@@ -362,6 +382,8 @@ def _attempt(ctx: JobContext, landing: str, formats: list[str], source: str, max
     summary: dict = {"batch_id": ctx.run_id, "landing": landing, "files": len(new_files),
                      "records": 0, "malformed": 0, "ledger_repaired": len(recovered),
                      "unreadable_files": len(unreadable)}
+    if ctx.as_of is not None:
+        summary["later_files"] = len(later)
     if not new_files:
         return summary
 
@@ -424,6 +446,10 @@ def run(ctx: JobContext) -> dict:
     skips its write (or fails it with a concurrency conflict), and the run lists again. The
     ledger rows follow the bronze commit and are repaired from it by the next run if the job
     stops in between (:func:`repair_ledger`).
+
+    With ``--as-of D`` (a scheduler's run for the interval ending at D) only files of days before
+    D are ingested (:func:`file_day`); files of later days are left for their own runs, so a
+    rerun or a backfill of day D ingests what belongs to it and no more.
     """
     spark, cfg = ctx.spark, ctx.cfg
     t0 = time.time()
