@@ -11,8 +11,9 @@ the environment (never secrets in this file):
   SEGLAKE_LAKEHOUSE, MLFLOW_TRACKING_URI and SEGLAKE_PII_SALT from the task's environment)
 
 Each run processes the data interval that just ended: ``--as-of`` is the interval's end date
-(exclusive), so features for the day are computed from events strictly before it. Every job
-is idempotent, so a retry or a re-run of a day rebuilds the same tables.
+(exclusive), so ingest takes the landing files of days before it (later days wait for their
+runs) and features for the day are computed from events strictly before it. Every job is
+idempotent, so a retry or a re-run of a day converges to the same tables.
 
 The job order is ``seglake.registry.PIPELINE``; tests/test_runners.py checks this file
 against it (Airflow is not a dependency of seglake).

@@ -233,3 +233,32 @@ def test_run_refuses_an_as_of_without_features(spark, lakehouse):
     tables.overwrite(to_spark(spark, blob_frame(10)), cfg, "gold.customer_features")
     with pytest.raises(ValueError, match="no rows for as_of_date 2030-01-01"):
         cluster.run(JobContext(spark, cfg, as_of=date(2030, 1, 1)))
+
+
+def test_a_withdrawn_customer_is_not_clustered(spark, lakehouse):
+    """Feature rows written before a withdrawal was recorded: cluster leaves the customer out
+    (as segments and propensity do), judged at its as_of."""
+    from datetime import datetime, timezone
+
+    from seglake.core import tables
+    from seglake.core.context import JobContext
+    from seglake.stages.consent import LEDGER_DDL
+    from conftest import make_cfg
+
+    cfg = make_cfg(lakehouse, cluster={"inputs": RAW, "k_min": 3, "k_max": 3, "log_model": False})
+    as_of = date(2026, 10, 1)
+    pdf = blob_frame(40, seed=0, as_of=as_of)
+    tables.overwrite(to_spark(spark, pdf), cfg, "gold.customer_features")
+    tables.overwrite(spark.createDataFrame([("user_id", "u-7", "c0007"), ("user_id", "u-8", "c0008")],
+                                           "identifier_type STRING, identifier STRING, customer_id STRING"),
+                     cfg, "silver.identity_map")
+    at = datetime(2026, 9, 30, tzinfo=timezone.utc)          # before as_of: in effect
+    late = datetime(2026, 10, 5, tzinfo=timezone.utc)        # after as_of: not yet
+    tables.overwrite(spark.createDataFrame(
+        [("r1", "user_id", "u-7", "c0007", "withdraw", at, "cli", at, "x"),
+         ("r2", "user_id", "u-8", "c0008", "withdraw", late, "cli", late, "x")], LEDGER_DDL), cfg, "ops.consent")
+
+    summary = cluster.run(JobContext(spark, cfg, as_of=as_of))
+    ids = {r["customer_id"] for r in tables.read(spark, cfg, "gold.clusters").select("customer_id").collect()}
+    assert summary["customers"] == len(pdf) - 1 == len(ids)
+    assert "c0007" not in ids and "c0008" in ids

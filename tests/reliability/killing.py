@@ -33,6 +33,8 @@ def conf_dir(root: Path, **overrides: dict) -> Path:
         shutil.copytree(REPO / "conf", out)
         local = yaml.safe_load((out / "local.yaml").read_text())
         local["spark"].update({"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "3g"})
+        # the suites live next to the repository's conf/, not next to this copy
+        local.setdefault("clean", {})["expectations_dir"] = str(REPO / "expectations")
         for section, values in overrides.items():
             local.setdefault(section, {}).update(values)
         (out / "local.yaml").write_text(yaml.safe_dump(local, sort_keys=False))

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from seglake.core import tables
 from seglake.core.context import JobContext
 from seglake.core.spark import stable_layout
-from seglake.core.contracts import CLUSTER_PROFILES, CLUSTERS, CUSTOMER_FEATURES
+from seglake.core.contracts import CLUSTER_PROFILES, CLUSTERS, CUSTOMER_FEATURES, exclude_withdrawn
 from seglake.stages.cluster.common import ALGORITHMS, FEATURES_COL, PREDICTION_COL
 from seglake.stages.cluster.inputs import input_features, prepare_inputs, scaled_columns
 from seglake.stages.cluster.metrics import choose_k, sweep
@@ -99,6 +99,9 @@ def run(ctx: JobContext) -> dict:
     input_cols = scaled_columns(raw_inputs)
 
     feats = tables.read(spark, cfg, INPUT_TABLE).filter(F.col("as_of_date") == F.lit(as_of))
+    # as segments and propensity do: a customer withdrawn at as_of is not profiled, also when the
+    # feature rows of that as_of were written before the withdrawal was recorded
+    feats = exclude_withdrawn(spark, cfg, feats, as_of)
     n = feats.count()
     data = stable_layout(prepare_inputs(feats, input_cols), rows=n).cache()
     if n == 0:
