@@ -31,6 +31,11 @@ class JobContext:
     #: the run's outcome for ``ops.run_log``: a stage sets ``"noop"`` when there was nothing to do
     status: str = "success"
 
+    def __post_init__(self) -> None:
+        #: whether the caller passed the as-of (``--as-of``), as opposed to one resolved later from
+        #: the data and kept for the next jobs of a chain: ingest bounds its files by a given one only
+        self.as_of_given = self.as_of is not None
+
     def log(self, name: str) -> logging.Logger:
         return logging.getLogger(f"seglake.{name}")
 

@@ -366,7 +366,7 @@ def _attempt(ctx: JobContext, landing: str, formats: list[str], source: str, max
     new_files = (listing.withColumn("day", file_day(F.col("path"), F.col("modification_time")))
                  .orderBy("modification_time", "path").collect())
     later = []
-    if ctx.as_of is not None:   # --as-of D: the files of days before D; later days wait for their run
+    if ctx.as_of_given:   # --as-of D: the files of days before D; later days wait for their run
         later = [r for r in new_files if r["day"] >= ctx.as_of]
         new_files = [r for r in new_files if r["day"] < ctx.as_of]
         if later:
@@ -382,7 +382,7 @@ def _attempt(ctx: JobContext, landing: str, formats: list[str], source: str, max
     summary: dict = {"batch_id": ctx.run_id, "landing": landing, "files": len(new_files),
                      "records": 0, "malformed": 0, "ledger_repaired": len(recovered),
                      "unreadable_files": len(unreadable)}
-    if ctx.as_of is not None:
+    if ctx.as_of_given:
         summary["later_files"] = len(later)
     if not new_files:
         return summary
