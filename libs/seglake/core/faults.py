@@ -7,6 +7,10 @@ the environment variable ``SEGLAKE_FAULT=<name>`` (or ``<name>@<n>``: at its n-t
 process) the process kills itself with SIGKILL there — what ``kill -9`` or a lost node does:
 no ``finally`` block, no cleanup. Unset (always, outside tests), a point costs one
 dictionary lookup.
+
+``SEGLAKE_PAUSE=<name>=<path>`` makes the process wait at point ``<name>`` until the file
+``<path>`` exists (ten minutes at most): the concurrency tests hold a job at a known step while
+another one starts.
 """
 from __future__ import annotations
 
@@ -14,16 +18,21 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections import Counter
 
 log = logging.getLogger(__name__)
 
 ENV = "SEGLAKE_FAULT"
+PAUSE_ENV = "SEGLAKE_PAUSE"
 _hits: Counter = Counter()
 
 
 def point(name: str) -> None:
     """Kill this process here when ``SEGLAKE_FAULT`` names this point (see the module doc)."""
+    pause = os.environ.get(PAUSE_ENV)
+    if pause:
+        _pause(name, pause)
     spec = os.environ.get(ENV)
     if not spec:
         return
@@ -36,3 +45,16 @@ def point(name: str) -> None:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _pause(name: str, spec: str) -> None:
+    target, _, path = spec.partition("=")
+    if target != name or not path:
+        return
+    log.warning("fault point %s: pausing until %s exists", name, path)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    deadline = time.monotonic() + 600
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    log.warning("fault point %s: going on", name)
