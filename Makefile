@@ -30,9 +30,11 @@ test: setup
 test-fast: setup
 	$(BIN)/pytest -m "not slow"
 
-# randomized kill -9 soak of the chain (tests/reliability/test_soak.py); figures in test-artifacts/soak.json
+# on demand: randomized kill -9 soak of the chain (tests/reliability/test_soak.py, figures in
+# test-artifacts/soak.json), and a real process killed at every commit boundary of every stage
 soak: setup
-	SEGLAKE_SOAK_ROUNDS=$(SOAK_ROUNDS) $(BIN)/pytest tests/reliability/test_soak.py
+	SEGLAKE_SOAK_ROUNDS=$(SOAK_ROUNDS) SEGLAKE_KILL_PROCESSES=1 $(BIN)/pytest \
+	  tests/reliability/test_soak.py tests/reliability/test_kill_stages.py tests/reliability/test_kill_ingest.py
 
 compare: setup
 	$(BIN)/pip install --quiet -e ".[bench]"

@@ -132,3 +132,33 @@ def pipeline_through(_pipeline):
     through.summaries = _pipeline.summaries
     through.pipeline = _pipeline
     return through
+
+
+# --- the reliability suite's uninterrupted chain (tests/reliability/) ---------------------
+#: stages of the chain the kill and concurrency tests crash and compare, in order
+CHAIN = ("ingest", "clean", "identity", "consent", "sessions", "features", "segments", "journeys")
+CHAIN_ARGS = {"clean": {"skip_docs": True}}
+
+
+@pytest.fixture(scope="session")
+def chain_lakes(spark, tmp_path_factory):
+    """Lakehouses after each stage of one uninterrupted in-process run on small generated data
+    (1,500 events, 40 persons, 10 days): ``{"generated": folder, stage: folder}``."""
+    import shutil
+    from datetime import date
+
+    from seglake.core.context import JobContext
+    from seglake.core.runner import run_job
+    from seglake.devtools.generate import generate
+
+    root = tmp_path_factory.mktemp("chain")
+    lake = root / "run"
+    generate(spark, lake / "_input", 1500, 40, seed=11, start_date=date(2026, 9, 1), end_date=date(2026, 9, 10))
+    out = {"generated": root / "generated"}
+    shutil.copytree(lake, out["generated"])
+    cfg = make_cfg(lake)
+    for stage in CHAIN:
+        run_job(JobContext(spark, cfg, args=CHAIN_ARGS.get(stage, {})), stage)
+        out[stage] = root / f"after-{stage}"
+        shutil.copytree(lake, out[stage])
+    return out

@@ -4,6 +4,12 @@ named fault point (SIGKILL, :mod:`seglake.core.faults`), and compare lakehouses 
 The killed run is a real ``seglake run <verb>`` process (its own JVM, its own lease, killed with
 no cleanup). The rerun after it runs in the test's own SparkSession: it is an ordinary run of the
 job, and a second JVM start per case would double the suite's time for nothing it checks.
+A crash can also be simulated in the test's own process (:func:`abort_in_process`): the point
+raises :class:`seglake.core.faults.Aborted`, which no seglake code catches, so the lakehouse is
+left as a kill there leaves it (points sit between commits); only the job lease is released on
+the way out (a killed run's lease is left for the dead-process rule). It costs no JVM start:
+CI crashes every commit boundary that way and kills real processes at a few of them; ``make
+soak`` (``SEGLAKE_KILL_PROCESSES=1``) kills a real process at every one.
 The killed process's JVM runs with ``-XX:TieredStopAtLevel=1`` (the C1 compiler only): a
 short-lived JVM starts about a quarter faster that way and its results are the same.
 """
@@ -17,8 +23,12 @@ from pathlib import Path
 
 import yaml
 
+import pytest
+
 from conftest import REPO, make_cfg
-from seglake.core import tables
+from seglake.core import faults, tables
+from seglake.core.context import JobContext
+from seglake.core.runner import run_job
 
 #: columns that name the run or its clock: left out of every comparison
 RUN_COLUMNS = ("_run_id", "run_id")
@@ -53,6 +63,17 @@ def run_killed(lake: Path, verb: str, point: str, conf: Path, *extra: str,
     done = subprocess.run(args, capture_output=True, text=True, env=full, timeout=900)
     assert done.returncode == -9, (f"{verb} was not killed at {point}", done.returncode, done.stderr[-3000:])
     return done
+
+
+def abort_in_process(spark, lake: Path, verb: str, point: str, args: dict | None = None) -> None:
+    """Run ``verb`` in the test session with ``point`` armed; asserts the run stopped there."""
+    with faults.abort_at(point), pytest.raises(faults.Aborted):
+        run_job(JobContext(spark, make_cfg(lake), args=args or {}), verb)
+
+
+def kill_processes_everywhere() -> bool:
+    """``make soak`` sets ``SEGLAKE_KILL_PROCESSES=1``: every crash case kills a real process."""
+    return os.environ.get("SEGLAKE_KILL_PROCESSES") == "1"
 
 
 def delta_tables(lake: Path) -> list[str]:

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import date
 from pathlib import Path
 
 import pytest
@@ -25,17 +24,12 @@ SKIP_TABLES = {"ops.run_log", "ops.job_leases", "ops.identity_runs", "ops.erasur
 
 
 @pytest.fixture(scope="module")
-def ingested(spark, tmp_path_factory):
-    """A lakehouse after ingest (and one after ingest + identity, for erase), and a person's email."""
-    from seglake.devtools.generate import generate
-
-    root = tmp_path_factory.mktemp("concurrent")
-    lake = root / "ingested"
-    generate(spark, lake / "_input", 1500, 40, seed=13, start_date=date(2026, 9, 1), end_date=date(2026, 9, 10))
-    run_job(JobContext(spark, make_cfg(lake)), "ingest")
+def ingested(spark, chain_lakes, tmp_path_factory):
+    """The chain's lakehouse after ingest, the configuration folder, and a person's email."""
+    lake = chain_lakes["ingest"]
     email = (tables.read(spark, make_cfg(lake), "bronze.events_raw").where(F.col("email").isNotNull())
              .agg(F.min("email")).first()[0])
-    return root, lake, email
+    return conf_dir(tmp_path_factory.mktemp("concurrent")), lake, email
 
 
 def _start(lake: Path, conf: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
@@ -66,8 +60,7 @@ def _assert_same(spark, before: Path, got: Path, want: Path) -> None:
 
 
 def test_two_cleans_started_together_clean_every_record_once(spark, tmp_path, ingested):
-    root, before, _ = ingested
-    conf = conf_dir(root)
+    conf, before, _ = ingested
     lake, reference = tmp_path / "lake", tmp_path / "reference"
     shutil.copytree(before, lake)
     shutil.copytree(before, reference)
@@ -88,8 +81,7 @@ def test_two_cleans_started_together_clean_every_record_once(spark, tmp_path, in
 
 
 def test_erase_started_while_clean_runs_waits_for_it_and_both_finish(spark, tmp_path, ingested):
-    root, before, email = ingested
-    conf = conf_dir(root)
+    conf, before, email = ingested
     lake, reference = tmp_path / "lake", tmp_path / "reference"
     shutil.copytree(before, lake)
     shutil.copytree(before, reference)

@@ -1,9 +1,16 @@
-"""kill -9 at every commit boundary of the writing stages after ingest, then rerun: every table
+"""A crash at every commit boundary of the writing stages after ingest, then a rerun: every table
 of the lakehouse equals, row for row, the tables of an uninterrupted run of the same stage.
 
-For each stage, the lakehouse as the previous stages left it is copied; ``seglake run <stage>``
-runs in its own process with ``SEGLAKE_FAULT=after_commit:<table>`` (or ``before_commit``) and
-kills itself there (SIGKILL, :mod:`seglake.core.faults`); then the stage runs again, normally.
+Two kinds of crash (see ``killing.py``):
+
+* **in the test process, at every boundary of a stage in turn**: the run is stopped at the
+  stage's first commit boundary; the rerun (a recovery) is stopped at the second; its rerun at
+  the third, and so on; then one run goes to the end. So every boundary is crashed once, and
+  every crash but the first hits a run that was itself recovering from one.
+* **kill -9 of a real ``seglake run <stage>`` process** (its own JVM and lease, no cleanup) at
+  one boundary, then a normal rerun: in CI at the boundaries in ``KILLED``; under ``make soak``
+  (``SEGLAKE_KILL_PROCESSES=1``) at every one.
+
 Columns that name the run or its clock (``_run_id``, ``run_id``, ``*_at`` but ``_ingested_at``)
 are left out of the comparison, and so are the per-run logs (run log, lease table, identity runs).
 
@@ -13,18 +20,18 @@ registry versions that a rerun numbers anew), and erase (its own tests).
 from __future__ import annotations
 
 import shutil
-from datetime import date
 
 import pytest
 
-from conftest import make_cfg
-from killing import changed_tables, conf_dir, delta_tables, rows, run_killed
+from conftest import CHAIN, CHAIN_ARGS, make_cfg
+from killing import (abort_in_process, changed_tables, conf_dir, delta_tables, kill_processes_everywhere,
+                     rows, run_killed)
 from seglake.core.context import JobContext
 from seglake.core.runner import run_job
 
 pytestmark = pytest.mark.slow
 
-#: the commits each stage makes, in order (a kill after each, and one before the first)
+#: the commits each stage makes, in order (a crash after each, and one before clean's first)
 POINTS = {
     "clean": ("before_commit:silver.events_quarantine", "after_commit:silver.events_quarantine",
               "after_commit:silver.events", "after_commit:ops.clean_batches"),
@@ -38,43 +45,23 @@ POINTS = {
     "journeys": ("after_commit:gold.transition_matrix", "after_commit:gold.journey_paths",
                  "after_commit:gold.journey_metrics"),
 }
-ORDER = ("ingest", "clean", "identity", "consent", "sessions", "features", "segments", "journeys")
-#: per-run logs: a killed run that got as far as its own log row keeps it, and its rerun adds one
+#: per-run logs: a crashed run that got as far as its own log row keeps it, and its rerun adds one
 SKIP_TABLES = {"ops.run_log", "ops.job_leases", "ops.identity_runs"}
-ARGS = {"clean": {"skip_docs": True}}
+#: boundaries where CI kills a real process: identity's multi-table build and segments' four
+#: overwrites, mid-way (every boundary under make soak)
+KILLED = (("identity", "after_commit:silver.identity_map"), ("segments", "after_commit:gold.segment_changes"))
+ALL = [(stage, point) for stage, points in POINTS.items() for point in points]
+KILL_CASES = ALL if kill_processes_everywhere() else list(KILLED)
 
 
-@pytest.fixture(scope="module")
-def stages(spark, tmp_path_factory):
-    """Lakehouses after each stage of an uninterrupted in-process run: {stage: folder}, and the
-    configuration folder the killed processes use."""
-    from seglake.devtools.generate import generate
-
-    root = tmp_path_factory.mktemp("kill_stages")
-    lake = root / "run"
-    generate(spark, lake / "_input", 1500, 40, seed=11, start_date=date(2026, 9, 1), end_date=date(2026, 9, 10))
-    cfg = make_cfg(lake)
-    out = {}
-    for stage in ORDER:
-        run_job(JobContext(spark, cfg, args=ARGS.get(stage, {})), stage)
-        out[stage] = root / f"after-{stage}"
-        shutil.copytree(lake, out[stage])
-    return out, conf_dir(root)
-
-
-CASES = [(stage, point) for stage, points in POINTS.items() for point in points]
-
-
-@pytest.mark.parametrize("stage,point", CASES, ids=[f"{s}-{p}" for s, p in CASES])
-def test_kill_at_a_commit_then_rerun_equals_an_uninterrupted_run(spark, tmp_path, stages, stage, point):
-    lakes, conf = stages
-    before = lakes[ORDER[ORDER.index(stage) - 1]]
-    reference = lakes[stage]
+def _lakes(chain_lakes, stage: str, tmp_path):
+    before = chain_lakes[CHAIN[CHAIN.index(stage) - 1]]
     lake = tmp_path / "lake"
     shutil.copytree(before, lake)
-    run_killed(lake, stage, point, conf, *(["--skip-docs"] if stage == "clean" else []))
-    run_job(JobContext(spark, make_cfg(lake), args=ARGS.get(stage, {})), stage)
+    return before, lake, chain_lakes[stage]
 
+
+def _assert_equal_to_reference(spark, before, lake, reference) -> None:
     assert delta_tables(lake) == delta_tables(reference)
     compared = [t for t in changed_tables(before, lake, reference) if t not in SKIP_TABLES]
     assert compared, "the stage changed no table"
@@ -82,3 +69,23 @@ def test_kill_at_a_commit_then_rerun_equals_an_uninterrupted_run(spark, tmp_path
         got, want = rows(spark, lake, table), rows(spark, reference, table)
         assert len(got) == len(want), (table, len(got), len(want))      # nothing lost, nothing twice
         assert got == want, table
+
+
+@pytest.mark.parametrize("stage", POINTS)
+def test_a_crash_at_each_commit_in_turn_then_a_rerun_equals_an_uninterrupted_run(spark, tmp_path, chain_lakes,
+                                                                                  stage):
+    before, lake, reference = _lakes(chain_lakes, stage, tmp_path)
+    for point in POINTS[stage]:          # each run recovers from the crash before it, then crashes
+        abort_in_process(spark, lake, stage, point, CHAIN_ARGS.get(stage))
+    run_job(JobContext(spark, make_cfg(lake), args=CHAIN_ARGS.get(stage, {})), stage)
+    _assert_equal_to_reference(spark, before, lake, reference)
+
+
+@pytest.mark.parametrize("stage,point", KILL_CASES, ids=[f"{s}-{p}" for s, p in KILL_CASES])
+def test_kill_9_of_the_process_at_a_commit_then_rerun_equals_an_uninterrupted_run(spark, tmp_path, chain_lakes,
+                                                                                   stage, point):
+    before, lake, reference = _lakes(chain_lakes, stage, tmp_path)
+    run_killed(lake, stage, point, conf_dir(tmp_path), *(["--skip-docs"] if stage == "clean" else []))
+    # the rerun is not blocked by the dead process's lease
+    run_job(JobContext(spark, make_cfg(lake), args=CHAIN_ARGS.get(stage, {})), stage)
+    _assert_equal_to_reference(spark, before, lake, reference)
