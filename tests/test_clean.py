@@ -335,6 +335,44 @@ def test_a_batch_above_the_reject_share_is_set_aside_and_later_batches_are_clean
     assert sorted(r["event_id"] for r in tables.read(spark, cfg, "silver.events").collect()) == ["g1", "g3", "g4", "ok1"]
 
 
+def test_a_batch_failing_a_critical_expectation_alone_is_set_aside_and_the_others_are_cleaned(spark, lakehouse,
+                                                                                             tmp_path):
+    """An operator's own critical expectation (price at most 1000) fails on the two batches
+    together; validated alone, b1 fails and b2 passes: b1 is set aside, b2 is cleaned."""
+    import json
+
+    from conftest import REPO, make_cfg
+    suite = json.loads((REPO / "expectations" / "silver_events.json").read_text())
+    suite["name"] = "guarded"
+    suite["expectations"].append({"type": "expect_column_values_to_be_between",
+                                  "kwargs": {"column": "price", "max_value": 1000}})
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    (suites / "guarded.json").write_text(json.dumps(suite))
+    cfg = make_cfg(lakehouse, clean={"suite": "guarded", "expectations_dir": str(suites)})
+    tables.append(bronze_df(spark, [raw(event_id="x1"), raw(event_id="x2", event_type="purchase", price="5000")],
+                            batch="b1"), cfg, "bronze.events_raw")
+    tables.append(bronze_df(spark, [raw(event_id="g1"), raw(event_id="g2", event_type="purchase", price="20")],
+                            batch="b2", ingested=datetime(2026, 11, 2)), cfg, "bronze.events_raw")
+
+    result = run_job(_ctx(spark, cfg, "rq"), "clean")
+    assert result.status == "set_aside"
+    why = result.summary["set_aside"]["b1"]
+    assert list(result.summary["set_aside"]) == ["b1"]
+    assert "failed the quality suite on its own" in why and "expect_column_values_to_be_between(price)" in why
+    assert (result.summary["batches"], result.summary["inserted"]) == (1, 2)
+    assert sorted(r["event_id"] for r in tables.read(spark, cfg, "silver.events").collect()) == ["g1", "g2"]
+    assert [r["_batch_id"] for r in tables.read(spark, cfg, "ops.clean_batches").collect()] == ["b2"]
+    aside = tables.read(spark, cfg, "ops.clean_set_aside").collect()
+    assert [(r["_batch_id"], r["records"], r["quarantined"]) for r in aside] == [("b1", 2, 0)]
+
+    # alone and failing, the batch is set aside again on retry (exit 5, not a crash)
+    retry = run_job(JobContext(spark, cfg, run_id="rr", args={"skip_docs": True, "retry_set_aside": True}), "clean")
+    assert retry.status == "set_aside" and list(retry.summary["set_aside"]) == ["b1"]
+    assert "failed the quality suite:" in retry.summary["set_aside"]["b1"]
+    assert tables.read(spark, cfg, "silver.events").count() == 2
+
+
 def test_every_pending_batch_set_aside_writes_no_silver(spark, lakehouse):
     from conftest import make_cfg
     cfg = make_cfg(lakehouse, clean={"max_reject_share": 0.3})

@@ -163,8 +163,8 @@ def _set_aside_exit(results) -> int:
     aside = sorted({b for r in results if r.status == "set_aside" for b in r.summary.get("set_aside", {})})
     if not aside:
         return EXIT_OK
-    print(f"set aside: bronze batch(es) {', '.join(aside)} were not cleaned (too many rejected records; see "
-          f"ops.clean_set_aside); fix the cause, then: seglake run clean --retry-set-aside", file=sys.stderr)
+    print(f"set aside: bronze batch(es) {', '.join(aside)} were not cleaned (too many rejected records, or "
+          f"failing the quality suite: the reasons are in ops.clean_set_aside); fix the cause, then: seglake run clean --retry-set-aside", file=sys.stderr)
     return EXIT_SET_ASIDE
 
 

@@ -67,7 +67,13 @@ def test_two_cleans_started_together_clean_every_record_once(spark, tmp_path, in
     run_job(JobContext(spark, make_cfg(reference), args={"skip_docs": True}), "clean")
 
     procs = [_start(lake, conf, "clean", "--skip-docs") for _ in range(2)]
-    outs = [p.communicate(timeout=900)[0] for p in procs]
+    try:
+        outs = [p.communicate(timeout=900)[0] for p in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     codes = sorted(p.returncode for p in procs)
     # one holds the lease and cleans; the other is refused (exit 6, naming the holder) or, if it
     # started after the first had finished, finds nothing to do
@@ -93,13 +99,21 @@ def test_erase_started_while_clean_runs_waits_for_it_and_both_finish(spark, tmp_
     go = tmp_path / "go"
     clean = _start(lake, conf, "clean", "--skip-docs",
                    env={"SEGLAKE_PAUSE": f"after_commit:silver.events_quarantine={go}"})
-    clean_out = _read_until(clean, "pausing until")
-    erase = _start(lake, conf, "erase", "--identifier", email)
-    erase_out = _read_until(erase, "waits for exclusive access")
-    assert "clean" in erase_out.splitlines()[-1]             # it names the run it waits for
-    go.touch()
-    clean_out += clean.communicate(timeout=900)[0]
-    erase_out += erase.communicate(timeout=900)[0]
+    erase = None
+    try:
+        clean_out = _read_until(clean, "pausing until")
+        erase = _start(lake, conf, "erase", "--identifier", email)
+        erase_out = _read_until(erase, "waits for exclusive access")
+        assert "clean" in erase_out.splitlines()[-1]             # it names the run it waits for
+        go.touch()
+        clean_out += clean.communicate(timeout=900)[0]
+        erase_out += erase.communicate(timeout=900)[0]
+    finally:
+        go.touch()
+        for proc in (clean, erase):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert clean.returncode == 0, clean_out[-3000:]
     assert erase.returncode == 0, erase_out[-3000:]
     _assert_same(spark, before, lake, reference)

@@ -13,8 +13,9 @@
 5. imputes missing durations with the median per event type x device (fallback
    per event type, then global), flagging ``duration_imputed``;
 6. validates the result with the Great Expectations suite ``expectations/silver_events.json``
-   (:mod:`seglake.core.quality`); a table-level failure stops the job before silver is
-   written; a batch whose reject share is above ``clean.max_reject_share`` is set aside
+   (:mod:`seglake.core.quality`); when a critical expectation fails, each pending batch is
+   validated alone and those that fail alone are set aside (the others are cleaned); a
+   failure only of the batches together stops the job before silver is written; a batch whose reject share is above ``clean.max_reject_share`` is set aside
    (:mod:`seglake.stages.clean_batches`) and the other batches are cleaned;
 7. (the stage runner writes its ``ops.run_log`` row; a run with no new batch is a ``noop``).
 
@@ -405,8 +406,43 @@ def _run(ctx: JobContext, started: datetime) -> dict:
         standardized.unpersist()
 
 
+def _failing_alone(ctx: JobContext, silver: DataFrame, batch_ids: list[str], max_ts: datetime) -> list[str]:
+    """The batches that fail the quality suite's critical expectations when validated alone.
+    A batch with no row left in ``silver`` (all duplicates of another pending batch, or all of
+    erased persons) is not validated: an empty frame fails max/min checks for no fault of its own."""
+    log.warning("clean: the quality suite failed on %d batches together; validating each alone", len(batch_ids))
+    # one row per pending batch: small
+    present = {r["_batch_id"] for r in silver.groupBy("_batch_id").count().collect()}
+    out = []
+    for b in batch_ids:
+        if b not in present:
+            continue
+        alone = quality.validate(
+            silver.where(F.col("_batch_id") == b), ctx.cfg.get("clean.suite") or "silver_events", ctx.cfg,
+            f"{ctx.run_id}-{b}", parameters={"max_event_ts": max_ts.astimezone(timezone.utc).replace(tzinfo=None)},
+            build_docs=False)
+        if not alone.success:
+            out.append(b)
+    return out
+
+
+def _culprits(ctx: JobContext, result, silver: DataFrame, batch_ids: list[str], candidates: set[str],
+              max_ts: datetime) -> list[str]:
+    """Batches to set aside after the suite failed on ``batch_ids`` together; raises
+    :class:`~seglake.core.quality.QualityError` (the job stops, exit 1) when the failure is not
+    one of data in some batches: a table-level expectation failed (the columns: a code or
+    contract fault, not a batch's), or no batch fails alone (they fail only together)."""
+    if any(not item.get("column") for item in result.failed):
+        quality.require(result, SILVER)
+    culprits = _failing_alone(ctx, silver, batch_ids, max_ts) if len(batch_ids) > 1 else list(batch_ids)
+    culprits = [b for b in culprits if b in candidates]
+    if not culprits:
+        quality.require(result, SILVER)
+    return culprits
+
+
 def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_ids: list[str],
-           max_ts: datetime, impute_decimals: int) -> dict:
+           max_ts: datetime, impute_decimals: int, attempt: int = 0) -> dict:
     spark, cfg = ctx.spark, ctx.cfg
     # one row per batch and reason code (<= batches x (len(REASONS) + 1)): small
     max_share = float(cfg.get("clean.max_reject_share"))
@@ -431,6 +467,7 @@ def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_id
     unique = persist_events(unique)
     medians = duration_medians(unique, impute_decimals).cache()
     silver = persist_events(to_silver(impute_duration(unique, medians), ctx.run_id))
+    culprits: list[str] = []
     try:
         # a handful of numbers: small
         stats = silver.agg(
@@ -440,11 +477,21 @@ def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_id
         n_unique = int(stats["n"])
 
         result = quality.validate(
-            silver, cfg.get("clean.suite") or "silver_events", cfg, ctx.run_id,
+            silver, cfg.get("clean.suite") or "silver_events", cfg, ctx.run_id + (f"-{attempt}" if attempt else ""),
             parameters={"max_event_ts": max_ts.astimezone(timezone.utc).replace(tzinfo=None)},
             build_docs=bool(cfg.get("clean.build_data_docs")) and not ctx.args.get("skip_docs"))
-        quality.require(result, SILVER)
-
+        if not result.success:
+            culprits = _culprits(ctx, result, silver, batch_ids, set(good), max_ts)
+    except BaseException:
+        for df in (silver, medians, unique):
+            df.unpersist()
+        raise
+    if culprits:          # nothing written yet: free the caches, then clean the others
+        for df in (silver, medians, unique):
+            df.unpersist()
+        return _set_aside_and_clean_the_rest(ctx, started, standardized, batch_ids, max_ts, impute_decimals,
+                                             attempt, result, culprits, good, set_aside)
+    try:
         q = quarantine_rows(standardized, ctx.run_id, started)
         tables.overwrite(q, cfg, QUARANTINE, replace_where="_batch_id IN ("
                          + ", ".join(_sql_quote(b) for b in batch_ids) + ")")
@@ -488,4 +535,28 @@ def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_id
         summary["set_aside"] = set_aside
         ctx.status = "set_aside"
     summary["duration_s"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
+    return summary
+
+
+def _set_aside_and_clean_the_rest(ctx: JobContext, started: datetime, standardized: DataFrame, batch_ids: list[str],
+                                  max_ts: datetime, impute_decimals: int, attempt: int, result, culprits: list[str],
+                                  good: dict, set_aside: dict) -> dict:
+    """Set aside the batches that failed the suite alone, then clean the others as if the
+    culprits had never been pending (their own medians, dedupe and checks)."""
+    n = len(batch_ids)
+    why = (f"failed the quality suite on its own (with {n} batches together: {result.summary()})" if n > 1
+           else f"failed the quality suite: {result.summary()}")
+    set_aside = {**set_aside, **clean_batches.set_aside(
+        ctx.spark, ctx.cfg, {b: good[b] for b in culprits}, float(ctx.cfg.get("clean.max_reject_share")),
+        ctx.run_id, reasons={b: why for b in culprits})}
+    rest = [b for b in batch_ids if b not in culprits]
+    ctx.status = "set_aside"
+    if not rest:
+        return {"batches": 0, "records_in": 0, "set_aside": set_aside, "quality": result.headline(),
+                "note": f"every pending batch was set aside (see {clean_batches.CLEAN_SET_ASIDE})"}
+    summary = _write(ctx, started, standardized.where(F.col("_batch_id").isin(rest)), rest, max_ts,
+                     impute_decimals, attempt + 1)
+    summary["set_aside"] = {**set_aside, **summary.get("set_aside", {})}
+    summary["quality_with_set_aside_batches"] = result.headline()
+    ctx.status = "set_aside"
     return summary

@@ -1,7 +1,9 @@
 """Which bronze batches clean works on, and bad batches set aside instead of blocking.
 
 A batch whose reject share is above ``clean.max_reject_share`` (a broken export, a new
-timestamp format, a wrong source mapping) is **set aside**: listed in ``ops.clean_set_aside``
+timestamp format, a wrong source mapping) is **set aside**, and so is a batch that fails a
+critical expectation of the quality suite on its own (when the pending batches fail together,
+each is validated alone to find which): listed in ``ops.clean_set_aside``
 with its reason and counts, left out of silver and quarantine, and skipped by later runs, so
 the batches ingested after it are cleaned as usual. The run's status is ``set_aside`` (exit
 code 5 from ``seglake run clean``) and its summary names the batches. After a fix (the mapping,
@@ -78,13 +80,16 @@ def judge(counts: list, max_share: float) -> tuple[dict[str, dict], dict[str, di
     return good, bad
 
 
-def set_aside(spark: SparkSession, cfg: Config, bad: dict[str, dict], max_share: float, run_id: str) -> dict[str, str]:
+def set_aside(spark: SparkSession, cfg: Config, bad: dict[str, dict], max_share: float, run_id: str,
+              reasons: dict[str, str] | None = None) -> dict[str, str]:
     """List ``bad`` batches in ``ops.clean_set_aside`` (MERGE on the batch: a retry that fails
-    again updates its row); returns batch id -> reason, logged as a warning."""
+    again updates its row); returns batch id -> reason, logged as a warning. The reason is the
+    reject share unless ``reasons`` gives one (a batch that failed the quality suite)."""
     now = datetime.now(timezone.utc)
-    reasons = {b: (f"{s['quarantined']} of {s['records']} records ({s['reject_share']:.1%}) rejected, more than "
-                   f"clean.max_reject_share={max_share:.1%}; by reason: {dict(sorted(s['by_reason'].items()))}")
-               for b, s in bad.items()}
+    reasons = reasons or {
+        b: (f"{s['quarantined']} of {s['records']} records ({s['reject_share']:.1%}) rejected, more than "
+            f"clean.max_reject_share={max_share:.1%}; by reason: {dict(sorted(s['by_reason'].items()))}")
+        for b, s in bad.items()}
     rows = [(b, reasons[b], s["records"], s["quarantined"], s["reject_share"], s["by_reason"], run_id, now)
             for b, s in bad.items()]
     tables.merge(spark, spark.createDataFrame(rows, SET_ASIDE_DDL), cfg, CLEAN_SET_ASIDE, keys=["_batch_id"],

@@ -324,6 +324,7 @@ def run(ctx) -> dict:
     # one as_of: the features and the retention matrix scan the (columnar) table directly, which
     # costs less than writing every event to the disk cache first and reading it back twice
     out: dict = {}
+    feats = None
     try:
         for d in dates:
             sev_d = sev if d == first else exclude_withdrawn(spark, cfg, sev, d)
@@ -340,6 +341,8 @@ def run(ctx) -> dict:
             feats.unpersist()
             out[str(d)] = int(row["n"])
     finally:
+        if feats is not None:
+            feats.unpersist()
         sev.unpersist()
     last = dates[-1]
     return {"as_of": str(last) if len(dates) == 1 else f"{dates[0]}..{last} ({len(dates)} dates)",
