@@ -43,7 +43,7 @@ KINDS: tuple[str, ...] = ("raw", "hashed", "text", "text_if_set")
 #: not colons (timestamps): a JSON or CSV value comes out as one token, as it was written.
 TOKEN_DELIMITERS = r'["{}\[\],;\t\r\n]+'
 
-#: clean's standardized batch (:func:`seglake.stages.clean.standardize`): user_id and
+#: clean's standardized batch (:func:`seglake.stages.clean_rules.standardize`): user_id and
 #: anonymous_id as given, device_id/email_hash/phone_hash already hashed, and the raw line,
 #: searched on rejected rows (``_reason`` set) and on rows without any identifier.
 STANDARDIZED_COLUMNS: dict[str, tuple[str, ...]] = {
