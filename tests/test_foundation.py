@@ -160,3 +160,23 @@ def test_window_warning_is_quieted_only_for_window_exec(spark):
         "org.apache.spark.sql.execution.SparkPlan").getLevel().toString()
     assert level == "ERROR"
     assert other != "ERROR"
+
+
+def test_literal_row_equals_the_same_row_made_by_create_dataframe(spark, cfg):
+    from datetime import date, datetime, timezone
+
+    from seglake.core.spark import literal_row
+    ddl = ("s STRING, n BIGINT, x DOUBLE, t TIMESTAMP, d DATE, b BOOLEAN, m MAP<STRING,STRING>, "
+           "c MAP<STRING,BIGINT>, e MAP<STRING,STRING>, z STRING")
+    row = ("it's", 2 ** 40, 0.1, datetime(2026, 3, 29, 1, 30, 5, 123456, tzinfo=timezone.utc), date(2026, 2, 28),
+           False, {"a": "1", "b.c": None}, {"silver.events": 7}, {}, None)
+    got = literal_row(spark, row, ddl)
+    want = spark.createDataFrame([row], ddl)
+    assert [(f.name, f.dataType) for f in got.schema.fields] == [(f.name, f.dataType) for f in want.schema.fields]
+    assert got.collect() == want.collect()
+    # appended to a Delta table, a later row may hold nulls in every column (the schema is nullable)
+    tables.append(got, cfg, "ops.literal_probe")
+    tables.append(spark.createDataFrame([(None,) * 10], ddl), cfg, "ops.literal_probe")
+    assert tables.read(spark, cfg, "ops.literal_probe").count() == 2
+    with pytest.raises(ValueError, match="2 values for 10 columns"):
+        literal_row(spark, ("a", 1), ddl)

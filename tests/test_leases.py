@@ -37,8 +37,8 @@ def _planted(spark, cfg, job: str, run_id: str, *, kind: str = "write", host: st
              pid: int | None = None, age_minutes: float = 1, ttl_minutes: float = 720) -> None:
     """A lease row as another process would have written it."""
     acquired = datetime.now(timezone.utc) - timedelta(minutes=age_minutes)
-    leases._append(spark, cfg, [leases._row(uuid.uuid4().hex, job, run_id, kind, host or socket.gethostname(),
-                                            pid or os.getpid(), acquired, acquired + timedelta(minutes=ttl_minutes))])
+    leases._append(spark, cfg, leases._row(uuid.uuid4().hex, job, run_id, kind, host or socket.gethostname(),
+                                           pid or os.getpid(), acquired, acquired + timedelta(minutes=ttl_minutes)))
 
 
 def _in_thread(fn):

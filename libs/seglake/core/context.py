@@ -30,6 +30,9 @@ class JobContext:
     args: dict[str, Any] = field(default_factory=dict)
     #: the run's outcome for ``ops.run_log``: a stage sets ``"noop"`` when there was nothing to do
     status: str = "success"
+    #: jobs whose ``ops.run_log`` row this run already wrote (run again with the same context, a
+    #: job's row is replaced, not appended twice: (run_id, job) is the table's key)
+    recorded_jobs: set[str] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         #: whether the caller passed the as-of (``--as-of``), as opposed to one resolved later from

@@ -57,13 +57,14 @@ from pyspark.sql import functions as F
 from seglake.core import tables
 from seglake.core.config import Config, ConfigError
 from seglake.core.contracts import JOB_LEASES
+from seglake.core.spark import literal_row
 
 log = logging.getLogger(__name__)
 
 LEASES_DDL = ("lease_id STRING, job STRING, run_id STRING, kind STRING, host STRING, pid BIGINT, "
               "acquired_at TIMESTAMP, expires_at TIMESTAMP, released BOOLEAN")
 #: row tracking gives every row the Delta version of the commit that added it
-_PROPERTIES = {"delta.enableRowTracking": "true"}
+_PROPERTIES = {"delta.enableRowTracking": "true", **tables.BOOKKEEPING_PROPERTIES}
 LOG_EVERY_SECONDS = 15.0
 #: Delta's commit conflicts (delta.exceptions), e.g. when two processes create a table with their
 #: first append at the same time (ProtocolChangedException / MetadataChangedException)
@@ -160,12 +161,12 @@ def _row(lease_id: str, job: str, run_id: str, kind: str, host: str, pid: int, a
     return (lease_id, job, run_id, kind, host, int(pid), acquired_at, expires_at, released)
 
 
-def _append(spark: SparkSession, cfg: Config, rows: list[tuple]) -> None:
-    """Blind-append lease rows. Two processes creating the table with their first append at the
+def _append(spark: SparkSession, cfg: Config, row: tuple) -> None:
+    """Blind-append one lease row. Two processes creating the table with their first append at the
     same time make one of them fail with a commit conflict: that one retries once (the table
     exists then, and appends to an existing table never conflict)."""
     _conflict_types()
-    df = spark.createDataFrame(rows, LEASES_DDL)
+    df = literal_row(spark, row, LEASES_DDL)
     try:
         _unjournaled(tables.append, df, cfg, JOB_LEASES, properties=_PROPERTIES)
     except Exception as exc:  # noqa: BLE001 - only a commit conflict is retried
@@ -180,7 +181,7 @@ def _register(spark: SparkSession, cfg: Config, job: str, run_id: str, kind: str
     now = datetime.now(timezone.utc)
     row = _row(uuid.uuid4().hex, job, run_id, kind, socket.gethostname(), os.getpid(), now,
                now + timedelta(minutes=ttl))
-    _append(spark, cfg, [row])
+    _append(spark, cfg, row)
     return row
 
 
@@ -188,7 +189,7 @@ def _release(spark: SparkSession, cfg: Config, row: tuple) -> None:
     """Append the release row of a lease; a failure is logged (the lease then lapses at expiry,
     or at once for runs on this host once the process is gone), never raised over the job's outcome."""
     try:
-        _append(spark, cfg, [row[:-1] + (True,)])
+        _append(spark, cfg, row[:-1] + (True,))
     except Exception as exc:  # noqa: BLE001 - the job's own result matters more
         log.warning("leases: could not release the %s lease of run %s (%s: %s); it lapses at %s", row[1], row[2],
                     type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", row[7])

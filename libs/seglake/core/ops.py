@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 from seglake.core import tables
 from seglake.core.config import Config
 from seglake.core.contracts import RUN_LOG
+from seglake.core.spark import literal_row
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +50,20 @@ def run_log_row(spark: SparkSession, job: str, run_id: str, metrics: Mapping[str
     row = (run_id, job, status, started, finished, (finished - started).total_seconds(),
            flatten_metrics(metrics), json.dumps(metrics, default=str, sort_keys=True), as_of,
            dict(rows_in or {}), dict(rows_out or {}), error)
-    return spark.createDataFrame([row], RUN_LOG_DDL)
+    return literal_row(spark, row, RUN_LOG_DDL)
 
 
 def record_run(spark: SparkSession, cfg: Config, job: str, run_id: str, metrics: Mapping[str, Any],
                started_at: datetime, status: str = "success", as_of: date | None = None,
                rows_in: Mapping[str, int] | None = None, rows_out: Mapping[str, int] | None = None,
-               error: str | None = None) -> None:
+               error: str | None = None, replace: bool = False) -> None:
     """Write (or rewrite) the ``ops.run_log`` row of one job run.
 
     Generic for every stage: ``metrics`` is any JSON-able mapping (nested mappings are
     flattened into the ``metrics`` map with dotted keys and kept whole in ``metrics_json``).
-    MERGE on (run_id, job), so recording the same run twice keeps one row. Metrics must not
+    A blind append, or with ``replace`` a MERGE on the key (run_id, job) that rewrites the row
+    recorded before (the runner passes it when the same context runs a job again). The append
+    is the common path: a MERGE costs a join job, ~1 s per run in local mode. Metrics must not
     contain identifiers or secrets.
 
     Args:
@@ -75,13 +78,17 @@ def record_run(spark: SparkSession, cfg: Config, job: str, run_id: str, metrics:
         rows_in: rows of each table version the run read (from the Delta log).
         rows_out: rows each written table received (from the Delta commit metrics).
         error: the error message of a failed run.
+        replace: the row of (run_id, job) may exist already: replace it.
     """
     if not job or not run_id:
         raise ValueError("record_run needs a job name and a run id")
     df = run_log_row(spark, job, run_id, metrics, started_at, status, as_of=as_of, rows_in=rows_in,
                      rows_out=rows_out, error=error)
     # schema evolution: run logs written before as_of_date/rows_in/rows_out/error existed gain them
-    tables.merge(spark, df, cfg, RUN_LOG, keys=["run_id", "job"], update=True, schema_evolution=True)
+    if replace and tables.exists(spark, cfg, RUN_LOG):
+        tables.merge(spark, df, cfg, RUN_LOG, keys=["run_id", "job"], update=True, schema_evolution=True)
+    else:
+        tables.append(df, cfg, RUN_LOG, merge_schema=True, properties=tables.BOOKKEEPING_PROPERTIES)
     log.info("ops.run_log: %s run %s %s", job, run_id, status)
 
 

@@ -98,15 +98,17 @@ def _record(ctx: JobContext, job: str, journal: tables.Journal, metrics: dict, s
     rows_out: dict[str, int] = {}
     try:
         rows_in, rows_out = _counts(ctx, journal)
-        for attempt in range(3):  # a MERGE of another job's row committed meanwhile: merge again
+        for attempt in range(3):  # two processes creating the table at once, or a MERGE beside another commit
             try:
                 ops.record_run(ctx.spark, ctx.cfg, job, ctx.run_id, metrics, started_at, status=status,
-                               as_of=ctx.as_of, rows_in=rows_in, rows_out=rows_out, error=error)
+                               as_of=ctx.as_of, rows_in=rows_in, rows_out=rows_out, error=error,
+                               replace=job in ctx.recorded_jobs)
+                ctx.recorded_jobs.add(job)
                 break
             except Exception as exc:  # noqa: BLE001 - only commit conflicts are retried
                 if attempt == 2 or not leases.is_conflict(exc):
                     raise
-                log.info("ops.run_log: a concurrent commit conflicted with the %s row; merging again", job)
+                log.info("ops.run_log: a concurrent commit conflicted with the %s row; writing it again", job)
     except Exception as exc:  # noqa: BLE001 - the job's result matters more than its log row
         log.warning("could not record the %s run %s in %s: %s: %s", job, ctx.run_id, ops.RUN_LOG,
                     type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")

@@ -145,3 +145,27 @@ def stable_layout(df: "DataFrame", *keys: str, rows: int, rows_per_partition: in
     keys = keys or ("customer_id",)
     n = max(1, -(-int(rows) // int(rows_per_partition)))
     return df.repartition(n, *keys).sortWithinPartitions(*keys)
+
+
+def literal_row(spark: SparkSession, values: tuple, ddl: str) -> "DataFrame":
+    """A one-row DataFrame of ``values`` with the schema ``ddl``, built from literals.
+
+    For bookkeeping rows (a lease, a run-log row): ``spark.createDataFrame([row])`` plans a scan of
+    a parallelized RDD of pickled rows, which took twice as long to append to Delta (0.65 s vs
+    0.32 s per one-row append, local[2]). A literal projection is a local plan of one row. ``None``
+    gives a typed null; a ``dict`` for a map column a map of its items.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import MapType, _parse_datatype_string
+
+    schema = _parse_datatype_string(ddl)
+    if len(values) != len(schema.fields):
+        raise ValueError(f"literal_row: {len(values)} values for {len(schema.fields)} columns of {ddl!r}")
+    cols = []
+    for value, f in zip(values, schema.fields):
+        if isinstance(f.dataType, MapType) and value is not None:
+            col = F.create_map(*[F.lit(part) for item in dict(value).items() for part in item])
+        else:
+            col = F.lit(value)
+        cols.append(col.cast(f.dataType).alias(f.name))
+    return spark.range(1).select(*cols)

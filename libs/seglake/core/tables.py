@@ -281,8 +281,9 @@ def _partitioned(writer, partition_by: Sequence[str]):
 
 def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] = (),
            user_metadata: str | None = None, properties: dict | None = None,
-           txn: tuple[str, int] | None = None) -> None:
-    """Append ``df`` (creating the table on the first write, with ``properties``);
+           txn: tuple[str, int] | None = None, merge_schema: bool = False) -> None:
+    """Append ``df`` (creating the table on the first write, with ``properties``; ``merge_schema``
+    adds ``df``'s new columns to an existing table);
     ``user_metadata`` goes into the commit's ``userMetadata`` (see :func:`recorded_metadata`);
     ``txn`` = (app id, version) makes it a Delta idempotent write (``txnAppId``/``txnVersion``):
     skipped when the table already holds a commit of that app id with that version or a newer one."""
@@ -291,6 +292,8 @@ def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] =
         **_creation_options(df, cfg, table, partition_by, properties))
     if txn is not None:
         writer = writer.option("txnAppId", txn[0]).option("txnVersion", int(txn[1]))
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
     faults.point(f"before_commit:{table}")
     if user_metadata is None:
         _partitioned(writer, partition_by).save(cfg.table_path(table))
@@ -388,6 +391,12 @@ def merge(spark: SparkSession, df: DataFrame, cfg: Config, table: str, keys: Ite
     faults.point(f"after_commit:{table}")
     _journal_commit(spark, cfg, table, before)
 
+
+#: table properties of the small bookkeeping tables (``ops.job_leases``, ``ops.run_log``) that get
+#: a one-row commit or three per job run: a Delta checkpoint every 50 commits instead of every 10
+#: (each checkpoint is several Spark jobs, ~2 s in local mode; replaying up to 50 one-row commit
+#: files costs less than writing it that often)
+BOOKKEEPING_PROPERTIES = {"delta.checkpointInterval": "50"}
 
 #: Delta's default ``delta.deletedFileRetentionDuration`` (7 days): VACUUM keeps what older
 #: versions need this long, and Delta refuses a shorter retention unless its check is off
