@@ -118,6 +118,10 @@ def test_cli_help_and_exit_codes(capsys):
     with pytest.raises(SystemExit) as bad:
         main(["run", "nonsense"])
     assert bad.value.code == 2
+    with pytest.raises(SystemExit) as bad_through:
+        main(["run", "all", "--through", "nonsense"])
+    assert bad_through.value.code == 2
+    assert "invalid choice: 'nonsense'" in capsys.readouterr().err
     assert main(["run", "stream"]) == EXIT_UNAVAILABLE
     assert "not available yet" in capsys.readouterr().err
 

@@ -101,7 +101,8 @@ def _count_lines(landing: Path) -> dict[str, int]:
 def test_ingest_incremental(spark, tmp_path, landing):
     landing_dir, counts = landing
     cfg = make_cfg(tmp_path / "lake", paths={"landing": str(landing_dir)})
-    first = ingest.run(JobContext(spark, cfg))
+    first_ctx = JobContext(spark, cfg)
+    first = ingest.run(first_ctx)
     bronze = tables.read(spark, cfg, "bronze.events_raw")
     expected_files = _count_lines(landing_dir)
     assert first["files"] == len(expected_files) == sum(counts["files_by_format"].values())
@@ -128,8 +129,10 @@ def test_ingest_incremental(spark, tmp_path, landing):
 
     # a rerun finds nothing new and does not touch bronze
     v = tables.version(spark, cfg, "bronze.events_raw")
-    second = ingest.run(JobContext(spark, cfg))
-    assert (second["files"], second["records"]) == (0, 0)
+    second_ctx = JobContext(spark, cfg)
+    second = ingest.run(second_ctx)
+    assert (second["files"], second["records"], second_ctx.status) == (0, 0, "noop")
+    assert first_ctx.status == "success"
     assert tables.version(spark, cfg, "bronze.events_raw") == v
     assert tables.read(spark, cfg, "bronze.events_raw").count() == counts["raw_records"]
 
@@ -183,8 +186,10 @@ def test_a_run_stopped_between_bronze_and_ledger_is_repaired_not_reingested(spar
     assert tables.read(spark, cfg, "bronze.events_raw").count() == counts["raw_records"]
     assert not tables.exists(spark, cfg, "ops.ingested_files")
 
-    again = ingest.run(JobContext(spark, cfg))
+    again_ctx = JobContext(spark, cfg)
+    again = ingest.run(again_ctx)
     assert (again["files"], again["records"], again["ledger_repaired"]) == (0, 0, 1)
+    assert again_ctx.status == "success"                             # it wrote the ledger rows
     bronze, ledger = _ledger_and_bronze(spark, cfg)
     assert bronze.count() == counts["raw_records"]                   # nothing read twice
     assert ledger.count() == files

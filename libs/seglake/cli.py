@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="as-of date YYYY-MM-DD (exclusive); default: the day after the last event")
         if module is not None and hasattr(module, "add_arguments"):
             module.add_arguments(sub)
+        if name == "all":
+            sub.add_argument("--through", choices=registry.PIPELINE, default=None, metavar="JOB",
+                             help="stop after this job of the chain (default: run it to the end)")
 
     demo = verbs.add_parser("demo", help="generate data and run every stage on the embedded default",
                             description="Generate behavioral data under DIR/_input and build every table under DIR.")
@@ -130,7 +133,7 @@ def _spark(cfg, app: str):
 
 
 def _job_args(args) -> dict:
-    skip = {"verb", "job", "env", "conf_dir", "lakehouse", "verbose", "as_of"}
+    skip = {"verb", "job", "env", "conf_dir", "lakehouse", "verbose", "as_of", "through"}
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 
@@ -145,7 +148,10 @@ def cmd_run(args) -> int:
     print(f"seglake {args.job}: run {ctx.run_id}, env {cfg.env}, lakehouse {cfg.lakehouse}")
     if args.job == "all":
         started = time.perf_counter()
-        results = runner.run_chain(ctx)
+        chain = list(registry.PIPELINE)
+        if args.through:
+            chain = chain[: chain.index(args.through) + 1]
+        results = runner.run_chain(ctx, chain)
         print(f"\nchain finished in {time.perf_counter() - started:.1f} s\n" + runner.summary_table(results))
         return _set_aside_exit(results)
     result = runner.run_job(ctx, args.job)

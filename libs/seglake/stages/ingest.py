@@ -477,6 +477,9 @@ def run(ctx: JobContext) -> dict:
         raise ConcurrentIngest(f"ingest: other ingest runs committed first {ATTEMPTS} times in a row; this run "
                                f"appended nothing. Run one ingest at a time (rerun `seglake run ingest`).")
     seconds = time.time() - t0
+    if not (summary["files"] or summary["ledger_repaired"] or summary["unreadable_files"]):
+        ctx.status = "noop"                           # ops.run_log: nothing was written
+        summary["note"] = "no new landing files: nothing to ingest"
     if summary["files"]:
         for fmt in formats:
             summary.setdefault(f"{fmt} records", 0)
