@@ -14,11 +14,16 @@ from pathlib import Path
 
 from benchdata import config_for
 
+#: not part of a plain ``bench/run.py`` (its ``--events`` would be millions of job runs)
+ON_DEMAND = ("job_overhead",)
+
 
 def bench_job_overhead(spark, workdir: Path, runs: int) -> dict:
     from seglake.core import runner, tables
     from seglake.core.context import JobContext
 
+    if not 2 <= runs <= 1000:
+        raise SystemExit(f"job_overhead: --events is the number of job runs here, 2 to 1000; got {runs}")
     lake = workdir / "lakehouse"
     if lake.exists():
         import shutil

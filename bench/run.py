@@ -34,7 +34,10 @@ def discover(only: list[str] | None = None) -> dict:
         spec = importlib.util.spec_from_file_location(f"seglake_bench_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        on_demand = set(getattr(module, "ON_DEMAND", ()))
         for name, fn in module.benchmarks().items():
+            if name in on_demand and name not in (only or ()):
+                continue                            # runs only when named with --only
             if name in found:
                 raise ValueError(f"benchmark name {name!r} is defined twice (second time in {path.name})")
             found[name] = fn
