@@ -59,8 +59,7 @@ def _traces(root: Path, raw_values: list[str], hashed: list[str]) -> list[tuple[
     return hits
 
 
-@pytest.fixture
-def lake(spark, lakehouse):
+def _build_lake(spark, lakehouse: Path):
     """bronze + silver (via clean) + quarantine + identity map, edges, excluded + a gold table.
 
     The person: events p1..p5 (p4 consent=false, p5 anonymous only: both linked to the person
@@ -106,15 +105,32 @@ def lake(spark, lakehouse):
     return cfg, h
 
 
+@pytest.fixture
+def lake(spark, lakehouse):
+    """A fresh lake of :func:`_build_lake` for one test."""
+    return _build_lake(spark, lakehouse)
+
+
+@pytest.fixture(scope="module")
+def erased(spark, tmp_path_factory):
+    """One lake of :func:`_build_lake` with a checkpoint of silver.events, erased by the email
+    once (request e1): ``cfg, h, summary, silver version before``. Shared by the tests that
+    check that one erasure; a test that erases again may only add what a rerun adds (nothing)."""
+    lakehouse = tmp_path_factory.mktemp("erased") / "lakehouse"
+    lakehouse.mkdir()
+    cfg, h = _build_lake(spark, lakehouse)
+    old_silver = tables.version(spark, cfg, "silver.events")
+    assert maintain.checkpoint(spark, cfg.table_path("silver.events")) is not None   # a checkpoint to search too
+    summary = erase.run(JobContext(spark, cfg, run_id="e1", args={"identifier": [EMAIL]}))
+    return cfg, h, summary, old_silver
+
+
 def _hashes_of_person(h) -> list[str]:
     return [h(v) for v in (EMAIL, SECOND, PHONE, DEV_P, USER_P, ANON_P, ANON_Q)]
 
 
-def test_erase_by_email_removes_person_everywhere_and_history(spark, lake):
-    cfg, h = lake
-    old_silver = tables.version(spark, cfg, "silver.events")
-    assert maintain.checkpoint(spark, cfg.table_path("silver.events")) is not None   # a checkpoint to search too
-    summary = erase.run(JobContext(spark, cfg, run_id="e1", args={"identifier": [EMAIL]}))
+def test_erase_by_email_removes_person_everywhere_and_history(spark, erased):
+    cfg, h, summary, old_silver = erased
     # the email was given; the rest is found through the identity map (p2, p3), the edges (the
     # second email: the broken line holding it), and one hop over events (p4's anonymous id: p5)
     assert summary["removed_by_table"] == {
@@ -157,9 +173,8 @@ def test_erase_by_email_removes_person_everywhere_and_history(spark, lake):
     assert _traces(lake_dir, [KEEP], [h(KEEP)]) != []
 
 
-def test_ledger_has_no_identifier_in_clear_and_a_rerun_is_idempotent(spark, lake):
-    cfg, h = lake
-    first = erase.run(JobContext(spark, cfg, run_id="e1", args={"identifier": [EMAIL]}))
+def test_ledger_has_no_identifier_in_clear_and_a_rerun_is_idempotent(spark, erased):
+    cfg, h, first, _ = erased
     rows = tables.read(spark, cfg, "ops.erasure_requests").collect()
     assert len(rows) == 1
     row = rows[0].asDict()

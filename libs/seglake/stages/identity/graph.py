@@ -203,7 +203,8 @@ def resolve(edges: DataFrame, nodes: DataFrame, previous: DataFrame | None = Non
     all_nodes = nodes.select("identifier_type", "identifier").unionByName(
         edges.select(F.col("src_type").alias("identifier_type"), F.col("src").alias("identifier"))).unionByName(
         edges.select(F.col("dst_type").alias("identifier_type"), F.col("dst").alias("identifier"))).distinct()
-    all_nodes = all_nodes.withColumn("nid", node_id)
+    # read three times (collision check, self-loops, naming): materialized once
+    all_nodes = all_nodes.withColumn("nid", node_id).localCheckpoint()
     # 64-bit ids: a collision would link two strangers, so check (one small aggregate)
     collisions = all_nodes.groupBy("nid").count().filter("count > 1").limit(1).count()
     if collisions:
@@ -223,5 +224,8 @@ def resolve(edges: DataFrame, nodes: DataFrame, previous: DataFrame | None = Non
         cc, rounds = graphframes_components(graph, max_iterations), 0
     else:
         raise ValueError(f"identity.engine must be 'native' or 'graphframes', got {engine!r}")
-    comps = all_nodes.join(cc, all_nodes["nid"] == cc["id"]).select("identifier_type", "identifier", "component")
+    # one row per identifier; assign_customer_ids reads it four times (representatives, previous
+    # ids, virtual nodes, the final map): materialized once instead of re-running the rounds' plan
+    comps = (all_nodes.join(cc, all_nodes["nid"] == cc["id"])
+             .select("identifier_type", "identifier", "component").localCheckpoint())
     return assign_customer_ids(comps, previous, prefix, customer_sizes, key=key), rounds
