@@ -9,7 +9,7 @@ SOAK_ROUNDS ?= 24
 BIN       := $(VENV)/bin
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: setup demo test test-fast soak bench compare report clean-lakehouse
+.PHONY: setup demo test test-slow test-all soak bench compare report clean-lakehouse
 
 setup: $(VENV)/.seglake-setup
 
@@ -24,11 +24,16 @@ $(VENV)/.seglake-setup: setup.py
 demo: setup
 	$(BIN)/seglake demo --events $(EVENTS) --lakehouse $(LAKEHOUSE)
 
+# the everyday suite (every test not marked slow); CI runs it, then test-slow
 test: setup
-	$(BIN)/pytest
-
-test-fast: setup
 	$(BIN)/pytest -m "not slow"
+
+# the longer end-to-end tests: the shared pipeline run, reliability (kill, concurrency), cluster, S3
+test-slow: setup
+	$(BIN)/pytest -m slow
+
+test-all: setup
+	$(BIN)/pytest
 
 # on demand: randomized kill -9 soak of the chain (tests/reliability/test_soak.py, figures in
 # test-artifacts/soak.json), and a real process killed at every commit boundary of every stage

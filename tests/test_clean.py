@@ -256,6 +256,7 @@ def _run(spark, cfg, run_id):
     return run_job(_ctx(spark, cfg, run_id), "clean").summary
 
 
+@pytest.mark.slow
 def test_run_twice_and_resent_across_batches(spark, cfg):
     batch1 = [raw(event_id="e1"), raw(event_id="e1"), raw(event_id="e2", duration_ms=None),
               raw(event_id="bad", event_type="click_xyz"), raw(event_id="e3", email="p@x.io", consent="false")]
@@ -298,6 +299,7 @@ def test_run_twice_and_resent_across_batches(spark, cfg):
     assert r3["error"] is None and r1["duration_s"] > 0
 
 
+@pytest.mark.slow
 def test_a_batch_above_the_reject_share_is_set_aside_and_later_batches_are_cleaned(spark, lakehouse):
     from conftest import make_cfg
     cfg = make_cfg(lakehouse, clean={"max_reject_share": 0.3})
@@ -335,6 +337,7 @@ def test_a_batch_above_the_reject_share_is_set_aside_and_later_batches_are_clean
     assert sorted(r["event_id"] for r in tables.read(spark, cfg, "silver.events").collect()) == ["g1", "g3", "g4", "ok1"]
 
 
+@pytest.mark.slow
 def test_a_batch_failing_a_critical_expectation_alone_is_set_aside_and_the_others_are_cleaned(spark, lakehouse,
                                                                                              tmp_path):
     """An operator's own critical expectation (price at most 1000) fails on the two batches

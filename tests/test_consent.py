@@ -278,6 +278,7 @@ def test_a_withdrawal_follows_its_identifier_into_a_merged_customer(spark, cfg):
 # --------------------------------------------------------------------------- (e) features and labels
 
 
+@pytest.mark.slow
 def test_features_after_the_withdrawal_have_no_row_and_others_are_unchanged(spark, cfg):
     from seglake.stages import enriched, features
 

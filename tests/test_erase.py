@@ -129,6 +129,7 @@ def _hashes_of_person(h) -> list[str]:
     return [h(v) for v in (EMAIL, SECOND, PHONE, DEV_P, USER_P, ANON_P, ANON_Q)]
 
 
+@pytest.mark.slow
 def test_erase_by_email_removes_person_everywhere_and_history(spark, erased):
     cfg, h, summary, old_silver = erased
     # the email was given; the rest is found through the identity map (p2, p3), the edges (the
@@ -173,6 +174,7 @@ def test_erase_by_email_removes_person_everywhere_and_history(spark, erased):
     assert _traces(lake_dir, [KEEP], [h(KEEP)]) != []
 
 
+@pytest.mark.slow
 def test_ledger_has_no_identifier_in_clear_and_a_rerun_is_idempotent(spark, erased):
     cfg, h, first, _ = erased
     rows = tables.read(spark, cfg, "ops.erasure_requests").collect()

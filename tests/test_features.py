@@ -189,6 +189,7 @@ def test_scaling_matches_sklearn_and_reuses_saved_stats(spark):
         features.scaling_stats(feats, ["no_such_feature"])
 
 
+@pytest.mark.slow
 def test_features_job_backfill_is_idempotent(spark, cfg):
     from seglake.stages import identity
     from seglake.core import tables

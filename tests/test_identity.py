@@ -233,6 +233,7 @@ def _events(spark, rows, ingested):
     return spark.createDataFrame(out, EVENT_DDL)
 
 
+@pytest.mark.slow
 def test_run_full_then_incremental(spark, cfg):
     from seglake.core import tables
     batch1 = [("u1", "a1", "d1", None, True), ("u2", "a2", None, "e2", True), (None, "a3", "d3", None, True),

@@ -438,6 +438,7 @@ def _features_only_conf(tmp_path: Path, edit=None) -> Path:
     return conf
 
 
+@pytest.mark.slow
 def test_run_history_changes_health_and_threshold_edit(spark, lakehouse, tmp_path):
     """Two as-of dates, a rerun, then a YAML threshold edit that changes membership."""
     from seglake.core import tables
