@@ -1,7 +1,7 @@
 """Packaging for seglake: behavioral customer segmentation on Spark + Delta Lake.
 
 The runtime pins below are one set known to install and run together (see README,
-"Versions"). The JVM side (Delta Lake jars) is pinned in ``libs/seglake/jvm.py``;
+"Versions"). The JVM side (Delta Lake jars, the Kafka source) is pinned in ``libs/seglake/core/jvm.py``;
 the Python ``delta-spark`` version must equal the Delta jar version.
 """
 from setuptools import find_packages, setup
@@ -15,6 +15,8 @@ INSTALL_REQUIRES = [
     "pandas>=2.2,<3",
     "pyyaml>=6,<7",
     "matplotlib>=3.8,<4",
+    # seglake stream produce, topic admin (bundles librdkafka)
+    "confluent-kafka==2.16.1",
 ]
 
 EXTRAS_REQUIRE = {

@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(report)
     report.add_argument("--out", default=None, help="report file (default <lakehouse>/report/index.html)")
 
+    kafka = verbs.add_parser("kafka", help="start, stop or show a local single-node Kafka broker (KRaft)",
+                             description="A real Apache Kafka broker on 127.0.0.1 (jars from Maven Central, "
+                                         "cached once), recorded and stopped by its pid.")
+    from seglake.devtools import kafka as kafka_broker
+    kafka_broker.add_arguments(kafka)
+
     setup = verbs.add_parser("setup", help="download and cache the JVM jars (Maven) once",
                              description="Resolve the Delta jars and the configured spark.extra_packages "
                                          "into the local jar cache (once; later runs need no network).")
@@ -244,8 +250,9 @@ def cmd_setup(args) -> int:
     from seglake.core import jvm
     coords = jvm.coordinates(_config(args).get("spark.extra_packages"))  # ConfigError: exit 2
     jars = jvm.ensure_jars(coords)
-    print(f"{len(jars)} jars cached in {jvm.jar_dir(coords)}; cluster users pass --packages "
-          f"{jvm.packages_arg(coords)}")
+    kafka = jvm.kafka_source_jars()
+    print(f"{len(jars)} jars cached in {jvm.jar_dir(coords)}, the Kafka source's {len(kafka)} in "
+          f"{kafka[0].parent}; cluster users pass --packages {jvm.packages_arg(coords + jvm.KAFKA_SOURCE)}")
     return EXIT_OK
 
 
@@ -261,6 +268,11 @@ def explain(exc: BaseException, max_lines: int = 3) -> str:
     return " ... ".join(picked)
 
 
+def cmd_kafka(args) -> int:
+    from seglake.devtools import kafka
+    return kafka.command(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -271,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     from seglake.core.config import ConfigError
     from seglake.core.jvm import JarResolutionError
     from seglake.core.spark import SparkStartError
-    handlers = {"run": cmd_run, "demo": cmd_demo, "generate": cmd_generate, "report": cmd_report, "setup": cmd_setup}
+    handlers = {"run": cmd_run, "demo": cmd_demo, "generate": cmd_generate, "report": cmd_report, "setup": cmd_setup,
+                "kafka": cmd_kafka}
     try:
         return handlers[args.verb](args)
     except ConfigError as exc:

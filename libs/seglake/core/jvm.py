@@ -31,6 +31,18 @@ GRAPHFRAMES_COORDINATE = "io.graphframes:graphframes-spark4_2.13:0.12.3"
 # classpath duplicates.
 _EXCLUDE_GROUPS = "org.apache.spark,org.scala-lang"
 
+#: Spark's Kafka source for Structured Streaming (`seglake run stream`). 4.1.3, not 4.1.1:
+#: 4.1.1's source fails with an NPE in KafkaMicroBatchStream.metrics after a kill mid-batch.
+KAFKA_SOURCE_VERSION = "4.1.3"
+KAFKA_SOURCE: tuple[str, ...] = (f"org.apache.spark:spark-sql-kafka-0-10_2.13:{KAFKA_SOURCE_VERSION}",)
+#: its token provider 4.1.3 is not on every Maven mirror (not on this project's build machines):
+#: pinned to 4.1.1, which works with the 4.1.3 source (a direct dependency would not override it)
+KAFKA_SOURCE_PINS: tuple[str, ...] = ("org.apache.spark:spark-token-provider-kafka-0-10_2.13:4.1.1",)
+# what Spark's distribution ships of the source's dependencies (the source itself is
+# org.apache.spark, so that group cannot be excluded wholesale)
+_KAFKA_EXCLUDE_GROUPS = "org.scala-lang,org.apache.hadoop,org.lz4,org.xerial.snappy,org.slf4j,com.github.luben"
+_KAFKA_EXCLUDE_ARTIFACTS = "spark-tags_2.13"
+
 
 class JarResolutionError(RuntimeError):
     """Raised when the JVM dependencies cannot be resolved or found."""
@@ -62,58 +74,74 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "seglake" / "jars"
 
 
-def jar_dir(coordinates: tuple[str, ...] = COORDINATES) -> Path:
-    key = hashlib.sha256("\n".join(sorted(coordinates)).encode()).hexdigest()[:12]
+def _variant(exclude_groups: str, managed: tuple[str, ...], exclude_artifacts: str) -> str:
+    """The part of the cache key beyond the coordinates ('' for the default Delta set)."""
+    if exclude_groups == _EXCLUDE_GROUPS and not managed and not exclude_artifacts:
+        return ""
+    return f"|{exclude_groups}|{','.join(managed)}|{exclude_artifacts}"
+
+
+def jar_dir(coordinates: tuple[str, ...] = COORDINATES, variant: str = "") -> Path:
+    key = hashlib.sha256(("\n".join(sorted(coordinates)) + variant).encode()).hexdigest()[:12]
     return cache_root() / key
 
 
-def _pom(coordinates: tuple[str, ...]) -> str:
-    deps = []
-    for coord in coordinates:
-        group, artifact, version = coord.split(":")
-        deps.append(
-            f"<dependency><groupId>{group}</groupId><artifactId>{artifact}</artifactId>"
-            f"<version>{version}</version></dependency>"
-        )
+def _dependency(coord: str) -> str:
+    group, artifact, version = coord.split(":")
+    return (f"<dependency><groupId>{group}</groupId><artifactId>{artifact}</artifactId>"
+            f"<version>{version}</version></dependency>")
+
+
+def _pom(coordinates: tuple[str, ...], managed: tuple[str, ...] = ()) -> str:
+    deps = "".join(_dependency(c) for c in coordinates)
+    pinned = ("<dependencyManagement><dependencies>" + "".join(_dependency(c) for c in managed)
+              + "</dependencies></dependencyManagement>") if managed else ""
     return (
         '<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>'
         "<groupId>seglake</groupId><artifactId>seglake-jvm-deps</artifactId><version>1</version>"
-        f"<dependencies>{''.join(deps)}</dependencies></project>"
+        f"{pinned}<dependencies>{deps}</dependencies></project>"
     )
 
 
-def cached_jars(coordinates: tuple[str, ...] = COORDINATES) -> list[Path] | None:
+def cached_jars(coordinates: tuple[str, ...] = COORDINATES, variant: str = "") -> list[Path] | None:
     """The cached jar files, or None when the cache is not complete."""
-    target = jar_dir(coordinates)
+    target = jar_dir(coordinates, variant)
     if not (target / ".complete").exists():
         return None
     return sorted(target.glob("*.jar"))
 
 
-def ensure_jars(coordinates: tuple[str, ...] = COORDINATES) -> list[Path]:
+def ensure_jars(coordinates: tuple[str, ...] = COORDINATES, *, exclude_groups: str = _EXCLUDE_GROUPS,
+                managed: tuple[str, ...] = (), exclude_artifacts: str = "") -> list[Path]:
     """Return the local jar files for ``coordinates``, resolving them once with Maven.
+
+    ``exclude_groups`` / ``exclude_artifacts`` (comma-separated) are left out of the copy
+    (by default what Spark's distribution ships: Spark and Scala); ``managed`` pins versions
+    of transitive dependencies (Maven ``dependencyManagement``).
 
     Raises JarResolutionError with Maven's own explanation when resolution fails.
     """
-    jars = cached_jars(coordinates)
+    variant = _variant(exclude_groups, managed, exclude_artifacts)
+    jars = cached_jars(coordinates, variant)
     if jars:
         return jars
     mvn = shutil.which("mvn")
     if mvn is None:
         raise JarResolutionError(
-            "Maven ('mvn') is needed once to download the Delta Lake jars "
-            f"({packages_arg(coordinates)}) into {jar_dir(coordinates)}; install Maven "
+            "Maven ('mvn') is needed once to download the JVM jars "
+            f"({packages_arg(coordinates)}) into {jar_dir(coordinates, variant)}; install Maven "
             "(apt-get install maven) or set SEGLAKE_JARS_CACHE to a folder holding them."
         )
-    target = jar_dir(coordinates)
+    target = jar_dir(coordinates, variant)
     staging = Path(tempfile.mkdtemp(prefix="seglake-jars-"))
     log.info("Resolving JVM dependencies %s from Maven Central (once) ...", packages_arg(coordinates))
-    (staging / "pom.xml").write_text(_pom(coordinates))
-    cmd = [
-        mvn, "-B", "-q", "-f", str(staging / "pom.xml"), "dependency:copy-dependencies",
-        "-DincludeScope=runtime", f"-DexcludeGroupIds={_EXCLUDE_GROUPS}",
-        f"-DoutputDirectory={staging / 'jars'}",
-    ]
+    (staging / "pom.xml").write_text(_pom(coordinates, managed))
+    cmd = [mvn, "-B", "-q", "-f", str(staging / "pom.xml"), "dependency:copy-dependencies",
+           "-DincludeScope=runtime", f"-DoutputDirectory={staging / 'jars'}"]
+    if exclude_groups:
+        cmd.append(f"-DexcludeGroupIds={exclude_groups}")
+    if exclude_artifacts:
+        cmd.append(f"-DexcludeArtifactIds={exclude_artifacts}")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         detail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
@@ -130,6 +158,13 @@ def ensure_jars(coordinates: tuple[str, ...] = COORDINATES) -> list[Path]:
     jars = sorted(target.glob("*.jar"))
     log.info("Cached %d jars in %s", len(jars), target)
     return jars
+
+
+def kafka_source_jars() -> list[Path]:
+    """Spark's Kafka source and its own dependencies (kafka-clients, commons-pool2, the token
+    provider), resolved once into the jar cache; every local session puts them on its classpath."""
+    return ensure_jars(KAFKA_SOURCE, exclude_groups=_KAFKA_EXCLUDE_GROUPS, managed=KAFKA_SOURCE_PINS,
+                       exclude_artifacts=_KAFKA_EXCLUDE_ARTIFACTS)
 
 
 def main() -> int:

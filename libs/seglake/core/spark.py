@@ -74,7 +74,7 @@ def get_spark(cfg: Config, app_name: str | None = None) -> "SparkSession":
         # Python workers must be this interpreter (the venv with pandas/pyarrow), not
         # whatever `python3` is first on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        jars = jvm.ensure_jars(coords)
+        jars = jvm.ensure_jars(coords) + jvm.kafka_source_jars()
         builder = (
             builder.master(spark_cfg["master"])
             .config("spark.driver.memory", spark_cfg["driver_memory"])

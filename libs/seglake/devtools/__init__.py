@@ -1,1 +1,1 @@
-"""Developer tooling: the synthetic data generator and the local standalone cluster. Not imported by core or stages."""
+"""Developer tooling: the synthetic data generator, the local standalone cluster and the local Kafka broker. Not imported by core or stages."""

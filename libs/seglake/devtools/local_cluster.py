@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,9 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from seglake.devtools.procs import HOST, free_port, tail as _tail
+from seglake.devtools.procs import is_ours as _is_ours, reap as _reap
+
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 STATE_FILE = "cluster.json"
@@ -73,18 +74,6 @@ def default_dir() -> Path:
     if env:
         return Path(env).expanduser().resolve()
     return Path(tempfile.gettempdir()) / f"seglake-cluster-{os.getuid()}"
-
-
-def free_port(preferred: int | None = None) -> int:
-    """``preferred`` when it is free on loopback, else any free port."""
-    for port in ([preferred] if preferred else []) + [0]:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((HOST, port))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
-    raise ClusterError("no free TCP port on 127.0.0.1")
 
 
 def spark_env() -> dict[str, str]:
@@ -153,19 +142,6 @@ class LocalCluster:
         return sum(1 for w in self.master_state().get("workers", []) if w.get("state") == "ALIVE")
 
 
-def _is_ours(pid: int, main_class: str) -> bool:
-    """True when ``pid`` is still a running JVM of ``main_class`` (guards against pid reuse)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        state = "?"
-    return main_class in cmdline and state != "Z"
-
-
 def _class_of(role: str) -> str:
     return MASTER_CLASS if role == "master" else WORKER_CLASS
 
@@ -178,13 +154,6 @@ def _launch(role: str, args: list[str], log_path: Path, webui_port: int) -> Proc
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=spark_env(), start_new_session=True)
     return Process(role, proc.pid, str(log_path), webui_port)
-
-
-def _tail(path: str, lines: int = 15) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def start(folder: str | Path | None = None, workers: int = 2, cores: int = 1, memory: str = "2g",
@@ -293,14 +262,6 @@ def stop(cluster: LocalCluster | str | Path | None = None, grace: float = 20.0) 
     return signalled
 
 
-def _reap(pid: int) -> None:
-    """Collect the exit status when the pid is our own child (no zombie left behind)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
 def status(folder: str | Path | None = None) -> dict:
     """What is recorded and what runs: master URL, each process alive or not, ALIVE workers."""
     cluster = LocalCluster.load(folder)
@@ -397,7 +358,7 @@ def submit(master_url: str, job: str, lakehouse: str | Path, wheel: str | Path |
     source = Path(source or repo_root())
     script = Path(script) if script else job_script(job, source)
     wheel = Path(wheel) if wheel else build_wheel(source=source)
-    jars = jars if jars is not None else jvm.ensure_jars()
+    jars = jars if jars is not None else jvm.ensure_jars() + jvm.kafka_source_jars()
     lakehouse = Path(lakehouse).expanduser().resolve()
     args = ["--env", env, "--lakehouse", str(lakehouse), "--conf-dir", str(source / "conf"),
             *(extra_args or [])]

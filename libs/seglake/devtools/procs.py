@@ -1,0 +1,76 @@
+"""Background JVM processes the dev tools start (Spark master and workers, the Kafka broker).
+
+Each is recorded by pid when started and stopped by that pid only, and only while the pid
+still runs the class it was started with (never processes found by name).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+def free_port(preferred: int | None = None) -> int:
+    """``preferred`` when it is free on loopback, else any free port."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError("no free TCP port on 127.0.0.1")
+
+
+def is_ours(pid: int, marker: str) -> bool:
+    """True when ``pid`` still runs and its command line holds ``marker`` (guards against pid reuse)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        state = "?"
+    return marker in cmdline and state != "Z"
+
+
+def reap(pid: int) -> None:
+    """Collect the exit status when the pid is our own child (no zombie left behind)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def tail(path: str | Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def terminate(pid: int, marker: str, grace: float = 20.0) -> bool:
+    """SIGTERM ``pid`` when it is ours, SIGKILL after ``grace`` seconds; True when it was signalled."""
+    if not is_ours(pid, marker):
+        reap(pid)
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace
+    while is_ours(pid, marker) and time.monotonic() < deadline:
+        reap(pid)
+        time.sleep(0.2)
+    if is_ours(pid, marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    reap(pid)
+    return True
