@@ -162,3 +162,15 @@ def chain_lakes(spark, tmp_path_factory):
         out[stage] = root / f"after-{stage}"
         shutil.copytree(lake, out[stage])
     return out
+
+
+# --- one real Kafka broker per test run, for the tests that need one ------------------------
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory):
+    """A real single-node KRaft broker (seglake.devtools.kafka), stopped by its pid at the end."""
+    from seglake.devtools import kafka
+
+    folder = tmp_path_factory.mktemp("kafka")
+    broker = kafka.start(folder)
+    yield broker
+    kafka.stop(broker)

@@ -109,6 +109,27 @@ def build_parser() -> argparse.ArgumentParser:
     _common(report)
     report.add_argument("--out", default=None, help="report file (default <lakehouse>/report/index.html)")
 
+    stream = verbs.add_parser("stream", help="stream tools: `seglake stream produce` replays raw files into Kafka")
+    stream_verbs = stream.add_subparsers(dest="stream_verb", metavar="ACTION", required=True)
+    produce = stream_verbs.add_parser(
+        "produce", help="replay raw landing files into a Kafka topic in event-time order",
+        description="Replay raw files (JSON lines, CSV, Parquet; read as batch ingest reads them) into a "
+                    "Kafka topic in event-time order, with chosen shares of late, duplicated and "
+                    "malformed records (chosen by a hash: the same on every run).")
+    _common(produce)
+    produce.add_argument("--from", dest="source", default=None,
+                         help="folder of raw files (default <lakehouse>/_input/landing, the demo's)")
+    produce.add_argument("--bootstrap-servers", default=None,
+                         help="Kafka brokers (default stream.kafka_bootstrap_servers; a local broker: seglake kafka start)")
+    produce.add_argument("--topic", default=None, help="topic (default stream.topic); created when missing")
+    produce.add_argument("--partitions", type=_positive_int, default=2, help="partitions of a new topic (default 2)")
+    produce.add_argument("--rate", type=float, default=0.0, help="messages per second at most (default 0: no cap)")
+    produce.add_argument("--late-share", type=float, default=0.0, help="share sent late (default 0)")
+    produce.add_argument("--late-seconds", type=int, default=3600, help="how late (default 3600)")
+    produce.add_argument("--duplicate-share", type=float, default=0.0, help="share sent twice (default 0)")
+    produce.add_argument("--malformed-share", type=float, default=0.0, help="share cut in half (default 0)")
+    produce.add_argument("--seed", type=int, default=7)
+
     kafka = verbs.add_parser("kafka", help="start, stop or show a local single-node Kafka broker (KRaft)",
                              description="A real Apache Kafka broker on 127.0.0.1 (jars from Maven Central, "
                                          "cached once), recorded and stopped by its pid.")
@@ -268,6 +289,29 @@ def explain(exc: BaseException, max_lines: int = 3) -> str:
     return " ... ".join(picked)
 
 
+def cmd_stream(args) -> int:
+    from seglake.core.config import ConfigError
+    from seglake.stages.stream import produce
+    cfg = _config(args)
+    servers = args.bootstrap_servers or cfg.get("stream.kafka_bootstrap_servers")
+    if not servers:
+        raise ConfigError("no Kafka brokers: pass --bootstrap-servers HOST:PORT or set "
+                          "stream.kafka_bootstrap_servers (a local broker: seglake kafka start)")
+    source = args.source or str(Path(cfg.lakehouse) / "_input" / "landing")
+    if "://" not in source and not Path(source).is_dir():
+        raise ConfigError(f"--from {source}: no such folder (generate data first: seglake generate --out DIR)")
+    try:
+        summary = produce.produce(_spark(cfg, "seglake-stream-produce"), source, servers,
+                                  args.topic or cfg.get("stream.topic"), rate=args.rate, partitions=args.partitions,
+                                  late_share=args.late_share, late_seconds=args.late_seconds,
+                                  duplicate_share=args.duplicate_share, malformed_share=args.malformed_share,
+                                  seed=args.seed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    print(json.dumps(summary, indent=2))
+    return EXIT_OK
+
+
 def cmd_kafka(args) -> int:
     from seglake.devtools import kafka
     return kafka.command(args)
@@ -284,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     from seglake.core.jvm import JarResolutionError
     from seglake.core.spark import SparkStartError
     handlers = {"run": cmd_run, "demo": cmd_demo, "generate": cmd_generate, "report": cmd_report, "setup": cmd_setup,
-                "kafka": cmd_kafka}
+                "kafka": cmd_kafka, "stream": cmd_stream}
     try:
         return handlers[args.verb](args)
     except ConfigError as exc:

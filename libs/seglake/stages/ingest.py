@@ -249,7 +249,9 @@ def _read_parquet(spark: SparkSession, paths: list[str]) -> DataFrame:
     return out
 
 
-def _read(spark: SparkSession, fmt: str, paths: list[str]) -> DataFrame:
+def read_files(spark: SparkSession, fmt: str, paths: list[str]) -> DataFrame:
+    """Raw files of one format (json | csv | parquet) as bronze fields: the raw contract fields as
+    strings, ``_raw`` and ``_malformed`` (see the parse functions above), and ``_source_file``."""
     if fmt == "parquet":
         return _read_parquet(spark, paths)
     lines = spark.read.text(paths).select("value", F.col("_metadata.file_path").alias("_source_file"))
@@ -393,7 +395,7 @@ def _attempt(ctx: JobContext, landing: str, formats: list[str], source: str, max
         paths = [r["path"] for r in new_files if r["format"] == fmt]
         if paths:
             log.info("ingest: reading %d %s file(s)", len(paths), fmt)
-            parts.append(add_metadata(_read(spark, fmt, paths), fmt, source, ctx.run_id, ingested_at))
+            parts.append(add_metadata(read_files(spark, fmt, paths), fmt, source, ctx.run_id, ingested_at))
     batch = parts[0]
     for part in parts[1:]:
         batch = batch.unionByName(part)
