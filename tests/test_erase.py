@@ -197,6 +197,7 @@ def test_ledger_has_no_identifier_in_clear_and_a_rerun_is_idempotent(spark, eras
     assert len(rows2) == 1 and rows2[0].asDict() == row       # same request: same row, unchanged
 
 
+@pytest.mark.slow
 def test_erased_filter_suppresses_reingested_records_of_the_person(spark, lake, tmp_path):
     cfg, h = lake
     again = bronze_df(spark, [

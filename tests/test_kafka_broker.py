@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from seglake.devtools import kafka
 from seglake.devtools.procs import is_ours
 
@@ -65,6 +67,7 @@ def test_broker_serves_the_client_and_spark_restarts_with_its_data_and_stops_by_
     assert kafka.stop(folder) is None                          # nothing left to stop
 
 
+@pytest.mark.slow
 def test_the_cli_starts_reports_and_stops_a_broker(tmp_path):
     folder = tmp_path / "kafka-cli"
     env = {**os.environ, "SEGLAKE_KAFKA_DIR": str(folder)}
