@@ -164,6 +164,7 @@ def test_alternative_algorithms_recover_blobs(spark, algorithm):
     df.unpersist()
 
 
+@pytest.mark.slow
 def test_run_writes_labelled_clusters_profiles_mlflow_and_stability(spark, lakehouse):
     import mlflow
     from mlflow import MlflowClient

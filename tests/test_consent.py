@@ -215,6 +215,7 @@ def test_consent_events_become_ledger_rows_once(spark, cfg):
 # --------------------------------------------------------------------------- (c) from when
 
 
+@pytest.mark.slow
 def test_withdrawal_excludes_from_its_as_of_on_and_a_later_grant_re_includes(spark, cfg):
     _lake(spark, cfg)
     assert _keys(customer_events(spark, cfg, end=date(2026, 8, 27))) == {"a1", "a2", "b1", "e1"}

@@ -485,6 +485,7 @@ def _write_silver(spark, cfg, as_of):
                      cfg, "gold.segment_membership")
 
 
+@pytest.mark.slow
 def test_run_writes_the_gold_tables_idempotently(spark, cfg):
     from datetime import date
 

@@ -55,6 +55,7 @@ def test_maintain_is_a_job_but_not_part_of_the_chain():
     assert registry.load("maintain") is maintain
 
 
+@pytest.mark.slow
 def test_default_run_compacts_checkpoints_and_keeps_recent_files(spark, cfg, caplog):
     _build(spark, cfg)
     _build(spark, cfg, appends=2, table=OTHER)

@@ -115,6 +115,7 @@ def test_tuning_picks_the_depth_an_interaction_needs_by_holdout_and_by_cv(spark)
     train.unpersist()
 
 
+@pytest.mark.slow
 def test_gbt_beats_baseline_floor_champion_alias_and_reload(spark, cfg):
     import mlflow
     from mlflow import MlflowClient

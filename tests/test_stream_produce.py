@@ -91,6 +91,7 @@ def test_replay_sends_every_record_as_ingest_reads_it_in_event_time_order(spark,
     assert {k for k, v in got if v != BROKEN} == {f"u{i}" for i in range(9)}   # keyed by user_id
 
 
+@pytest.mark.slow
 def test_late_duplicate_and_cut_records_are_what_the_summary_says(spark, kafka_broker, tmp_path):
     landing, expected = _landing(tmp_path)
     summary = produce.produce(spark, str(landing), kafka_broker.bootstrap_servers, "replay-disturbed",

@@ -67,6 +67,12 @@ def run(ctx: JobContext) -> dict:
     return _run(ctx, datetime.now(timezone.utc))
 
 
+def clean_batches_now(ctx: JobContext, batch_ids: list[str]) -> dict:
+    """Clean only these bronze batches (those of them not cleaned yet): the stream's micro-batches
+    (:mod:`seglake.stages.stream`) go through exactly the batch clean, one batch at a time."""
+    return _run(ctx, datetime.now(timezone.utc), only=batch_ids)
+
+
 def _impute_decimals(cfg) -> int:
     decimals = cfg.get("clean.impute_decimals")     # an int: the config layer checks the type
     if not 0 <= decimals <= 9:
@@ -74,7 +80,7 @@ def _impute_decimals(cfg) -> int:
     return decimals
 
 
-def _run(ctx: JobContext, started: datetime) -> dict:
+def _run(ctx: JobContext, started: datetime, only: list[str] | None = None) -> dict:
     spark, cfg = ctx.spark, ctx.cfg
     decimals = _impute_decimals(cfg)                  # a config error fails before any work
     std = load_standards(cfg.conf_file(cfg.get("clean.standardize_file") or "standardize.yaml"))
@@ -82,7 +88,9 @@ def _run(ctx: JobContext, started: datetime) -> dict:
     bronze = tables.read(spark, cfg, BRONZE)
     check_bronze_schema(bronze)
 
-    batch_ids, skipped = clean_batches.pending(spark, cfg, bronze, bool(ctx.args.get("retry_set_aside")))
+    # only: the named batches (file statistics on _batch_id skip the rest of bronze)
+    scope = bronze if only is None else bronze.where(F.col("_batch_id").isin(list(only)))
+    batch_ids, skipped = clean_batches.pending(spark, cfg, scope, bool(ctx.args.get("retry_set_aside")))
     if skipped:
         log.warning("clean: %d set-aside batch(es) skipped (see %s; --retry-set-aside after a fix)",
                     len(skipped), clean_batches.CLEAN_SET_ASIDE)

@@ -69,11 +69,13 @@ def _strip_bom(value: Column) -> Column:
     return F.regexp_replace(value, "^\uFEFF", "")
 
 
-def parse_json_lines(lines: DataFrame) -> DataFrame:
+def parse_json_lines(lines: DataFrame, keep_blank: bool = False) -> DataFrame:
     """Parse JSON-lines text into bronze fields.
 
     Args:
         lines: ``value`` (one line of a .jsonl file) and ``_source_file``.
+        keep_blank: keep blank (or null) values as malformed records instead of dropping them
+            (a Kafka message is a record even when it is empty; a blank line in a file is not).
 
     Returns:
         The raw contract fields as strings (numbers, booleans and nested objects such as
@@ -81,9 +83,9 @@ def parse_json_lines(lines: DataFrame) -> DataFrame:
         line is not a JSON object). Blank lines are not records and are dropped.
     """
     require_columns(lines, ["value", "_source_file"], "parse_json_lines")
-    lines = lines.withColumn("value", _strip_bom(F.col("value")))
+    lines = lines.withColumn("value", _strip_bom(F.coalesce(F.col("value"), F.lit(""))))
     parsed = F.from_json(F.col("value"), _PARSE_SCHEMA, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT})
-    return (lines.where(F.trim(F.col("value")) != "")
+    return (lines.where(F.lit(keep_blank) | (F.trim(F.col("value")) != ""))
             .select(parsed.alias("p"), "value", "_source_file")
             .select(*_fields_from(F.col("p")), F.col("value").alias("_raw"),
                     (F.col("p").isNull() | F.col("p").getField(_CORRUPT).isNotNull()).alias("_malformed"),

@@ -1,6 +1,8 @@
-"""Streaming: Kafka -> bronze -> silver -> segment triggers (`seglake run stream`, issue #17).
+"""Streaming: Kafka -> bronze -> silver (-> segment triggers: not built yet, issue #17).
 
-Built so far: :mod:`seglake.stages.stream.produce` (`seglake stream produce`), which replays
-raw landing files into a Kafka topic. The streaming job itself (``run``) is not built yet, so
-`seglake run stream` still says it is not available (exit 3).
+- :mod:`seglake.stages.stream.job` — `seglake run stream`: the Kafka source through the batch
+  ingest parse and the batch clean, exactly once per micro-batch;
+- :mod:`seglake.stages.stream.produce` — `seglake stream produce`: replays raw landing files
+  into a Kafka topic.
 """
+from seglake.stages.stream.job import add_arguments, run  # noqa: F401 - the job's entry points

@@ -1,0 +1,135 @@
+"""`seglake run stream`: Kafka -> bronze.events_raw -> silver.events, exactly once.
+
+Spark's Kafka source reads the topic (``stream.topic``) in micro-batches of at most
+``stream.max_offsets_per_trigger`` messages; each micro-batch, in ``foreachBatch``:
+
+1. becomes bronze rows as batch ingest makes them from a JSON-lines file
+   (:func:`seglake.stages.ingest.parse_json_lines`; an empty message is a malformed record,
+   not dropped), with ``_source`` ``kafka``, ``_source_file`` ``kafka://topic/partition/offset``
+   and ``_batch_id`` ``stream-<query>-<micro-batch>``; appended to bronze as a Delta idempotent
+   write (``txnAppId`` = ``seglake-stream-<query id>``, ``txnVersion`` = the micro-batch id), so
+   a micro-batch replayed after a crash is not appended twice;
+2. is cleaned by the batch clean itself (:func:`seglake.stages.clean.clean_batches_now`: the
+   same standardize / quarantine / dedupe / impute / Great Expectations / MERGE into silver,
+   and the same ``ops.clean_batches`` ledger, so a replayed micro-batch that was already cleaned
+   is a no-op and one that was not is cleaned once). A micro-batch clean sets aside (reject share
+   above ``clean.max_reject_share``) stays in bronze, listed in ``ops.clean_set_aside``; the
+   stream goes on (``seglake run clean --retry-set-aside`` after a fix).
+
+The query id comes from the checkpoint (``<checkpoints>/stream/<topic>``): a restart with the same
+checkpoint resumes at the first offset not committed; a deleted checkpoint starts a new query id,
+so its micro-batch ids (from 0 again) are never mistaken for ones already written.
+
+``--trigger available-now`` (default, for schedulers) processes what the topic holds and stops;
+``--trigger continuous`` runs micro-batches every ``stream.interval_seconds`` until stopped
+(``--timeout-seconds`` for a bounded run). Identity: new events are linked by the next batch
+``seglake run identity`` (the stream does not resolve identities yet); trigger rules and
+``gold.segment_triggers`` are not built yet (issue #17).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from seglake.core import tables
+from seglake.core.config import ConfigError, join
+from seglake.core.context import JobContext
+from seglake.core.contracts import BRONZE_EVENTS
+from seglake.stages import clean, ingest
+
+log = logging.getLogger(__name__)
+
+TRIGGERS = ("available-now", "continuous")
+SOURCE = "kafka"
+
+
+def add_arguments(parser) -> None:  # noqa: D103 - argparse hook
+    parser.add_argument("--trigger", choices=TRIGGERS, default="available-now",
+                        help="available-now: what the topic holds, then stop (default); continuous: until stopped")
+    parser.add_argument("--bootstrap-servers", default=None, help="Kafka brokers (default stream.kafka_bootstrap_servers)")
+    parser.add_argument("--topic", default=None, help="topic (default stream.topic)")
+    parser.add_argument("--timeout-seconds", type=float, default=None,
+                        help="continuous: stop after this many seconds (default: run until stopped)")
+
+
+def checkpoint_dir(cfg, topic: str) -> str:
+    return join(cfg.path("checkpoints"), "stream", topic)
+
+
+def query_id(spark, checkpoint: str) -> str:
+    """The stream's query id as its checkpoint records it (``metadata``, written at the first start)."""
+    text = spark.read.text(join(checkpoint, "metadata")).first()[0]   # one line
+    return json.loads(text)["id"]
+
+
+def bronze_rows(batch: DataFrame, topic: str, batch_id: str) -> DataFrame:
+    """Kafka messages (value, partition, offset) -> bronze rows, as ingest makes them from JSON lines."""
+    lines = batch.select(F.col("value").cast("string").alias("value"),
+                         F.concat_ws("/", F.lit(f"kafka://{topic}"), F.col("partition").cast("string"),
+                                     F.col("offset").cast("string")).alias("_source_file"))
+    return ingest.add_metadata(ingest.parse_json_lines(lines, keep_blank=True), "json", SOURCE, batch_id,
+                               F.current_timestamp())
+
+
+def run(ctx: JobContext) -> dict:
+    spark, cfg, args = ctx.spark, ctx.cfg, ctx.args
+    servers = args.get("bootstrap_servers") or cfg.get("stream.kafka_bootstrap_servers")
+    if not servers:
+        raise ConfigError("no Kafka brokers: pass --bootstrap-servers HOST:PORT or set "
+                          "stream.kafka_bootstrap_servers (a local broker: seglake kafka start)")
+    topic = args.get("topic") or cfg.get("stream.topic")
+    trigger = args.get("trigger") or "available-now"
+    if trigger not in TRIGGERS:
+        raise ConfigError(f"--trigger must be one of {', '.join(TRIGGERS)}, got {trigger!r}")
+    checkpoint = checkpoint_dir(cfg, topic)
+    totals = {"micro_batches": 0, "records_in": 0, "inserted": 0, "quarantined": 0, "set_aside": 0}
+    ids: dict[str, str] = {}
+
+    def process(batch: DataFrame, micro_batch: int) -> None:
+        qid = ids.setdefault("query", query_id(spark, checkpoint))
+        batch_id = f"stream-{qid[:8]}-{micro_batch:08d}"
+        tables.append(bronze_rows(batch, topic, batch_id), cfg, BRONZE_EVENTS,
+                      txn=(f"seglake-stream-{qid}", micro_batch))
+        done = clean.clean_batches_now(JobContext(spark, cfg, run_id=batch_id, args={"skip_docs": True}), [batch_id])
+        totals["micro_batches"] += 1
+        for key in ("records_in", "inserted", "quarantined"):
+            totals[key] += int(done.get(key) or 0)
+        if done.get("set_aside"):
+            totals["set_aside"] += 1
+            log.warning("stream: micro-batch %s set aside by clean (see ops.clean_set_aside): %s",
+                        batch_id, done["set_aside"])
+        log.info("stream: micro-batch %s: %s records, %s inserted, %s quarantined", batch_id,
+                 done.get("records_in"), done.get("inserted"), done.get("quarantined"))
+
+    source = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", servers)
+              .option("subscribe", topic).option("startingOffsets", cfg.get("stream.starting_offsets"))
+              .option("maxOffsetsPerTrigger", int(cfg.get("stream.max_offsets_per_trigger")))
+              .option("failOnDataLoss", "true").load())
+    writer = (source.writeStream.foreachBatch(process).option("checkpointLocation", checkpoint)
+              .queryName(f"seglake-stream-{topic}"))
+    writer = (writer.trigger(availableNow=True) if trigger == "available-now"
+              else writer.trigger(processingTime=f"{int(cfg.get('stream.interval_seconds'))} seconds"))
+    started = time.monotonic()
+    query = writer.start()
+    log.info("stream: query %s reading %s from %s (%s), checkpoint %s", query.id, topic, servers, trigger, checkpoint)
+    if trigger == "available-now":
+        query.awaitTermination()
+    else:
+        timeout = args.get("timeout_seconds")
+        try:
+            finished = query.awaitTermination(timeout) if timeout else query.awaitTermination()
+        finally:
+            if query.isActive:
+                query.stop()
+        log.info("stream: stopped after %.0f s (%s)", time.monotonic() - started,
+                 "query ended" if finished else "timeout")
+    if query.exception() is not None:
+        raise RuntimeError(f"the stream query failed: {query.exception()}")
+    if not totals["micro_batches"]:
+        ctx.status = "noop"
+    return {**totals, "topic": topic, "query_id": str(query.id), "checkpoint": checkpoint,
+            "seconds": round(time.monotonic() - started, 1)}
