@@ -347,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(busy, LeaseBusy):
             print(f"busy: {busy}", file=sys.stderr)
             return EXIT_BUSY
+        if isinstance(exc, JobFailed) and isinstance(exc.cause, ConfigError):   # found once the job ran
+            print(f"configuration error: job '{exc.job}': {exc.cause}", file=sys.stderr)
+            return EXIT_USAGE
         if isinstance(exc, JobFailed):
             log.debug("traceback", exc_info=exc.cause)
             print(f"error: job '{exc.job}' failed: {type(exc.cause).__name__}: {explain(exc.cause)}\n(rerun this job alone with: seglake run {exc.job}; add -v for the traceback)",
