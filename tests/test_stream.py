@@ -3,6 +3,7 @@ once: the same silver as batch ingest + clean of the same files, nothing twice o
 full resend."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -62,3 +63,30 @@ def test_stream_gives_batch_silver_exactly_once(spark, kafka_broker, tmp_path):
     assert _silver(spark, cfg) == _silver(spark, batch_cfg)
     batches = tables.read(spark, cfg, "ops.clean_batches").where(F.col("_batch_id").startswith("stream-"))
     assert batches.count() == first["micro_batches"] + resent["micro_batches"]
+
+
+@pytest.mark.slow
+def test_poison_messages_are_kept_in_bronze_and_set_aside_and_the_stream_goes_on(spark, kafka_broker, tmp_path):
+    from confluent_kafka import Producer
+
+    from test_stream_produce import _event
+    topic = "stream-poison"
+    produce.ensure_topic(kafka_broker.bootstrap_servers, topic, 1)
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap_servers})
+    for value in ("not json at all", ""):                     # a broken record and an empty message
+        producer.produce(topic, value=value.encode())
+    assert producer.flush(30) == 0
+    cfg = make_cfg(tmp_path / "lake", stream={"max_offsets_per_trigger": 1})   # one message per micro-batch
+    args = {"bootstrap_servers": kafka_broker.bootstrap_servers, "topic": topic}
+    first = run_job(JobContext(spark, cfg, args=args), "stream")
+    assert first.summary["micro_batches"] == 2 and first.summary["set_aside"] == 2    # no crash, no retry loop
+    bronze = tables.read(spark, cfg, "bronze.events_raw")
+    assert sorted((r["_raw"], r["_malformed"]) for r in bronze.collect()) == [("", True), ("not json at all", True)]
+    aside = tables.read(spark, cfg, "ops.clean_set_aside").select("_batch_id").collect()
+    assert sorted(r["_batch_id"] for r in aside) == sorted(r["_batch_id"] for r in bronze.select("_batch_id").collect())
+
+    producer.produce(topic, key=b"u1", value=json.dumps(_event(1)).encode())
+    assert producer.flush(30) == 0
+    later = run_job(JobContext(spark, cfg, args=args), "stream").summary
+    assert later["micro_batches"] == 1 and later["inserted"] == 1 and later["set_aside"] == 0
+    assert [r["event_id"] for r in tables.read(spark, cfg, "silver.events").collect()] == ["e0001"]
