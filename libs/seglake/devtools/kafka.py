@@ -25,13 +25,13 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from seglake.core import jvm
-from seglake.devtools.procs import HOST, free_port, is_ours, reap, tail, terminate
+from seglake.devtools.procs import (HOST, forget_state, free_port, is_ours, read_state, state_dir, tail,
+                                    terminate, write_state)
 
 KAFKA_VERSION = "4.1.1"
 #: the broker and its logging binding (without slf4j-simple the broker prints nothing)
@@ -45,10 +45,7 @@ class KafkaError(RuntimeError):
 
 
 def default_dir() -> Path:
-    env = os.environ.get("SEGLAKE_KAFKA_DIR")
-    if env:
-        return Path(env).expanduser().resolve()
-    return Path(tempfile.gettempdir()) / f"seglake-kafka-{os.getuid()}"
+    return state_dir("SEGLAKE_KAFKA_DIR", "kafka")
 
 
 def broker_jars() -> list[Path]:
@@ -77,14 +74,12 @@ class Broker:
         return is_ours(self.pid, str(self.config))
 
     def save(self) -> None:
-        (Path(self.dir) / STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
+        write_state(self.dir, STATE_FILE, asdict(self))
 
     @classmethod
     def load(cls, folder: str | Path | None = None) -> "Broker | None":
-        state = Path(folder or default_dir()) / STATE_FILE
-        if not state.exists():
-            return None
-        return cls(**json.loads(state.read_text()))
+        data = read_state(folder or default_dir(), STATE_FILE)
+        return None if data is None else cls(**data)
 
 
 def server_properties(folder: Path, port: int, controller_port: int) -> str:
@@ -141,16 +136,21 @@ def _answers(port: int) -> bool:
         return False
 
 
-def _ready(broker: Broker, proc: subprocess.Popen, timeout: float) -> None:
-    """Wait until the broker accepts connections and reports itself started in its log."""
+def _ready(broker: Broker, proc: subprocess.Popen, timeout: float, log_offset: int) -> None:
+    """Wait until the broker accepts connections and reports itself started in its log (in what
+    this start wrote, from ``log_offset`` on: the log of an earlier start says "started" too)."""
     deadline = time.monotonic() + timeout
+    started = False
     while time.monotonic() < deadline:
         # the exit status, not /proc: the java launcher re-executes itself right after the start
         if proc.poll() is not None:
             raise KafkaError(f"the Kafka broker (pid {broker.pid}) exited during start; end of {broker.log}:\n"
                              f"{tail(broker.log)}")
-        log_text = Path(broker.log).read_text(errors="replace") if Path(broker.log).exists() else ""
-        if "Kafka Server started" in log_text and _answers(broker.port):
+        if not started:
+            with open(broker.log, "rb") as log:
+                log.seek(log_offset)
+                started = b"Kafka Server started" in log.read()
+        if started and _answers(broker.port):
             return
         time.sleep(0.3)
     raise KafkaError(f"the Kafka broker did not start within {timeout:.0f} s; end of {broker.log}:\n{tail(broker.log)}")
@@ -173,13 +173,14 @@ def start(folder: str | Path | None = None, timeout: float = 90.0, heap: str = "
     _format(folder, classpath)
     log_path = folder / "broker.log"
     with open(log_path, "ab") as log:
+        log_offset = log.tell()
         proc = subprocess.Popen(_java(classpath, MAIN_CLASS, str(folder / "server.properties"), heap=heap),
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     broker = Broker(str(folder), proc.pid, port, controller_port, str(log_path), time.time())
     broker.save()
     try:
-        _ready(broker, proc, timeout)
+        _ready(broker, proc, timeout, log_offset)
     except KafkaError:
         stop(broker)
         raise
@@ -193,10 +194,7 @@ def stop(broker: Broker | str | Path | None = None, grace: float = 30.0) -> int 
         if broker is None:
             return None
     signalled = terminate(broker.pid, str(broker.config), grace)
-    reap(broker.pid)
-    state = Path(broker.dir) / STATE_FILE
-    if state.exists():
-        state.unlink()
+    forget_state(broker.dir, STATE_FILE)
     return broker.pid if signalled else None
 
 

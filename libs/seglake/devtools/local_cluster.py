@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,8 +35,8 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from seglake.devtools.procs import HOST, free_port, tail as _tail
-from seglake.devtools.procs import is_ours as _is_ours, reap as _reap
+from seglake.devtools.procs import HOST, forget_state, free_port, read_state, send_term, state_dir, wait_or_kill, write_state
+from seglake.devtools.procs import is_ours as _is_ours, tail as _tail
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
@@ -70,10 +69,7 @@ def repo_root() -> Path:
 
 
 def default_dir() -> Path:
-    env = os.environ.get("SEGLAKE_CLUSTER_DIR")
-    if env:
-        return Path(env).expanduser().resolve()
-    return Path(tempfile.gettempdir()) / f"seglake-cluster-{os.getuid()}"
+    return state_dir("SEGLAKE_CLUSTER_DIR", "cluster")
 
 
 def spark_env() -> dict[str, str]:
@@ -118,15 +114,13 @@ class LocalCluster:
         return f"http://{HOST}:{self.webui_port}"
 
     def save(self) -> None:
-        Path(self.dir).mkdir(parents=True, exist_ok=True)
-        (Path(self.dir) / STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
+        write_state(self.dir, STATE_FILE, asdict(self))
 
     @classmethod
     def load(cls, folder: str | Path | None = None) -> "LocalCluster | None":
-        path = Path(folder or default_dir()) / STATE_FILE
-        if not path.exists():
+        data = read_state(folder or default_dir(), STATE_FILE)
+        if data is None:
             return None
-        data = json.loads(path.read_text())
         data["processes"] = [Process(**p) for p in data.get("processes", [])]
         return cls(**data)
 
@@ -237,28 +231,13 @@ def stop(cluster: LocalCluster | str | Path | None = None, grace: float = 20.0) 
         cluster = LocalCluster.load(cluster)
         if cluster is None:
             return []
-    signalled = []
-    for p in sorted(cluster.processes, key=lambda p: p.role == "master"):  # workers first
-        if _is_ours(p.pid, _class_of(p.role)):
-            try:
-                os.kill(p.pid, signal.SIGTERM)
-                signalled.append(p.pid)
-            except ProcessLookupError:
-                pass
+    # every process signalled first (workers first), then all waited for against one deadline
+    signalled = [p.pid for p in sorted(cluster.processes, key=lambda p: p.role == "master")
+                 if send_term(p.pid, _class_of(p.role))]
     deadline = time.monotonic() + grace
     for p in cluster.processes:
-        while _is_ours(p.pid, _class_of(p.role)) and time.monotonic() < deadline:
-            _reap(p.pid)
-            time.sleep(0.2)
-        if _is_ours(p.pid, _class_of(p.role)):
-            try:
-                os.kill(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        _reap(p.pid)
-    state = Path(cluster.dir) / STATE_FILE
-    if state.exists():
-        state.unlink()
+        wait_or_kill(p.pid, _class_of(p.role), deadline)
+    forget_state(cluster.dir, STATE_FILE)
     return signalled
 
 

@@ -5,9 +5,11 @@ still runs the class it was started with (never processes found by name).
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,8 +56,30 @@ def tail(path: str | Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def terminate(pid: int, marker: str, grace: float = 20.0) -> bool:
-    """SIGTERM ``pid`` when it is ours, SIGKILL after ``grace`` seconds; True when it was signalled."""
+def state_dir(env_var: str, name: str) -> Path:
+    """``$env_var`` when set, else ``<tmp>/seglake-<name>-<uid>``: where a tool keeps its state."""
+    env = os.environ.get(env_var)
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(tempfile.gettempdir()) / f"seglake-{name}-{os.getuid()}"
+
+
+def write_state(folder: str | Path, name: str, data: dict) -> None:
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / name).write_text(json.dumps(data, indent=2))
+
+
+def read_state(folder: str | Path, name: str) -> dict | None:
+    path = Path(folder) / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def forget_state(folder: str | Path, name: str) -> None:
+    (Path(folder) / name).unlink(missing_ok=True)
+
+
+def send_term(pid: int, marker: str) -> bool:
+    """SIGTERM ``pid`` when it is ours; True when it was signalled."""
     if not is_ours(pid, marker):
         reap(pid)
         return False
@@ -63,7 +87,11 @@ def terminate(pid: int, marker: str, grace: float = 20.0) -> bool:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return False
-    deadline = time.monotonic() + grace
+    return True
+
+
+def wait_or_kill(pid: int, marker: str, deadline: float) -> None:
+    """Wait until ``pid`` is gone, SIGKILL it when still ours at ``deadline`` (time.monotonic)."""
     while is_ours(pid, marker) and time.monotonic() < deadline:
         reap(pid)
         time.sleep(0.2)
@@ -73,4 +101,11 @@ def terminate(pid: int, marker: str, grace: float = 20.0) -> bool:
         except ProcessLookupError:
             pass
     reap(pid)
+
+
+def terminate(pid: int, marker: str, grace: float = 20.0) -> bool:
+    """SIGTERM ``pid`` when it is ours, SIGKILL after ``grace`` seconds; True when it was signalled."""
+    if not send_term(pid, marker):
+        return False
+    wait_or_kill(pid, marker, time.monotonic() + grace)
     return True

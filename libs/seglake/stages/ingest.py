@@ -80,7 +80,8 @@ def parse_json_lines(lines: DataFrame, keep_blank: bool = False) -> DataFrame:
     Returns:
         The raw contract fields as strings (numbers, booleans and nested objects such as
         ``properties`` keep their JSON text), ``_raw`` (the line) and ``_malformed`` (the
-        line is not a JSON object). Blank lines are not records and are dropped.
+        line is not a JSON object). Blank lines are not records and are dropped, unless
+        ``keep_blank``.
     """
     require_columns(lines, ["value", "_source_file"], "parse_json_lines")
     lines = lines.withColumn("value", _strip_bom(F.coalesce(F.col("value"), F.lit(""))))

@@ -90,7 +90,9 @@ def run(ctx: JobContext) -> dict:
     ids: dict[str, str] = {}
 
     def process(batch: DataFrame, micro_batch: int) -> None:
-        qid = ids.setdefault("query", query_id(spark, checkpoint))
+        if "query" not in ids:                  # read once per run (setdefault would read it every batch)
+            ids["query"] = query_id(spark, checkpoint)
+        qid = ids["query"]
         batch_id = f"stream-{qid[:8]}-{micro_batch:08d}"
         tables.append(bronze_rows(batch, topic, batch_id), cfg, BRONZE_EVENTS,
                       txn=(f"seglake-stream-{qid}", micro_batch))

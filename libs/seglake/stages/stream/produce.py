@@ -25,6 +25,8 @@ from collections import Counter
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from seglake.core.config import ConfigError
+from seglake.core.spark import persist_events
 from seglake.stages import ingest
 from seglake.stages.clean_rules import parse_event_ts
 
@@ -78,9 +80,9 @@ def replay_frame(raw: DataFrame, *, late_share: float = 0.0, late_seconds: int =
     for name, share in (("late_share", late_share), ("duplicate_share", duplicate_share),
                         ("malformed_share", malformed_share)):
         if not 0.0 <= share <= 1.0:
-            raise ValueError(f"{name} must be between 0 and 1, got {share}")
+            raise ConfigError(f"{name} must be between 0 and 1, got {share}")
     if late_seconds < 0:
-        raise ValueError(f"late_seconds must be >= 0, got {late_seconds}")
+        raise ConfigError(f"late_seconds must be >= 0, got {late_seconds}")
     msgs = raw.select(F.coalesce("user_id", "anonymous_id", "device_id").alias("key"),
                       message_value(F.col("_format")).alias("value"),
                       parse_event_ts(F.col("event_ts")).alias("event_ts"))
@@ -119,14 +121,29 @@ def produce(spark: SparkSession, landing: str, bootstrap_servers: str, topic: st
             partitions: int = 2, late_share: float = 0.0, late_seconds: int = 3600,
             duplicate_share: float = 0.0, malformed_share: float = 0.0, seed: int = 7,
             progress_seconds: float = 10.0) -> dict:
-    """Send the raw records under ``landing`` to ``topic``; a summary of what was sent."""
-    from confluent_kafka import KafkaException, Producer
+    """Send the raw records under ``landing`` to ``topic``; a summary of what was sent.
+
+    Raises:
+        ConfigError: a share outside 0..1, a negative lateness or rate (before anything is sent).
+    """
     if rate < 0:
-        raise ValueError(f"rate must be >= 0 messages per second, got {rate}")
+        raise ConfigError(f"rate must be >= 0 messages per second, got {rate}")
     created = ensure_topic(bootstrap_servers, topic, partitions)
-    frame = replay_frame(read_landing(spark, landing), late_share=late_share, late_seconds=late_seconds,
-                         duplicate_share=duplicate_share, malformed_share=malformed_share, seed=seed)
-    ordered = frame.orderBy("send_at", "key", "value", "kind")
+    # read twice (the time span, then the sorted replay with its duplicates branch): parsed once
+    raw = persist_events(read_landing(spark, landing))
+    try:
+        frame = replay_frame(raw, late_share=late_share, late_seconds=late_seconds,
+                             duplicate_share=duplicate_share, malformed_share=malformed_share, seed=seed)
+        return _send(frame.orderBy("send_at", "key", "value", "kind"), bootstrap_servers, topic, rate,
+                     progress_seconds, created)
+    finally:
+        raw.unpersist()
+
+
+def _send(ordered: DataFrame, bootstrap_servers: str, topic: str, rate: float, progress_seconds: float,
+          created: bool) -> dict:
+    """Send ``ordered`` (key, value, kind) in its order, at most ``rate`` messages a second."""
+    from confluent_kafka import KafkaException, Producer
     errors: list[str] = []
 
     def delivered(err, _msg) -> None:
