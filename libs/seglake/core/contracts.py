@@ -86,6 +86,9 @@ CLEAN_SET_ASIDE = "ops.clean_set_aside"
 UNREADABLE_FILES = "ops.unreadable_files"
 ERASURE_REQUESTS = "ops.erasure_requests"   # seglake.core.erasure: the erasure ledger (hashes only)
 CONSENT_LEDGER = "ops.consent"   # seglake.stages.consent: grant/withdraw per identifier, with time
+SEGMENT_TRIGGERS = "gold.segment_triggers"   # seglake.stages.stream: one row per trigger firing
+STREAM_TIMERS = "ops.stream_timers"          # the stream's pending trigger timers (event keys, no identifiers)
+STREAM_PROGRESS = "ops.stream_progress"      # one row per stream micro-batch: watermark, late events, firings
 
 #: Every table of the contract, in the order of the flow (for object stores, where the
 #: lakehouse cannot be listed, and for the report's table inventory).
@@ -95,7 +98,7 @@ KNOWN_TABLES: tuple[str, ...] = (
     SEGMENT_HEALTH, SEGMENT_OVERLAP, CLUSTERS, CLUSTER_PROFILES, CLUSTER_SWEEP, PROPENSITY_SCORES,
     TRANSITION_MATRIX, JOURNEY_METRICS, JOURNEY_PATHS, RUN_LOG, INGESTED_FILES, CLEAN_BATCHES,
     IDENTITY_RUNS, CLEAN_SET_ASIDE, UNREADABLE_FILES, JOB_LEASES,
-    ERASURE_REQUESTS, CONSENT_LEDGER,
+    ERASURE_REQUESTS, CONSENT_LEDGER, SEGMENT_TRIGGERS, STREAM_TIMERS, STREAM_PROGRESS,
 )
 
 

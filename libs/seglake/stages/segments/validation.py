@@ -148,9 +148,10 @@ def parse_segments(text: str, source: str = "segments.yaml") -> list[Segment]:
     if not isinstance(data, dict) or not isinstance(data.get("segments"), list) \
             or not isinstance(items_node, yaml.SequenceNode):
         raise SegmentConfigError(source, ["line 1: the file must hold 'segments:' followed by a list of segments"])
-    unknown_top = [k for k in data if k != "segments"]
+    unknown_top = [k for k in data if k not in ("segments", "triggers")]
     if unknown_top:
-        problems.append(f"line 1: unknown top-level key '{unknown_top[0]}' (only 'segments' is allowed)")
+        problems.append(f"line 1: unknown top-level key '{unknown_top[0]}' (only 'segments' and 'triggers' "
+                        "are allowed)")
 
     segments: list[Segment] = []
     first_line: dict[str, int] = {}

@@ -20,17 +20,28 @@ The query id comes from the checkpoint (``<checkpoints>/stream/<topic>``): a res
 checkpoint resumes at the first offset not committed; a deleted checkpoint starts a new query id,
 so its micro-batch ids (from 0 again) are never mistaken for ones already written.
 
+3. advances the event-time watermark, starts timers for the trigger rules of
+   ``conf/segments.yaml`` (``triggers:``), judges the timers that are due and fires them into
+   ``gold.segment_triggers`` exactly once (:mod:`seglake.stages.stream.triggers`), and appends
+   its ``ops.stream_progress`` row (watermark, events, late events, timers, firings) as a Delta
+   idempotent write (``seglake-stream-progress-<query id>``, micro-batch id).
+
+Before the query starts, the timers already due at the recorded watermark are judged once, so
+a stream started after a batch ``seglake run identity`` fires the triggers that were waiting for
+their identifiers to be linked, even when the topic holds nothing new.
+
 ``--trigger available-now`` (default, for schedulers) processes what the topic holds and stops;
 ``--trigger continuous`` runs micro-batches every ``stream.interval_seconds`` until stopped
-(``--timeout-seconds`` for a bounded run). Identity: new events are linked by the next batch
-``seglake run identity`` (the stream does not resolve identities yet); trigger rules and
-``gold.segment_triggers`` are not built yet (issue #17).
+(``--timeout-seconds`` for a bounded run). Identity: the stream looks identifiers up in the
+current ``silver.identity_map``; an identifier it does not know yet is linked by the next batch
+``seglake run identity`` (its timers wait for that, up to ``stream.unlinked_wait_hours``).
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
+from datetime import datetime, timezone
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -40,6 +51,9 @@ from seglake.core.config import ConfigError, join
 from seglake.core.context import JobContext
 from seglake.core.contracts import BRONZE_EVENTS
 from seglake.stages import clean, ingest
+from seglake.stages.segments.job import segments_file
+from seglake.stages.segments.triggers import load_triggers
+from seglake.stages.stream import triggers as T
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +100,17 @@ def run(ctx: JobContext) -> dict:
     if trigger not in TRIGGERS:
         raise ConfigError(f"--trigger must be one of {', '.join(TRIGGERS)}, got {trigger!r}")
     checkpoint = checkpoint_dir(cfg, topic)
-    totals = {"micro_batches": 0, "records_in": 0, "inserted": 0, "quarantined": 0, "set_aside": 0}
+    rules = load_triggers(segments_file(cfg))        # a configuration error stops before any work
+    delay = float(cfg.get("stream.watermark_delay_minutes"))
+    totals = {"micro_batches": 0, "records_in": 0, "inserted": 0, "quarantined": 0, "set_aside": 0,
+              "late_events": 0, "timers": 0, "fired": 0}
     ids: dict[str, str] = {}
+    wm = {"now": T.watermark(spark, cfg, topic)}
+    # timers due at the recorded watermark (e.g. waiting for an identity run): judged before new data
+    first = T.judge(spark, cfg, rules, wm["now"], f"judge-{ctx.run_id}")
+    totals["fired"] += first["fired"]
+    if first["due"]:
+        log.info("stream: %s timers were due at the start (watermark %s): %s", first["due"], wm["now"], first)
 
     def process(batch: DataFrame, micro_batch: int) -> None:
         if "query" not in ids:                  # read once per run (setdefault would read it every batch)
@@ -104,8 +127,32 @@ def run(ctx: JobContext) -> dict:
             totals["set_aside"] += 1
             log.warning("stream: micro-batch %s set aside by clean (see ops.clean_set_aside): %s",
                         batch_id, done["set_aside"])
-        log.info("stream: micro-batch %s: %s records, %s inserted, %s quarantined", batch_id,
-                 done.get("records_in"), done.get("inserted"), done.get("quarantined"))
+        # triggers: read back what this micro-batch put in silver (also right after a crash and replay)
+        before = wm["now"]
+        events = T.new_events(spark, cfg, batch_id)
+        stats = T.batch_stats(events, before)
+        n_timers = 0
+        if rules:
+            timers = T.timers_for(events, rules, before, batch_id).localCheckpoint()
+            n_timers = timers.count()
+            T.register(spark, cfg, timers)
+        totals["timers"] += n_timers
+        wm["now"] = T.advance(before, stats["max_event_ts"], delay)
+        judged = T.judge(spark, cfg, rules, wm["now"], batch_id)
+        T.record_progress(spark, cfg, {
+            "topic": topic, "query_id": qid, "micro_batch": micro_batch, "batch_id": batch_id,
+            "watermark": wm["now"], "max_event_ts": stats["max_event_ts"], "events": stats["events"],
+            "late_events": stats["late_events"], "timers": n_timers, "due": judged["due"], "fired": judged["fired"],
+            "not_linked": judged["not_linked"], "committed_at": datetime.now(timezone.utc)},
+            txn=(f"seglake-stream-progress-{qid}", micro_batch))
+        totals["late_events"] += stats["late_events"]
+        totals["fired"] += judged["fired"]
+        if stats["late_events"]:
+            log.warning("stream: micro-batch %s: %s events older than the watermark %s (kept in bronze and "
+                        "silver, no trigger judged for them)", batch_id, stats["late_events"], before)
+        log.info("stream: micro-batch %s: %s records, %s inserted, %s quarantined; watermark %s, %s timers due, "
+                 "%s fired, %s waiting for identity", batch_id, done.get("records_in"), done.get("inserted"),
+                 done.get("quarantined"), wm["now"], judged["due"], judged["fired"], judged["not_linked"])
 
     source = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", servers)
               .option("subscribe", topic).option("startingOffsets", cfg.get("stream.starting_offsets"))
@@ -131,7 +178,8 @@ def run(ctx: JobContext) -> dict:
                  "query ended" if finished else "timeout")
     if query.exception() is not None:
         raise RuntimeError(f"the stream query failed: {query.exception()}")
-    if not totals["micro_batches"]:
+    if not totals["micro_batches"] and not first["due"]:
         ctx.status = "noop"
-    return {**totals, "topic": topic, "query_id": str(query.id), "checkpoint": checkpoint,
+    return {**totals, "watermark": str(wm["now"]) if wm["now"] else None,
+            "topic": topic, "query_id": str(query.id), "checkpoint": checkpoint,
             "seconds": round(time.monotonic() - started, 1)}
