@@ -9,7 +9,7 @@ import shutil
 import pytest
 from pyspark.sql import functions as F
 
-from conftest import make_cfg
+from conftest import REPO, make_cfg
 from seglake.core import tables
 from seglake.core.context import JobContext
 from seglake.core.runner import run_job
@@ -90,3 +90,117 @@ def test_poison_messages_are_kept_in_bronze_and_set_aside_and_the_stream_goes_on
     later = run_job(JobContext(spark, cfg, args=args), "stream").summary
     assert later["micro_batches"] == 1 and later["inserted"] == 1 and later["set_aside"] == 0
     assert [r["event_id"] for r in tables.read(spark, cfg, "silver.events").collect()] == ["e0001"]
+
+
+# --------------------------------------------------------------------------- triggers
+def known_identities(chain_lakes, lake):
+    """The stream lakehouse starts with the identity map a batch identity run built from the same
+    persons' history (as in production: the stream looks known identifiers up)."""
+    for table in ("identity_map", "identity_excluded"):
+        src = chain_lakes["identity"] / "silver" / table
+        if src.exists():
+            shutil.copytree(src, lake / "silver" / table)
+
+
+def _firings(spark, cfg):
+    rows = tables.read(spark, cfg, "gold.segment_triggers").collect()
+    return sorted((r["trigger"], r["customer_id"], r["event_key"]) for r in rows)
+
+
+REPO_YAML = REPO / "conf" / "segments.yaml"
+
+
+def _burst_before(t, views, p) -> bool:
+    """A product view in [t - cart_within, t] ending a burst of min_views views within view_window."""
+    import pandas as pd
+    win, within = pd.Timedelta(minutes=p["view_window_minutes"]), pd.Timedelta(minutes=p["cart_within_minutes"])
+    return any(t - within <= v <= t and sum(v - win <= w <= v for w in views) >= p["min_views"] for v in views)
+
+
+def _expected_firings(events, wm, rules):
+    """Every rule recomputed in pandas from the consented events with their customers (an
+    independent computation: the stream judges timers with Spark joins and windows)."""
+    import pandas as pd
+    hour = pd.Timedelta(hours=1)
+    ev = events.sort_values(["customer_id", "event_ts", "event_key"])
+    wm = pd.Timestamp(wm).tz_localize(None) if pd.Timestamp(wm).tzinfo else pd.Timestamp(wm)
+    out = set()
+    for cust, g in ev.groupby("customer_id"):
+        ts, kinds, keys = list(g["event_ts"]), list(g["event_type"]), list(g["event_key"])
+        buys = [t for t, k in zip(ts, kinds) if k == "purchase"]
+        views = [t for t, k in zip(ts, kinds) if k == "product_view"]
+        for i, (t, kind, key) in enumerate(zip(ts, kinds, keys)):
+            for r in rules:
+                p = r.params
+                if r.kind in ("cart_abandonment", "high_intent_abandonment") and kind == "add_to_cart":
+                    due = t + p["abandon_hours"] * hour
+                    if due > wm or any(t <= b <= due for b in buys):
+                        continue
+                    if r.kind == "high_intent_abandonment" and not _burst_before(t, views, p):
+                        continue
+                    out.add((r.name, cust, key))
+                elif r.kind == "repeat_purchase" and kind == "purchase" and t <= wm:
+                    n = sum(1 for j in range(i + 1) if kinds[j] == "purchase" and ts[j] > t - pd.Timedelta(days=180))
+                    if n == p["min_purchases_180d"]:
+                        out.add((r.name, cust, key))
+                elif r.kind == "re_engagement" and t <= wm and i > 0:
+                    gap = t - ts[i - 1]
+                    if pd.Timedelta(days=p["inactive_days"]) <= gap <= pd.Timedelta(days=365):
+                        out.add((r.name, cust, key))
+    return sorted(out)
+
+
+@pytest.mark.slow
+def test_stream_triggers_fire_exactly_what_the_rules_and_the_batch_segments_say(spark, kafka_broker, chain_lakes,
+                                                                                 tmp_path):
+    from datetime import date, datetime, timedelta, timezone
+
+    from seglake.core.contracts import customer_events
+    from seglake.stages.segments import cart_abandonment, high_intent_abandonment
+    from seglake.stages.segments.triggers import load_triggers
+    from seglake.stages.stream import triggers as T
+
+    landing = chain_lakes["generated"] / "_input" / "landing"
+    lake = tmp_path / "lake"
+    known_identities(chain_lakes, lake)
+    cfg = make_cfg(lake, stream={"max_offsets_per_trigger": 400})
+    topic = "stream-triggers"
+    sent = produce.produce(spark, str(landing), kafka_broker.bootstrap_servers, topic, partitions=1)
+    args = {"bootstrap_servers": kafka_broker.bootstrap_servers, "topic": topic}
+    out = run_job(JobContext(spark, cfg, args=args), "stream").summary
+    assert out["records_in"] == sent["sent"] and out["micro_batches"] == -(-sent["sent"] // 400)
+    assert out["late_events"] == 0                     # one partition, in event-time order
+    rules = load_triggers(REPO_YAML)
+    wm = T.watermark(spark, cfg, topic)
+    events = customer_events(spark, cfg, columns=["event_ts", "event_key", "event_type"],
+                             consent_at=datetime.now(timezone.utc)).toPandas()   # 1,500 events
+    fired = _firings(spark, cfg)
+    expected = _expected_firings(events, wm, rules)
+    assert fired == expected
+    counts = {name: sum(1 for f in fired if f[0] == name) for name in {r.name for r in rules}}
+    assert counts["abandoned_cart_email"] >= 10 and counts["high_intent_abandoner"] >= 1, counts
+    assert out["fired"] == len(fired)
+
+    # the batch sequence segments at as-of dates the watermark has passed: the customers whose
+    # latest judged cart the stream fired for are exactly the batch segment's members
+    by_name = {r.name: r for r in rules}
+    carts = events[events["event_type"] == "add_to_cart"]
+    members = {"abandoned_cart_email": set(), "high_intent_abandoner": set()}
+    for as_of in (date(2026, 9, 5), date(2026, 9, 8), date(2026, 9, 10)):
+        midnight = datetime(as_of.year, as_of.month, as_of.day)
+        batch_events = customer_events(spark, cfg, end=as_of, consent_at=datetime.now(timezone.utc),
+                                       columns=["event_ts", "event_type"])
+        for trig, fn in (("abandoned_cart_email", cart_abandonment), ("high_intent_abandoner", high_intent_abandonment)):
+            params = dict(by_name[trig].params, lookback_days=30)
+            batch = {r["customer_id"] for r in fn(batch_events, as_of, **params).collect()}
+            judged = carts[carts["event_ts"] <= midnight - timedelta(hours=params["abandon_hours"])]
+            if trig == "high_intent_abandoner":     # the batch judges the latest cart that followed a burst
+                views = events[events["event_type"] == "product_view"].groupby("customer_id")["event_ts"].apply(list)
+                judged = judged[[_burst_before(t, views.get(c, []), params)
+                                 for c, t in zip(judged["customer_id"], judged["event_ts"])]]
+            latest = judged.sort_values(["event_ts", "event_key"]).groupby("customer_id").tail(1)
+            fired_keys = {f[2] for f in fired if f[0] == trig}
+            stream = {c for c, k in zip(latest["customer_id"], latest["event_key"]) if k in fired_keys}
+            assert stream == batch, (as_of, trig, stream ^ batch)
+            members[trig] |= batch
+    assert members["abandoned_cart_email"] and members["high_intent_abandoner"], members
