@@ -6,10 +6,12 @@ EVENTS    ?= 100000
 LAKEHOUSE ?= ./lakehouse
 BENCH_EVENTS ?= 1000000
 SOAK_ROUNDS ?= 24
+STREAM_EVENTS ?= 20000
+STREAM_LAKEHOUSE ?= ./lakehouse-stream
 BIN       := $(VENV)/bin
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: setup demo test test-slow test-all soak bench compare report clean-lakehouse
+.PHONY: setup demo demo-stream bench-stream test test-slow test-all soak bench compare report clean-lakehouse
 
 setup: $(VENV)/.seglake-setup
 
@@ -23,6 +25,11 @@ $(VENV)/.seglake-setup: setup.py
 
 demo: setup
 	$(BIN)/seglake demo --events $(EVENTS) --lakehouse $(LAKEHOUSE)
+
+# the real-time triggers: history in batch, then the same events live through a Kafka broker the
+# demo starts (and stops), the triggers printed with their latency
+demo-stream: setup
+	$(BIN)/seglake demo --stream --events $(STREAM_EVENTS) --lakehouse $(STREAM_LAKEHOUSE)
 
 # the everyday suite (every test not marked slow); CI runs it, then test-slow
 test: setup
@@ -39,7 +46,8 @@ test-all: setup
 # test-artifacts/soak.json), and a real process killed at every commit boundary of every stage
 soak: setup
 	SEGLAKE_SOAK_ROUNDS=$(SOAK_ROUNDS) SEGLAKE_KILL_PROCESSES=1 $(BIN)/pytest \
-	  tests/reliability/test_soak.py tests/reliability/test_kill_stages.py tests/reliability/test_kill_ingest.py
+	  tests/reliability/test_soak.py tests/reliability/test_kill_stages.py tests/reliability/test_kill_ingest.py \
+	  tests/reliability/test_kill_stream.py
 
 compare: setup
 	$(BIN)/pip install --quiet -e ".[bench]"
@@ -47,6 +55,10 @@ compare: setup
 
 report: setup
 	$(BIN)/seglake report --lakehouse $(LAKEHOUSE)
+
+# stream throughput and trigger latency at increasing rates (its own broker; run it alone)
+bench-stream: setup
+	$(BIN)/python bench/stream_latency.py
 
 bench: setup
 	$(BIN)/python bench/run.py --events $(BENCH_EVENTS)

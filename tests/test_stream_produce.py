@@ -131,3 +131,11 @@ def test_late_duplicate_and_cut_records_are_what_the_summary_says(spark, kafka_b
                                  duplicate_share=0.05, malformed_share=0.02, seed=3)
     kinds = {r["kind"]: r["n"] for r in again.groupBy("kind").count().withColumnRenamed("count", "n").collect()}
     assert kinds.get("late", 0) == summary["late"] and kinds.get("duplicate", 0) == summary["duplicates"]
+
+
+def test_a_live_message_gets_the_send_time_and_a_new_event_id():
+    now = datetime(2026, 12, 5, 1, 2, 3, 456789, tzinfo=timezone.utc)
+    live = json.loads(produce.live_value(json.dumps(_event(3)), "live-x", now))
+    assert live == {**_event(3), "event_id": "e0003-live-x", "event_ts": "2026-12-05T01:02:03.456Z"}
+    assert produce.live_value(BROKEN, "live-x", now) == BROKEN           # not JSON: sent as it is
+    assert produce.live_value("[1, 2]", "live-x", now) == "[1, 2]"

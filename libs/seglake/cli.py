@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lakehouse", default="./lakehouse", help="output folder (default ./lakehouse)")
     demo.add_argument("--env", choices=("local",), default="local", help=argparse.SUPPRESS)
     demo.add_argument("--conf-dir", default=None, help="configuration folder (default: ./conf)")
+    demo.add_argument("--stream", action="store_true",
+                      help="the real-time triggers: history in batch, then the events replayed live through a "
+                           "Kafka broker the demo starts and stops (make demo-stream)")
+    demo.add_argument("--rate", type=float, default=250.0, help="--stream: events per second replayed (default 250)")
     demo.add_argument("-v", "--verbose", action="store_true")
 
     gen = verbs.add_parser("generate", help="write synthetic raw events and their ground truth",
@@ -129,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--duplicate-share", type=float, default=0.0, help="share sent twice (default 0)")
     produce.add_argument("--malformed-share", type=float, default=0.0, help="share cut in half (default 0)")
     produce.add_argument("--seed", type=int, default=7)
+    produce.add_argument("--live", action="store_true",
+                         help="send as live events: event_ts = the time sent, event_id + '-live-<time>'")
+    produce.add_argument("--limit", type=_positive_int, default=None, help="send at most this many messages")
 
     kafka = verbs.add_parser("kafka", help="start, stop or show a local single-node Kafka broker (KRaft)",
                              description="A real Apache Kafka broker on 127.0.0.1 (jars from Maven Central, "
@@ -238,6 +245,8 @@ def cmd_demo(args) -> int:
         print(f"[0] generate    done in {time.perf_counter() - started:.1f} s  raw_records={counts['raw_records']}")
     ctx = JobContext(spark, cfg)
     started = time.perf_counter()
+    if args.stream:
+        return _demo_stream(args, spark, ctx, lake)
     results = runner.run_chain(ctx)
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s\n" + runner.summary_table(results))
     print(f"\nlakehouse: {lake}")
@@ -251,6 +260,25 @@ def cmd_demo(args) -> int:
         if (lake / extra).exists():
             print(f"  {what}: {lake / extra}")
     return EXIT_OK
+
+
+def _demo_stream(args, spark, ctx, lake: Path) -> int:
+    from seglake.core import runner
+    from seglake.core.config import load_config
+    from seglake.devtools import stream_demo
+    from seglake.stages.segments.job import segments_file
+    print("history: ingest, clean and identity of the generated events in batch (the stream looks the "
+          "persons' identifiers up in the identity map)")
+    runner.run_chain(ctx, ["ingest", "clean", "identity"])
+    yaml_file = stream_demo.demo_segments(segments_file(ctx.cfg), lake / "_stream_demo" / "segments.yaml")
+    print(f"triggers: {yaml_file} (abandonment judged after {stream_demo.DEMO_ABANDON_MINUTES:g} minute(s) "
+          "for the demo; 15 in conf/segments.yaml)")
+    cfg = load_config(args.env, args.conf_dir, {"paths": {"lakehouse": str(lake)}, "stream": stream_demo.DEMO_STREAM,
+                                                "segments": {"config_file": str(yaml_file)}})
+    started = time.perf_counter()
+    code = stream_demo.run_demo(spark, cfg, lake, args.rate)
+    print(f"\nstream demo finished in {time.perf_counter() - started:.1f} s")
+    return code
 
 
 def cmd_report(args) -> int:
@@ -304,7 +332,8 @@ def cmd_stream(args) -> int:
                               args.topic or cfg.get("stream.topic"), rate=args.rate, partitions=args.partitions,
                               late_share=args.late_share, late_seconds=args.late_seconds,
                               duplicate_share=args.duplicate_share, malformed_share=args.malformed_share,
-                              seed=args.seed)
+                              seed=args.seed, limit=args.limit,
+                              live_tag=f"live-{time.strftime('%Y%m%dT%H%M%S')}" if args.live else None)
     print(json.dumps(summary, indent=2))
     return EXIT_OK
 

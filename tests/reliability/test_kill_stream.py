@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from conftest import make_cfg
-from killing import conf_dir, run_killed
+from killing import conf_dir, kill_processes_everywhere, run_killed
 from seglake.core import tables
 from seglake.core.context import JobContext
 from seglake.core.runner import run_job
@@ -48,3 +48,51 @@ def test_a_stream_killed_mid_batch_and_restarted_writes_everything_once(spark, k
     assert bronze.count() == 721 and bronze.select("_source_file").distinct().count() == 721
     assert _silver(spark, cfg) == _silver(spark, ref)
     assert tables.read(spark, cfg, "silver.events_quarantine").count() == 1
+
+
+@pytest.fixture(scope="module")
+def triggered(spark, kafka_broker, chain_lakes, tmp_path_factory):
+    """The generated 1,500 events in a topic, and the lakehouse of one uninterrupted stream run."""
+    from test_stream import known_identities
+    root = tmp_path_factory.mktemp("kill-triggers")
+    topic = "kill-triggers"
+    produce.produce(spark, str(chain_lakes["generated"] / "_input" / "landing"), kafka_broker.bootstrap_servers,
+                    topic, partitions=1)
+    known_identities(chain_lakes, root / "ref")
+    ref = make_cfg(root / "ref", stream={"max_offsets_per_trigger": 400})
+    run_job(JobContext(spark, ref, args={"bootstrap_servers": kafka_broker.bootstrap_servers, "topic": topic}),
+            "stream")
+    return root, ref, topic
+
+
+def _trigger_state(spark, cfg):
+    """Firings (without their clock and micro-batch), pending timers, and the final watermark."""
+    from pyspark.sql import functions as F
+    fired = tables.read(spark, cfg, "gold.segment_triggers").drop("fired_at", "batch_id")
+    timers = tables.read(spark, cfg, "ops.stream_timers").select("timer_id", "due_ts")
+    wm = tables.read(spark, cfg, "ops.stream_progress").agg(F.max("watermark")).first()[0]
+    return sorted(tuple(r) for r in fired.collect()), sorted(tuple(r) for r in timers.collect()), wm
+
+
+#: each case is a killed stream process and a rerun (~3 min here): CI kills at the first point,
+#: ``make soak`` (SEGLAKE_KILL_PROCESSES=1) at all three
+TRIGGER_POINTS = ["after_commit:gold.segment_triggers@2",      # fired, timers not deleted yet
+                  "after_commit:ops.stream_timers@3",          # timers registered, not judged
+                  "before_commit:ops.stream_progress@3"]       # all done but the progress row
+
+
+@pytest.mark.parametrize("point", TRIGGER_POINTS if kill_processes_everywhere() else TRIGGER_POINTS[:1])
+def test_a_stream_killed_while_firing_triggers_fires_each_once(spark, kafka_broker, triggered, chain_lakes, point):
+    from test_stream import known_identities
+    root, ref, topic = triggered
+    lake = root / point.replace(":", "-").replace("@", "-")
+    known_identities(chain_lakes, lake)
+    conf = conf_dir(lake.parent / f"conf-{lake.name}", stream={"max_offsets_per_trigger": 400})
+    run_killed(lake, "stream", point, conf, "--bootstrap-servers", kafka_broker.bootstrap_servers, "--topic", topic)
+    cfg = make_cfg(lake, stream={"max_offsets_per_trigger": 400})
+    run_job(JobContext(spark, cfg, args={"bootstrap_servers": kafka_broker.bootstrap_servers, "topic": topic}),
+            "stream")
+    fired, timers, wm = _trigger_state(spark, cfg)
+    assert len(fired) == len({(f[0], f[3]) for f in fired})            # one row per (trigger, deciding event)
+    assert (fired, timers, wm) == _trigger_state(spark, ref) and fired
+    assert _silver(spark, cfg) == _silver(spark, ref)

@@ -169,8 +169,15 @@ def run(ctx: JobContext) -> dict:
         query.awaitTermination()
     else:
         timeout = args.get("timeout_seconds")
+        stop_when = args.get("stop_when")     # in-process callers (the stream demo): callable(totals) -> bool
         try:
-            finished = query.awaitTermination(timeout) if timeout else query.awaitTermination()
+            if stop_when is None:
+                finished = query.awaitTermination(timeout) if timeout else query.awaitTermination()
+            else:
+                finished = False
+                while not finished and not stop_when(dict(totals)) and \
+                        (not timeout or time.monotonic() - started < timeout):
+                    finished = query.awaitTermination(1.0)
         finally:
             if query.isActive:
                 query.stop()

@@ -15,12 +15,19 @@ Which records are disturbed is decided by a hash of the record and ``seed``, so 
 the same on any partitioning and any run. The key of each message is the first of user_id,
 anonymous_id, device_id present (one person's events stay in one partition, in order), never
 the email. ``rate`` caps messages per second (0: as fast as the broker takes them).
+
+``live=True`` sends the records as new live events (:func:`live_value`): each JSON message gets
+the wall-clock time it is sent at as its ``event_ts`` and ``-<live_tag>`` appended to its
+``event_id`` (so a replay of data already cleaned is new events, not duplicates), for demos and
+latency benchmarks, where "event time to trigger" must be a wall-clock delay.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
+from datetime import datetime, timezone
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -107,6 +114,22 @@ def replay_frame(raw: DataFrame, *, late_share: float = 0.0, late_seconds: int =
     return sent.unionByName(again)
 
 
+def live_value(value: str, live_tag: str, now: datetime | None = None) -> str:
+    """The message as a live event sent ``now``: event_ts = now (UTC, milliseconds), event_id + ``-tag``.
+    A message that is not a JSON object (a malformed record) is sent as it is."""
+    try:
+        record = json.loads(value)
+    except ValueError:
+        return value
+    if not isinstance(record, dict):
+        return value
+    now = now or datetime.now(timezone.utc)
+    record["event_ts"] = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    if record.get("event_id") is not None:
+        record["event_id"] = f"{record['event_id']}-{live_tag}"
+    return json.dumps(record, separators=(",", ":"))
+
+
 def ensure_topic(bootstrap_servers: str, topic: str, partitions: int) -> bool:
     """Create ``topic`` when it does not exist; True when it was created."""
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -120,11 +143,13 @@ def ensure_topic(bootstrap_servers: str, topic: str, partitions: int) -> bool:
 def produce(spark: SparkSession, landing: str, bootstrap_servers: str, topic: str, *, rate: float = 0.0,
             partitions: int = 2, late_share: float = 0.0, late_seconds: int = 3600,
             duplicate_share: float = 0.0, malformed_share: float = 0.0, seed: int = 7,
-            progress_seconds: float = 10.0) -> dict:
+            progress_seconds: float = 10.0, live_tag: str | None = None, limit: int | None = None) -> dict:
     """Send the raw records under ``landing`` to ``topic``; a summary of what was sent.
 
     Raises:
         ConfigError: a share outside 0..1, a negative lateness or rate (before anything is sent).
+
+    ``live_tag``: send as live events (:func:`live_value`); ``limit``: at most this many messages.
     """
     if rate < 0:
         raise ConfigError(f"rate must be >= 0 messages per second, got {rate}")
@@ -134,14 +159,15 @@ def produce(spark: SparkSession, landing: str, bootstrap_servers: str, topic: st
     try:
         frame = replay_frame(raw, late_share=late_share, late_seconds=late_seconds,
                              duplicate_share=duplicate_share, malformed_share=malformed_share, seed=seed)
-        return _send(frame.orderBy("send_at", "key", "value", "kind"), bootstrap_servers, topic, rate,
-                     progress_seconds, created)
+        ordered = frame.orderBy("send_at", "key", "value", "kind")
+        return _send(ordered.limit(limit) if limit else ordered, bootstrap_servers, topic, rate,
+                     progress_seconds, created, live_tag)
     finally:
         raw.unpersist()
 
 
 def _send(ordered: DataFrame, bootstrap_servers: str, topic: str, rate: float, progress_seconds: float,
-          created: bool) -> dict:
+          created: bool, live_tag: str | None = None) -> dict:
     """Send ``ordered`` (key, value, kind) in its order, at most ``rate`` messages a second."""
     from confluent_kafka import KafkaException, Producer
     errors: list[str] = []
@@ -159,8 +185,10 @@ def _send(ordered: DataFrame, bootstrap_servers: str, topic: str, rate: float, p
     for row in ordered.select("key", "value", "kind").toLocalIterator(prefetchPartitions=True):
         while True:
             try:
+                value = row["value"] or ""
                 producer.produce(topic, key=row["key"].encode() if row["key"] else None,
-                                 value=(row["value"] or "").encode(), on_delivery=delivered)
+                                 value=(live_value(value, live_tag) if live_tag else value).encode(),
+                                 on_delivery=delivered)
                 break
             except BufferError:            # the local queue is full: let the broker catch up
                 producer.poll(0.5)
