@@ -204,3 +204,36 @@ def test_stream_triggers_fire_exactly_what_the_rules_and_the_batch_segments_say(
             assert stream == batch, (as_of, trig, stream ^ batch)
             members[trig] |= batch
     assert members["abandoned_cart_email"] and members["high_intent_abandoner"], members
+
+
+@pytest.mark.slow
+def test_a_stream_run_while_the_broker_is_down_fails_clearly_and_a_rerun_after_its_restart_loses_nothing(
+        spark, tmp_path):
+    """A broker of its own (stopped mid-way, restarted on the same folder and port): the run during the
+    outage fails with the broker's address in its message; the next run reads every message once."""
+    from seglake.core.runner import JobFailed
+    from seglake.devtools import kafka
+
+    landing, _ = _landing(tmp_path / "input")
+    broker = kafka.start(tmp_path / "kafka")
+    try:
+        topic = "stream-broker-restart"
+        sent = produce.produce(spark, str(landing), broker.bootstrap_servers, topic, partitions=2)
+        cfg = make_cfg(tmp_path / "lake", stream={"max_offsets_per_trigger": 400, "kafka_timeout_seconds": 20.0})
+        args = {"bootstrap_servers": broker.bootstrap_servers, "topic": topic}
+        first = run_job(JobContext(spark, cfg, args=args), "stream").summary     # 400 + 321 messages
+        assert first["records_in"] == 721 and first["micro_batches"] == 2
+        produce.produce(spark, str(landing), broker.bootstrap_servers, topic)   # a full resend, then ...
+        kafka.stop(broker)                                                      # ... the broker goes down
+        with pytest.raises(JobFailed) as down:
+            run_job(JobContext(spark, cfg, args=args), "stream")
+        assert f"Kafka at {broker.bootstrap_servers} did not answer" in str(down.value)
+        restarted = kafka.start(tmp_path / "kafka")
+        assert restarted.bootstrap_servers == broker.bootstrap_servers and restarted.pid != broker.pid
+        again = run_job(JobContext(spark, cfg, args=args), "stream").summary
+        assert again["records_in"] == sent["sent"] == 721 and again["inserted"] == 0
+        bronze = tables.read(spark, cfg, "bronze.events_raw")
+        assert bronze.count() == 1442 and bronze.select("_source_file").distinct().count() == 1442
+        assert tables.read(spark, cfg, "silver.events").count() == 720
+    finally:
+        kafka.stop(tmp_path / "kafka")

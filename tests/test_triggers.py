@@ -81,7 +81,7 @@ def lake(spark, tmp_path_factory):
     run_job(JobContext(spark, cfg, args={"skip_docs": True}), "clean")
     batch = tables.read(spark, cfg, "silver.events").select("_batch_id").first()[0]
     rules = load_triggers(REPO_YAML)
-    T.register(spark, cfg, T.timers_for(T.new_events(spark, cfg, batch), rules, None, batch))
+    T.register(spark, cfg, T.timers_for(T.new_events(spark, cfg, batch), rules, None, batch, "t"))
     return cfg, rules, expected
 
 
@@ -103,7 +103,7 @@ def test_timers_wait_for_the_watermark_and_for_identity_then_fire_exactly_once(s
                            "re_engaged": 17}
 
     # due, but no identity map yet: everything waits
-    early = T.judge(spark, cfg, rules, T0 + 16 * M, "b1")
+    early = T.judge(spark, cfg, rules, T0 + 16 * M, "b1", "t")
     assert early["fired"] == 0 and early["due"] == early["not_linked"] == 10 + 7 + 17   # u-h's purchase of T0 + 1 day is not due
     assert not tables.exists(spark, cfg, "gold.segment_triggers") or \
         tables.read(spark, cfg, "gold.segment_triggers").count() == 0
@@ -111,14 +111,15 @@ def test_timers_wait_for_the_watermark_and_for_identity_then_fire_exactly_once(s
     run_job(JobContext(spark, cfg), "identity")
     run_job(JobContext(spark, cfg), "consent")
     # 14 minutes after the carts: the 15-minute timers are not due yet
-    assert T.judge(spark, cfg, rules, T0 + 14 * M, "b2")["fired"] == 4      # the re_engaged / repeat ones
-    at16 = T.judge(spark, cfg, rules, T0 + 16 * M, "b3")
+    assert T.judge(spark, cfg, rules, T0 + 14 * M, "b2", "t")["fired"] == 4      # the re_engaged / repeat ones
+    at16 = T.judge(spark, cfg, rules, T0 + 16 * M, "b3", "t")
     fired, _ = _fired(spark, cfg)
     assert at16["fired"] == 6 and at16["no_consent"] == 1, fired              # u-k's cart
     fired, _ = _fired(spark, cfg)
     assert "high_intent_abandoner" not in {t for t, _, _ in fired}          # due only 24 hours after the cart
 
-    rest = T.judge(spark, cfg, rules, T0 + 2 * D, "b4")
+    assert T.judge(spark, cfg, rules, T0 + 2 * D, "bx", "another-topic")["due"] == 0   # its own event time
+    rest = T.judge(spark, cfg, rules, T0 + 2 * D, "b4", "t")
     fired, rows = _fired(spark, cfg)
     assert set(fired) == expected and len(fired) == len(expected)           # planted truth, no duplicate
     assert rest["not_linked"] == 0 and tables.read(spark, cfg, "ops.stream_timers").count() == 0
@@ -129,8 +130,8 @@ def test_timers_wait_for_the_watermark_and_for_identity_then_fire_exactly_once(s
 
     # a replay (timers registered again, judged again) inserts nothing new
     batch = tables.read(spark, cfg, "silver.events").select("_batch_id").first()[0]
-    T.register(spark, cfg, T.timers_for(T.new_events(spark, cfg, batch), rules, None, batch))
-    again = T.judge(spark, cfg, rules, T0 + 2 * D, "b5")
+    T.register(spark, cfg, T.timers_for(T.new_events(spark, cfg, batch), rules, None, batch, "t"))
+    again = T.judge(spark, cfg, rules, T0 + 2 * D, "b5", "t")
     assert again["due"] == 10 + 10 + 8 + 17 and again["fired"] == 0
     assert sorted(_fired(spark, cfg)[0]) == sorted(fired)
 
@@ -145,7 +146,7 @@ def test_watermark_late_events_and_timers_for_only_on_time_events(spark, lake):
     assert stats["max_event_ts"].astimezone(timezone.utc) == T0 + D
     assert T.advance(None, stats["max_event_ts"], 10) == stats["max_event_ts"] - 10 * M
     assert T.advance(T0 + 2 * D, stats["max_event_ts"], 10) == T0 + 2 * D     # never moves back
-    on_time = T.timers_for(events, rules, T0, "x").select("event_ts").collect()
+    on_time = T.timers_for(events, rules, T0, "x", "t").select("event_ts").collect()
     assert on_time and min(r["event_ts"].astimezone(timezone.utc) for r in on_time) >= T0
 
 

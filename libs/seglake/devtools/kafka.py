@@ -156,6 +156,15 @@ def _ready(broker: Broker, proc: subprocess.Popen, timeout: float, log_offset: i
     raise KafkaError(f"the Kafka broker did not start within {timeout:.0f} s; end of {broker.log}:\n{tail(broker.log)}")
 
 
+def _previous_ports(folder: Path) -> tuple[int | None, int | None]:
+    """The ports of the last broker of ``folder`` (its server.properties outlives a stop)."""
+    import re
+    props = folder / "server.properties"
+    found = re.search(r"^listeners=PLAINTEXT://[^:]+:(\d+),CONTROLLER://[^:]+:(\d+)$",
+                      props.read_text(), re.M) if props.exists() else None
+    return (int(found.group(1)), int(found.group(2))) if found else (None, None)
+
+
 def start(folder: str | Path | None = None, timeout: float = 90.0, heap: str = "512m") -> Broker:
     """Start a broker in ``folder`` (or return the one already running there)."""
     folder = Path(folder or default_dir()).resolve()
@@ -165,8 +174,9 @@ def start(folder: str | Path | None = None, timeout: float = 90.0, heap: str = "
     folder.mkdir(parents=True, exist_ok=True)
     classpath = str(broker_jars()[0].parent / "*")
     # ports: the previous ones when free (a restart keeps the address clients know), else new
-    port = free_port(running.port if running else None)
-    controller_port = free_port(running.controller_port if running else None)
+    before = (running.port, running.controller_port) if running else _previous_ports(folder)
+    port = free_port(before[0])
+    controller_port = free_port(before[1])
     if controller_port == port:
         controller_port = free_port()
     (folder / "server.properties").write_text(server_properties(folder, port, controller_port))

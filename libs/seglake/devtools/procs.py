@@ -20,6 +20,9 @@ def free_port(preferred: int | None = None) -> int:
     """``preferred`` when it is free on loopback, else any free port."""
     for port in ([preferred] if preferred else []) + [0]:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # as the JVM's server sockets do: a port whose last connections are in TIME_WAIT (a broker
+            # just stopped) can be listened on again; one that another process listens on cannot
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((HOST, port))
             except OSError:

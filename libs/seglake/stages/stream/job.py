@@ -89,6 +89,17 @@ def bronze_rows(batch: DataFrame, topic: str, batch_id: str) -> DataFrame:
                                F.current_timestamp())
 
 
+def _raise_failure(exc, servers: str, timeout_ms: int) -> None:
+    """The query's failure as one sentence: a broker that did not answer says so and what to do."""
+    text = str(exc)
+    log.debug("stream: the query failed: %s", text)
+    if "TimeoutException" in text or "imed out" in text:
+        raise RuntimeError(f"Kafka at {servers} did not answer within {timeout_ms / 1000:g} s (is the broker "
+                           "running? a local one: seglake kafka status); nothing was lost: rerun the stream "
+                           "once the broker is back, it resumes at its checkpoint") from None
+    raise RuntimeError(f"the stream query failed: {text.splitlines()[0] if text else 'no message'}") from None
+
+
 def run(ctx: JobContext) -> dict:
     spark, cfg, args = ctx.spark, ctx.cfg, ctx.args
     servers = args.get("bootstrap_servers") or cfg.get("stream.kafka_bootstrap_servers")
@@ -107,12 +118,15 @@ def run(ctx: JobContext) -> dict:
     ids: dict[str, str] = {}
     wm = {"now": T.watermark(spark, cfg, topic)}
     # timers due at the recorded watermark (e.g. waiting for an identity run): judged before new data
-    first = T.judge(spark, cfg, rules, wm["now"], f"judge-{ctx.run_id}")
+    first = T.judge(spark, cfg, rules, wm["now"], f"judge-{ctx.run_id}", topic)
     totals["fired"] += first["fired"]
     if first["due"]:
         log.info("stream: %s timers were due at the start (watermark %s): %s", first["due"], wm["now"], first)
 
     def process(batch: DataFrame, micro_batch: int) -> None:
+        if batch.isEmpty():                     # e.g. a new query's first trigger on an empty topic
+            return
+        t0 = time.monotonic()
         if "query" not in ids:                  # read once per run (setdefault would read it every batch)
             ids["query"] = query_id(spark, checkpoint)
         qid = ids["query"]
@@ -120,44 +134,54 @@ def run(ctx: JobContext) -> dict:
         tables.append(bronze_rows(batch, topic, batch_id), cfg, BRONZE_EVENTS,
                       txn=(f"seglake-stream-{qid}", micro_batch))
         done = clean.clean_batches_now(JobContext(spark, cfg, run_id=batch_id, args={"skip_docs": True}), [batch_id])
-        totals["micro_batches"] += 1
-        for key in ("records_in", "inserted", "quarantined"):
-            totals[key] += int(done.get(key) or 0)
         if done.get("set_aside"):
-            totals["set_aside"] += 1
             log.warning("stream: micro-batch %s set aside by clean (see ops.clean_set_aside): %s",
                         batch_id, done["set_aside"])
+        t1 = time.monotonic()
         # triggers: read back what this micro-batch put in silver (also right after a crash and replay)
         before = wm["now"]
         events = T.new_events(spark, cfg, batch_id)
         stats = T.batch_stats(events, before)
         n_timers = 0
         if rules:
-            timers = T.timers_for(events, rules, before, batch_id).localCheckpoint()
+            timers = T.timers_for(events, rules, before, batch_id, topic).localCheckpoint()
             n_timers = timers.count()
             T.register(spark, cfg, timers)
-        totals["timers"] += n_timers
-        wm["now"] = T.advance(before, stats["max_event_ts"], delay)
-        judged = T.judge(spark, cfg, rules, wm["now"], batch_id)
+        after = T.advance(before, stats["max_event_ts"], delay)
+        judged = T.judge(spark, cfg, rules, after, batch_id, topic)
         T.record_progress(spark, cfg, {
             "topic": topic, "query_id": qid, "micro_batch": micro_batch, "batch_id": batch_id,
-            "watermark": wm["now"], "max_event_ts": stats["max_event_ts"], "events": stats["events"],
+            "watermark": after, "max_event_ts": stats["max_event_ts"], "events": stats["events"],
             "late_events": stats["late_events"], "timers": n_timers, "due": judged["due"], "fired": judged["fired"],
             "not_linked": judged["not_linked"], "committed_at": datetime.now(timezone.utc)},
             txn=(f"seglake-stream-progress-{qid}", micro_batch))
+        wm["now"] = after
+        # the run's totals move only once the micro-batch is complete (a caller stopping the query on
+        # them never interrupts one half done)
+        totals["micro_batches"] += 1
+        for key in ("records_in", "inserted", "quarantined"):
+            totals[key] += int(done.get(key) or 0)
+        totals["set_aside"] += 1 if done.get("set_aside") else 0
         totals["late_events"] += stats["late_events"]
+        totals["timers"] += n_timers
         totals["fired"] += judged["fired"]
         if stats["late_events"]:
             log.warning("stream: micro-batch %s: %s events older than the watermark %s (kept in bronze and "
                         "silver, no trigger judged for them)", batch_id, stats["late_events"], before)
-        log.info("stream: micro-batch %s: %s records, %s inserted, %s quarantined; watermark %s, %s timers due, "
-                 "%s fired, %s waiting for identity", batch_id, done.get("records_in"), done.get("inserted"),
-                 done.get("quarantined"), wm["now"], judged["due"], judged["fired"], judged["not_linked"])
+        log.info("stream: micro-batch %s: %s records, %s inserted, %s quarantined (%.1f s); watermark %s, %s new "
+                 "timers, %s due, %s fired, %s waiting for identity (%.1f s)", batch_id, done.get("records_in"),
+                 done.get("inserted"), done.get("quarantined"), t1 - t0, after, n_timers, judged["due"],
+                 judged["fired"], judged["not_linked"], time.monotonic() - t1)
 
+    timeout_ms = int(float(cfg.get("stream.kafka_timeout_seconds")) * 1000)
     source = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", servers)
               .option("subscribe", topic).option("startingOffsets", cfg.get("stream.starting_offsets"))
               .option("maxOffsetsPerTrigger", int(cfg.get("stream.max_offsets_per_trigger")))
-              .option("failOnDataLoss", "true").load())
+              .option("failOnDataLoss", "true")
+              # a broker that does not answer fails the run within the timeout instead of hanging
+              .option("kafka.default.api.timeout.ms", str(timeout_ms)).option("kafka.request.timeout.ms",
+                                                                            str(timeout_ms))
+              .option("fetchOffset.numRetries", "1").load())
     writer = (source.writeStream.foreachBatch(process).option("checkpointLocation", checkpoint)
               .queryName(f"seglake-stream-{topic}"))
     writer = (writer.trigger(availableNow=True) if trigger == "available-now"
@@ -165,6 +189,22 @@ def run(ctx: JobContext) -> dict:
     started = time.monotonic()
     query = writer.start()
     log.info("stream: query %s reading %s from %s (%s), checkpoint %s", query.id, topic, servers, trigger, checkpoint)
+    from pyspark.errors import StreamingQueryException
+    try:
+        _await(query, trigger, args, started, totals)
+    except StreamingQueryException as exc:
+        _raise_failure(exc, servers, timeout_ms)
+    if query.exception() is not None:
+        _raise_failure(query.exception(), servers, timeout_ms)
+    if not totals["micro_batches"] and not first["due"]:
+        ctx.status = "noop"
+    return {**totals, "watermark": str(wm["now"]) if wm["now"] else None,
+            "topic": topic, "query_id": str(query.id), "checkpoint": checkpoint,
+            "seconds": round(time.monotonic() - started, 1)}
+
+
+def _await(query, trigger: str, args: dict, started: float, totals: dict) -> None:
+    """Wait for the query: to its end (available-now), or until stopped, timed out or stop_when."""
     if trigger == "available-now":
         query.awaitTermination()
     else:
@@ -182,11 +222,4 @@ def run(ctx: JobContext) -> dict:
             if query.isActive:
                 query.stop()
         log.info("stream: stopped after %.0f s (%s)", time.monotonic() - started,
-                 "query ended" if finished else "timeout")
-    if query.exception() is not None:
-        raise RuntimeError(f"the stream query failed: {query.exception()}")
-    if not totals["micro_batches"] and not first["due"]:
-        ctx.status = "noop"
-    return {**totals, "watermark": str(wm["now"]) if wm["now"] else None,
-            "topic": topic, "query_id": str(query.id), "checkpoint": checkpoint,
-            "seconds": round(time.monotonic() - started, 1)}
+                 "query ended" if finished else "timeout" if stop_when is None else "stopped by the caller")

@@ -11,8 +11,8 @@ Per micro-batch (after bronze and the clean, :mod:`seglake.stages.stream.job`):
    ``ops.stream_progress.late_events``, but starts no timer (its rules were judged already).
 2. **Timers** (``ops.stream_timers``): each on-time event that can start a trigger
    (:data:`~seglake.stages.segments.triggers.TRIGGER_KINDS`) gets a timer, due ``due_hours``
-   after it: ``timer_id`` = trigger:event_key, the event's key, time and date, ``due_ts`` and
-   ``registered_at``. No identifier is copied: the deciding event is read back from silver
+   after it: ``timer_id`` = trigger:event_key, the event's key, time and date, ``due_ts``,
+   ``registered_at`` and the topic (whose watermark judges it). No identifier is copied: the deciding event is read back from silver
    when judged, so an erasure (which deletes the silver row) also cancels the timer.
 3. **Judgement** of every timer with ``due_ts <= watermark`` — by then every event of the
    window has arrived or is late. The deciding event's customer comes from the current
@@ -104,8 +104,9 @@ def advance(before: datetime | None, max_event_ts: datetime | None, delay_minute
     return candidate if before is None or candidate > before else before
 
 
-def timers_for(events: DataFrame, triggers: list[Trigger], before: datetime | None, batch_id: str) -> DataFrame:
-    """Timer rows of the on-time ``events`` (event time at or after the watermark ``before``)."""
+def timers_for(events: DataFrame, triggers: list[Trigger], before: datetime | None, batch_id: str,
+               topic: str) -> DataFrame:
+    """Timer rows of the on-time ``events`` (event time at or after the watermark ``before``) of ``topic``."""
     on_time = events if before is None else events.where(F.col("event_ts") >= F.lit(before))
     parts = []
     for trig in triggers:
@@ -126,7 +127,8 @@ def timers_for(events: DataFrame, triggers: list[Trigger], before: datetime | No
             F.concat_ws(":", F.lit(trig.name), "event_key").alias("timer_id"), F.lit(trig.name).alias("trigger"),
             "event_key", "event_ts", "event_date",
             F.timestamp_micros(_us("event_ts") + F.lit(due_us)).alias("due_ts"),
-            F.current_timestamp().alias("registered_at"), F.lit(batch_id).alias("batch_id")))
+            F.current_timestamp().alias("registered_at"), F.lit(batch_id).alias("batch_id"),
+            F.lit(topic).alias("topic")))
     out = parts[0]
     for p in parts[1:]:
         out = out.unionByName(p)
@@ -154,18 +156,30 @@ def _customers_of(spark: SparkSession, cfg: Config, due: DataFrame, lo, hi) -> D
     return due.join(linked, ["event_date", "event_key"], "left").fillna(False, ["in_silver"])
 
 
-def _events(spark: SparkSession, cfg: Config, customers: DataFrame, start, end, types=None) -> DataFrame:
-    """Consented silver events (customer_id, event_ts, event_key, event_type) of these customers."""
-    ev = customer_events(spark, cfg, start=start, end=end, end_inclusive=True, event_types=types,
+#: per kind: (days of history before the earliest due timer's day it needs, event types it reads;
+#: None = all)
+_HISTORY: dict[str, tuple[int, tuple[str, ...] | None]] = {
+    "cart_abandonment": (0, ("purchase",)),
+    "high_intent_abandonment": (1, ("purchase", "product_view")),    # bursts may end the day before
+    "repeat_purchase": (REPEAT_DAYS + 1, ("purchase",)),
+    "re_engagement": (HISTORY_DAYS + 1, None),
+}
+
+
+def _history(spark: SparkSession, cfg: Config, due: DataFrame, kinds: set[str], lo, hi) -> DataFrame:
+    """The one read of silver a judgement makes: the consented events (customer_id, event_ts,
+    event_key, event_type) of the due timers' customers, as far back as the kinds need."""
+    days = max(_HISTORY[k][0] for k in kinds)
+    wanted = [_HISTORY[k][1] for k in kinds]
+    types = None if any(t is None for t in wanted) else sorted({t for ts in wanted for t in ts})
+    ev = customer_events(spark, cfg, start=lo - timedelta(days=days), end=hi, end_inclusive=True, event_types=types,
                          columns=["event_ts", "event_key", "event_type"], withdrawals=False)
-    return ev.join(customers, "customer_id", "left_semi")
+    return ev.join(due.select("customer_id").distinct(), "customer_id", "left_semi")
 
 
-def _abandoned(spark, cfg, due: DataFrame, trig: Trigger, lo, hi) -> DataFrame:
+def _abandoned(history: DataFrame, due: DataFrame, trig: Trigger) -> DataFrame:
     """timer_id of the carts that had no purchase in [cart, due] (and, high intent, a burst before)."""
-    customers = due.select("customer_id").distinct()
-    purchases = _events(spark, cfg, customers, lo, hi, ["purchase"]).select(
-        "customer_id", F.col("event_ts").alias("p_ts"))
+    purchases = history.where(F.col("event_type") == "purchase").select("customer_id", F.col("event_ts").alias("p_ts"))
     bought = (due.join(purchases, "customer_id")
               .where((F.col("p_ts") >= F.col("event_ts")) & (F.col("p_ts") <= F.col("due_ts")))
               .select("timer_id").distinct())
@@ -173,8 +187,7 @@ def _abandoned(spark, cfg, due: DataFrame, trig: Trigger, lo, hi) -> DataFrame:
     if trig.kind == "high_intent_abandonment":
         views_us = int(round(float(trig.params["view_window_minutes"]) * 60_000_000))
         cart_us = int(round(float(trig.params["cart_within_minutes"]) * 60_000_000))
-        start = lo - timedelta(days=1)           # bursts may end before the cart's day
-        views = _events(spark, cfg, customers, start, hi, ["product_view"]).select(
+        views = history.where(F.col("event_type") == "product_view").select(
             "customer_id", F.col("event_ts").alias("v_ts"))
         per_customer = Window.partitionBy("customer_id").orderBy(_us("v_ts")).rangeBetween(-views_us, 0)
         bursts = views.withColumn("n", F.count(F.lit(1)).over(per_customer)) \
@@ -186,11 +199,10 @@ def _abandoned(spark, cfg, due: DataFrame, trig: Trigger, lo, hi) -> DataFrame:
     return out.select("timer_id")
 
 
-def _repeat(spark, cfg, due: DataFrame, trig: Trigger, lo, hi) -> DataFrame:
+def _repeat(history: DataFrame, due: DataFrame, trig: Trigger) -> DataFrame:
     """timer_id of the purchases that bring the last 180 days' purchases to exactly the threshold."""
-    purchases = _events(spark, cfg, due.select("customer_id").distinct(), lo - timedelta(days=REPEAT_DAYS + 1),
-                        hi, ["purchase"]).select("customer_id", F.col("event_ts").alias("p_ts"),
-                                                 F.col("event_key").alias("p_key"))
+    purchases = history.where(F.col("event_type") == "purchase").select(
+        "customer_id", F.col("event_ts").alias("p_ts"), F.col("event_key").alias("p_key"))
     window_us = REPEAT_DAYS * 24 * _US_PER_HOUR
     counted = (due.join(purchases, "customer_id")
                .where((_us("p_ts") > _us("event_ts") - F.lit(window_us))
@@ -200,10 +212,9 @@ def _repeat(spark, cfg, due: DataFrame, trig: Trigger, lo, hi) -> DataFrame:
     return counted.where(F.col("count") == int(trig.params["min_purchases_180d"])).select("timer_id")
 
 
-def _reengaged(spark, cfg, due: DataFrame, trig: Trigger, lo, hi) -> DataFrame:
+def _reengaged(history: DataFrame, due: DataFrame, trig: Trigger) -> DataFrame:
     """timer_id of the events whose customer's previous event is inactive_days..HISTORY_DAYS before."""
-    events = _events(spark, cfg, due.select("customer_id").distinct(), lo - timedelta(days=HISTORY_DAYS + 1),
-                     hi).select("customer_id", F.col("event_ts").alias("e_ts"), F.col("event_key").alias("e_key"))
+    events = history.select("customer_id", F.col("event_ts").alias("e_ts"), F.col("event_key").alias("e_key"))
     before = (due.join(events, "customer_id")
               .where((F.col("e_ts") < F.col("event_ts"))
                      | ((F.col("e_ts") == F.col("event_ts")) & (F.col("e_key") < F.col("event_key"))))
@@ -219,8 +230,11 @@ _JUDGES = {"cart_abandonment": _abandoned, "high_intent_abandonment": _abandoned
 
 
 def judge(spark: SparkSession, cfg: Config, triggers: list[Trigger], wm: datetime | None, batch_id: str,
-          now: datetime | None = None) -> dict:
-    """Decide every timer due at the watermark ``wm``; fire, then delete the decided timers.
+          topic: str, now: datetime | None = None) -> dict:
+    """Decide every timer of ``topic`` due at its watermark ``wm``; fire, then delete the decided timers.
+
+    Each topic has its own event time: a timer is judged by the watermark of the topic whose event
+    started it.
 
     Returns:
         counts: due, fired, not_linked (still waiting), dropped_unlinked, no_consent, erased, retired
@@ -233,7 +247,7 @@ def judge(spark: SparkSession, cfg: Config, triggers: list[Trigger], wm: datetim
     now = now or datetime.now(timezone.utc)
     by_name = {t.name: t for t in triggers}
     timers = tables.read(spark, cfg, STREAM_TIMERS)
-    due = timers.where(F.col("due_ts") <= F.lit(wm))
+    due = timers.where((F.col("topic") == topic) & (F.col("due_ts") <= F.lit(wm)))
     span = due.agg(F.count(F.lit(1)).alias("n"), F.min("event_date").alias("lo"),
                    F.max(F.to_date("due_ts")).alias("hi"),
                    F.count(F.when(~F.col("trigger").isin(*by_name) if by_name else F.lit(True), 1)).alias("retired")
@@ -251,9 +265,13 @@ def judge(spark: SparkSession, cfg: Config, triggers: list[Trigger], wm: datetim
     n_linked, n_consented = linked.count(), consented.count()
     counts["no_consent"] = n_linked - n_consented
     fired = []
-    for name, trig in (by_name.items() if n_consented else ()):
+    present = {r["trigger"] for r in consented.select("trigger").distinct().collect()} & set(by_name)
+    history = (_history(spark, cfg, consented, {by_name[n].kind for n in present}, lo, hi).localCheckpoint()
+               if present else None)
+    for name in sorted(present):
+        trig = by_name[name]
         mine = consented.where(F.col("trigger") == name)
-        hits = _JUDGES[trig.kind](spark, cfg, mine, trig, lo, hi)
+        hits = _JUDGES[trig.kind](history, mine, trig)
         fired.append(mine.join(hits, "timer_id", "left_semi").select(
             "trigger", "customer_id", "event_ts", "event_key", "due_ts",
             F.current_timestamp().alias("fired_at"), F.lit(trig.rule_version).alias("rule_version"),
