@@ -98,13 +98,14 @@ def test_timers_wait_for_the_watermark_and_for_identity_then_fire_exactly_once(s
     cfg, rules, expected = lake
     timers = tables.read(spark, cfg, "ops.stream_timers")
     # one timer per cart per abandonment trigger, per purchase, and per gap of >= 30 days per identifier
+    # set (u-i with and without the device a-i: two sets)
     per_trigger = {r["trigger"]: r["count"] for r in timers.groupBy("trigger").count().collect()}
     assert per_trigger == {"abandoned_cart_email": 10, "high_intent_abandoner": 10, "repeat_buyer": 8,
-                           "re_engaged": 17}
+                           "re_engaged": 18}
 
     # due, but no identity map yet: everything waits
     early = T.judge(spark, cfg, rules, T0 + 16 * M, "b1", "t")
-    assert early["fired"] == 0 and early["due"] == early["not_linked"] == 10 + 7 + 17   # u-h's purchase of T0 + 1 day is not due
+    assert early["fired"] == 0 and early["due"] == early["not_linked"] == 10 + 7 + 18   # u-h's purchase of T0 + 1 day is not due
     assert not tables.exists(spark, cfg, "gold.segment_triggers") or \
         tables.read(spark, cfg, "gold.segment_triggers").count() == 0
 
@@ -132,7 +133,7 @@ def test_timers_wait_for_the_watermark_and_for_identity_then_fire_exactly_once(s
     batch = tables.read(spark, cfg, "silver.events").select("_batch_id").first()[0]
     T.register(spark, cfg, T.timers_for(T.new_events(spark, cfg, batch), rules, None, batch, "t"))
     again = T.judge(spark, cfg, rules, T0 + 2 * D, "b5", "t")
-    assert again["due"] == 10 + 10 + 8 + 17 and again["fired"] == 0
+    assert again["due"] == 10 + 10 + 8 + 18 and again["fired"] == 0
     assert sorted(_fired(spark, cfg)[0]) == sorted(fired)
 
 
@@ -141,13 +142,15 @@ def test_watermark_late_events_and_timers_for_only_on_time_events(spark, lake):
     batch = tables.read(spark, cfg, "silver.events").select("_batch_id").first()[0]
     events = T.new_events(spark, cfg, batch)
     stats = T.batch_stats(events, T0)
-    # consent records are not behaviour; events before T0 are late against a watermark at T0
-    assert stats["events"] == 32 and stats["late_events"] == 13
+    # every event counts for event time and lateness (u-k's consent record at T0 - 1 h too) ...
+    assert stats["events"] == 33 and stats["late_events"] == 14
     assert stats["max_event_ts"].astimezone(timezone.utc) == T0 + D
     assert T.advance(None, stats["max_event_ts"], 10) == stats["max_event_ts"] - 10 * M
     assert T.advance(T0 + 2 * D, stats["max_event_ts"], 10) == T0 + 2 * D     # never moves back
+    # ... but only consented behaviour on time starts timers
     on_time = T.timers_for(events, rules, T0, "x", "t").select("event_ts").collect()
     assert on_time and min(r["event_ts"].astimezone(timezone.utc) for r in on_time) >= T0
+    assert T.timers_for(events.where("event_type = 'consent_withdrawn'"), rules, None, "x", "t").count() == 0
 
 
 SEGMENTS = """

@@ -12,8 +12,9 @@ live run the stream latency benchmark (``bench/stream_latency.py``) measures.
    their latency: from the moment the rule became decidable (``due_ts``: the deciding event's
    time, plus the rule's waiting time for abandonment) to the trigger row's commit (``fired_at``).
 
-The demo judges abandonment after :data:`DEMO_ABANDON_MINUTES` minutes instead of the 15 of
-``conf/segments.yaml`` (a copy of the file with that change is written to
+The demo judges cart abandonment (the ``cart_abandonment`` triggers) after
+:data:`DEMO_ABANDON_MINUTES` minute instead of the 15 of ``conf/segments.yaml``; high-intent
+abandonment keeps its 24 hours, so it does not fire within a demo (a copy of the file with that change is written to
 ``<lakehouse>/_stream_demo/segments.yaml``), with a 5-second watermark delay and 2-second
 micro-batches, so the triggers show within a demo's minutes. Timers due after the last event's
 watermark stay pending (listed as such): event time does not move without events.

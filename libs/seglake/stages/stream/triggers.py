@@ -3,7 +3,7 @@ judgement of due timers against the customers' events.
 
 Per micro-batch (after bronze and the clean, :mod:`seglake.stages.stream.job`):
 
-1. **Watermark.** The micro-batch's consented new silver rows (``_batch_id``) give its largest
+1. **Watermark.** The micro-batch's new silver rows (``_batch_id``) give its largest
    event time; the stream's watermark is the largest event time seen minus
    ``stream.watermark_delay_minutes``, never moving back (kept per topic in
    ``ops.stream_progress``). An event older than the watermark before this micro-batch is
@@ -14,7 +14,7 @@ Per micro-batch (after bronze and the clean, :mod:`seglake.stages.stream.job`):
    after it: ``timer_id`` = trigger:event_key, the event's key, time and date, ``due_ts``,
    ``registered_at`` and the topic (whose watermark judges it). No identifier is copied: the deciding event is read back from silver
    when judged, so an erasure (which deletes the silver row) also cancels the timer.
-3. **Judgement** of every timer with ``due_ts <= watermark`` — by then every event of the
+3. **Judgement** of every timer with ``due_ts < watermark`` — by then every event of the
    window has arrived or is late. The deciding event's customer comes from the current
    ``silver.identity_map`` (:func:`~seglake.core.contracts.attach_customer_id`). A timer whose
    identifier is not linked yet waits: the next batch ``seglake run identity`` links it and the
@@ -40,6 +40,7 @@ Per micro-batch (after bronze and the clean, :mod:`seglake.stages.stream.job`):
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime, timedelta, timezone
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -67,8 +68,14 @@ def _us(col) -> Column:
     return F.unix_micros(col)
 
 
+def _from_micros(us: int | None) -> datetime | None:
+    """A timestamp read as microseconds since the epoch: PySpark hands TIMESTAMP values back as naive
+    datetimes in the Python process's local zone, so they are read as numbers instead."""
+    return None if us is None else datetime.fromtimestamp(us / 1_000_000, timezone.utc)
+
+
 def _utc(ts: datetime | None) -> datetime | None:
-    """Spark hands timestamps back naive, in the session time zone (UTC, set by get_spark)."""
+    """A datetime given by a caller, made timezone-aware (naive = UTC)."""
     return ts.replace(tzinfo=timezone.utc) if ts is not None and ts.tzinfo is None else ts
 
 
@@ -76,23 +83,23 @@ def watermark(spark: SparkSession, cfg: Config, topic: str) -> datetime | None:
     """The topic's current watermark (the largest recorded in ``ops.stream_progress``), or None."""
     if not tables.exists(spark, cfg, STREAM_PROGRESS):
         return None
-    return _utc(tables.read(spark, cfg, STREAM_PROGRESS).where(F.col("topic") == topic)
-                .agg(F.max("watermark")).first()[0])
+    return _from_micros(tables.read(spark, cfg, STREAM_PROGRESS).where(F.col("topic") == topic)
+                        .agg(F.max(F.unix_micros("watermark"))).first()[0])
 
 
 def new_events(spark: SparkSession, cfg: Config, batch_id: str) -> DataFrame:
-    """The consented behavioural silver rows a micro-batch inserted (not consent records)."""
+    """The silver rows a micro-batch inserted (all of them: event time and lateness count every
+    event; only consented behaviour starts timers, :func:`timers_for`)."""
     silver = tables.read(spark, cfg, SILVER_EVENTS).where(F.col("_batch_id") == batch_id)
-    return (profiling_events(silver).where(~F.col("event_type").isin(*CONSENT_EVENT_TYPES))
-            .select("event_key", "event_ts", "event_date", "event_type", *IDENTITIES_FOR_ANCHOR))
+    return silver.select("event_key", "event_ts", "event_date", "event_type", "consent", *IDENTITIES_FOR_ANCHOR)
 
 
 def batch_stats(events: DataFrame, before: datetime | None) -> dict:
     """events, max_event_ts and late_events (event time before the watermark ``before``): one job."""
     late = (F.col("event_ts") < F.lit(before)) if before is not None else F.lit(False)
-    row = events.agg(F.count(F.lit(1)).alias("events"), F.max("event_ts").alias("max_event_ts"),
+    row = events.agg(F.count(F.lit(1)).alias("events"), F.max(F.unix_micros("event_ts")).alias("max_event_ts"),
                      F.count(F.when(late, 1)).alias("late_events")).first().asDict()
-    return {**row, "max_event_ts": _utc(row["max_event_ts"])}
+    return {**row, "max_event_ts": _from_micros(row["max_event_ts"])}
 
 
 def advance(before: datetime | None, max_event_ts: datetime | None, delay_minutes: float) -> datetime | None:
@@ -107,16 +114,19 @@ def advance(before: datetime | None, max_event_ts: datetime | None, delay_minute
 def timers_for(events: DataFrame, triggers: list[Trigger], before: datetime | None, batch_id: str,
                topic: str) -> DataFrame:
     """Timer rows of the on-time ``events`` (event time at or after the watermark ``before``) of ``topic``."""
-    on_time = events if before is None else events.where(F.col("event_ts") >= F.lit(before))
+    behaviour = profiling_events(events).where(~F.col("event_type").isin(*CONSENT_EVENT_TYPES))
+    on_time = behaviour if before is None else behaviour.where(F.col("event_ts") >= F.lit(before))
     parts = []
     for trig in triggers:
         starts = TRIGGER_KINDS[trig.kind].starts
         if starts == ("*",):
             # any event may re-engage, but only one whose identifier had no event of this micro-batch
             # in the inactive_days before it can: the earliest per identifier and any after such a gap
-            anchor = F.coalesce(*[F.col(c) for c in IDENTITIES_FOR_ANCHOR])
+            # per identifier tuple (not the first identifier alone: events sharing an identifier the
+            # identity guard excludes may be different persons); one tuple is one customer
             gap_us = int(trig.params["inactive_days"]) * 24 * _US_PER_HOUR
-            previous = F.lag("event_ts").over(Window.partitionBy(anchor).orderBy("event_ts", "event_key"))
+            previous = F.lag("event_ts").over(Window.partitionBy(*IDENTITIES_FOR_ANCHOR)
+                                              .orderBy("event_ts", "event_key"))
             picked = (on_time.withColumn("_previous", previous)
                       .where(F.col("_previous").isNull() | (_us("event_ts") - _us("_previous") >= F.lit(gap_us)))
                       .select("event_ts", "event_key", "event_date"))
@@ -166,10 +176,19 @@ _HISTORY: dict[str, tuple[int, tuple[str, ...] | None]] = {
 }
 
 
-def _history(spark: SparkSession, cfg: Config, due: DataFrame, kinds: set[str], lo, hi) -> DataFrame:
+def _days_back(trig: Trigger) -> int:
+    """Whole days of events before the earliest due timer's day that ``trig`` reads."""
+    if trig.kind == "high_intent_abandonment":       # the burst: cart_within + view_window before the cart
+        minutes = float(trig.params["cart_within_minutes"]) + float(trig.params["view_window_minutes"])
+        return int(math.ceil(minutes / 1440)) + 1
+    return _HISTORY[trig.kind][0]
+
+
+def _history(spark: SparkSession, cfg: Config, due: DataFrame, rules: list[Trigger], lo, hi) -> DataFrame:
     """The one read of silver a judgement makes: the consented events (customer_id, event_ts,
-    event_key, event_type) of the due timers' customers, as far back as the kinds need."""
-    days = max(_HISTORY[k][0] for k in kinds)
+    event_key, event_type) of the due timers' customers, as far back as the rules need."""
+    kinds = {t.kind for t in rules}
+    days = max(_days_back(t) for t in rules)
     wanted = [_HISTORY[k][1] for k in kinds]
     types = None if any(t is None for t in wanted) else sorted({t for ts in wanted for t in ts})
     ev = customer_events(spark, cfg, start=lo - timedelta(days=days), end=hi, end_inclusive=True, event_types=types,
@@ -247,7 +266,9 @@ def judge(spark: SparkSession, cfg: Config, triggers: list[Trigger], wm: datetim
     now = now or datetime.now(timezone.utc)
     by_name = {t.name: t for t in triggers}
     timers = tables.read(spark, cfg, STREAM_TIMERS)
-    due = timers.where((F.col("topic") == topic) & (F.col("due_ts") <= F.lit(wm)))
+    # strictly before: an event stamped exactly at the watermark is still on time (late is < watermark),
+    # so a timer due at the watermark waits for the next move
+    due = timers.where((F.col("topic") == topic) & (F.col("due_ts") < F.lit(wm)))
     span = due.agg(F.count(F.lit(1)).alias("n"), F.min("event_date").alias("lo"),
                    F.max(F.to_date("due_ts")).alias("hi"),
                    F.count(F.when(~F.col("trigger").isin(*by_name) if by_name else F.lit(True), 1)).alias("retired")
@@ -266,7 +287,7 @@ def judge(spark: SparkSession, cfg: Config, triggers: list[Trigger], wm: datetim
     counts["no_consent"] = n_linked - n_consented
     fired = []
     present = {r["trigger"] for r in consented.select("trigger").distinct().collect()} & set(by_name)
-    history = (_history(spark, cfg, consented, {by_name[n].kind for n in present}, lo, hi).localCheckpoint()
+    history = (_history(spark, cfg, consented, [by_name[n] for n in present], lo, hi).localCheckpoint()
                if present else None)
     for name in sorted(present):
         trig = by_name[name]
