@@ -11,7 +11,9 @@ rate for ``--seconds`` (event time = the moment each is sent, new event ids) whi
 Measured per rate:
 
 * ``sustained_events_per_s``: messages sent / seconds from the first send until the stream had
-  read them all (below the offered rate when the stream falls behind);
+  read them all (a lower bound: it includes the stream's start and the last micro-batch after the
+  producer stopped); ``events_per_busy_second``: events / seconds spent inside micro-batches
+  (what the stream can take when micro-batches run back to back); ``micro_batch_seconds``;
 * ``event_to_silver_s``: per micro-batch, its commit time minus its newest event's time
   (p50/p95/max): how far silver runs behind the events;
 * trigger latency, per trigger and overall: ``fired_at - due_ts`` (the moment the rule became
@@ -29,7 +31,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -54,14 +55,18 @@ def phase_figures(spark, cfg, topic: str, phase_start: datetime) -> dict:
     from seglake.core import tables
     from seglake.core.contracts import SEGMENT_TRIGGERS, STREAM_PROGRESS
     progress = (tables.read(spark, cfg, STREAM_PROGRESS).where((F.col("topic") == topic) & (F.col("events") > 0))
-                .select(((F.unix_micros("committed_at") - F.unix_micros("max_event_ts")) / 1e6).alias("lag"))
+                .select(((F.unix_micros("committed_at") - F.unix_micros("max_event_ts")) / 1e6).alias("lag"),
+                        "events", "seconds")
                 .collect())
+    busy = sum(r["seconds"] for r in progress)
     fired = (tables.read(spark, cfg, SEGMENT_TRIGGERS).where(F.col("due_ts") >= F.lit(phase_start))
              .select("trigger", ((F.unix_micros("fired_at") - F.unix_micros("due_ts")) / 1e6).alias("s")).collect())
     per: dict[str, list[float]] = {}
     for r in fired:
         per.setdefault(r["trigger"], []).append(r["s"])
     return {"event_to_silver_s": _percentiles([r["lag"] for r in progress]),
+            "micro_batch_seconds": _percentiles([r["seconds"] for r in progress]),
+            "events_per_busy_second": round(sum(r["events"] for r in progress) / busy, 1) if busy else None,
             "trigger_latency_s": _percentiles([r["s"] for r in fired]),
             "trigger_latency_by_trigger_s": {k: _percentiles(v) for k, v in sorted(per.items())}}
 
@@ -137,11 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written {out_file}")
-    print(f"{'rate':>6} {'sent':>7} {'sustained/s':>12} {'batches':>8} {'silver lag p50/p95 s':>21} "
+    print(f"{'rate':>6} {'sent':>7} {'sustained/s':>12} {'busy ev/s':>10} {'batches':>8} {'silver lag p50/p95 s':>21} "
           f"{'trigger latency p50/p95/p99 s':>30} {'fired':>6}")
     for p in phases:
         lag, lat = p["event_to_silver_s"], p["trigger_latency_s"]
-        print(f"{p['offered_rate']:>6.0f} {p['sent']:>7} {p['sustained_events_per_s']:>12} {p['micro_batches']:>8} "
+        print(f"{p['offered_rate']:>6.0f} {p['sent']:>7} {p['sustained_events_per_s']:>12} "
+              f"{p['events_per_busy_second']:>10} {p['micro_batches']:>8} "
               f"{lag.get('p50', '-'):>10}/{lag.get('p95', '-'):<10} "
               f"{lat.get('p50', '-'):>12}/{lat.get('p95', '-')}/{lat.get('p99', '-'):<8} {lat.get('n', 0):>6}")
     spark.stop()

@@ -65,8 +65,9 @@ def run(ctx) -> dict:
     all_features = tables.read(spark, cfg, FEATURES)
     validate_rules(spark, active, all_features.schema, str(source))
     if ctx.args.get("check"):
+        from seglake.stages.segments.triggers import load_triggers
         return {"segments_file": str(source), "segments_valid": len(active),
-                "disabled": len(segments) - len(active)}
+                "disabled": len(segments) - len(active), "triggers_valid": len(load_triggers(source))}
 
     as_of = ctx.resolve_as_of()
     features = all_features.where(F.col("as_of_date") == F.lit(as_of))

@@ -153,7 +153,8 @@ def run(ctx: JobContext) -> dict:
             "topic": topic, "query_id": qid, "micro_batch": micro_batch, "batch_id": batch_id,
             "watermark": after, "max_event_ts": stats["max_event_ts"], "events": stats["events"],
             "late_events": stats["late_events"], "timers": n_timers, "due": judged["due"], "fired": judged["fired"],
-            "not_linked": judged["not_linked"], "committed_at": datetime.now(timezone.utc)},
+            "not_linked": judged["not_linked"], "seconds": round(time.monotonic() - t0, 2),
+            "committed_at": datetime.now(timezone.utc)},
             txn=(f"seglake-stream-progress-{qid}", micro_batch))
         wm["now"] = after
         # the run's totals move only once the micro-batch is complete (a caller stopping the query on

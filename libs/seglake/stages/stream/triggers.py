@@ -323,7 +323,7 @@ def record_progress(spark: SparkSession, cfg: Config, row: dict, txn: tuple[str,
     """Append the micro-batch's progress row (watermark, counts) as an idempotent Delta write."""
     schema = ("topic STRING, query_id STRING, micro_batch BIGINT, batch_id STRING, watermark TIMESTAMP, "
               "max_event_ts TIMESTAMP, events BIGINT, late_events BIGINT, timers BIGINT, due BIGINT, fired BIGINT, "
-              "not_linked BIGINT, committed_at TIMESTAMP")
+              "not_linked BIGINT, seconds DOUBLE, committed_at TIMESTAMP")
     names = [f.split()[0] for f in schema.split(", ")]
     df = spark.createDataFrame([tuple(row.get(n) for n in names)], schema)
-    tables.append(df, cfg, STREAM_PROGRESS, txn=txn, properties=tables.BOOKKEEPING_PROPERTIES)
+    tables.append(df, cfg, STREAM_PROGRESS, txn=txn, properties=tables.BOOKKEEPING_PROPERTIES, merge_schema=True)
