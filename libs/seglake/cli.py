@@ -271,7 +271,7 @@ def _demo_stream(args, spark, ctx, lake: Path) -> int:
           "persons' identifiers up in the identity map)")
     runner.run_chain(ctx, ["ingest", "clean", "identity"])
     yaml_file = stream_demo.demo_segments(segments_file(ctx.cfg), lake / "_stream_demo" / "segments.yaml")
-    print(f"triggers: {yaml_file} (abandonment judged after {stream_demo.DEMO_ABANDON_MINUTES:g} minute(s) "
+    print(f"triggers: {yaml_file} (cart abandonment judged after {stream_demo.DEMO_ABANDON_MINUTES:g} minute "
           "for the demo; 15 in conf/segments.yaml)")
     cfg = load_config(args.env, args.conf_dir, {"paths": {"lakehouse": str(lake)}, "stream": stream_demo.DEMO_STREAM,
                                                 "segments": {"config_file": str(yaml_file)}})

@@ -133,9 +133,11 @@ def run_demo(spark, cfg, lake: Path, rate: float, echo=print) -> int:
         for r in first:
             echo(f"  {r['trigger']:<22} {r['customer_id']}  {r['event_ts']:%H:%M:%S.%f}"[:-3]
                  + f"  {r['due_ts']:%H:%M:%S}  {r['fired_at']:%H:%M:%S.%f}"[:-3] + f"  {r['rule_version']}")
-        pending = tables.read(spark, cfg, STREAM_TIMERS).count() if tables.exists(spark, cfg, STREAM_TIMERS) else 0
+        pending = ({r["trigger"]: r["count"] for r in tables.read(spark, cfg, STREAM_TIMERS)
+                    .groupBy("trigger").count().collect()} if tables.exists(spark, cfg, STREAM_TIMERS) else {})
         wm = tables.read(spark, cfg, STREAM_PROGRESS).agg(F.max("watermark")).first()[0]
-        echo(f"\n{pending} timers still pending (due after the watermark {wm}, which only the next events move)")
+        echo(f"\ntimers still pending, due after the watermark {wm} (only the next events move it): "
+             + (", ".join(f"{k} {v}" for k, v in sorted(pending.items())) or "none"))
         echo(f"triggers: {cfg.table_path(SEGMENT_TRIGGERS)}")
     finally:
         pid = kafka.stop(broker)
