@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from datetime import datetime, timezone
 
@@ -93,11 +94,15 @@ def _raise_failure(exc, servers: str, timeout_ms: int) -> None:
     """The query's failure as one sentence: a broker that did not answer says so and what to do."""
     text = str(exc)
     log.debug("stream: the query failed: %s", text)
+    # the innermost "SomethingError: message" line of the (Python or JVM) trace names the cause
+    causes = re.findall(r"^\s*([\w.]*(?:Error|Exception)): (.+)$", text, flags=re.M)
     if "TimeoutException" in text or "imed out" in text:
         raise RuntimeError(f"Kafka at {servers} did not answer within {timeout_ms / 1000:g} s (is the broker "
                            "running? a local one: seglake kafka status); nothing was lost: rerun the stream "
                            "once the broker is back, it resumes at its checkpoint") from None
-    raise RuntimeError(f"the stream query failed: {text.splitlines()[0] if text else 'no message'}") from None
+    cause = f"{causes[-1][0].rsplit('.', 1)[-1]}: {causes[-1][1].strip()}" if causes else \
+        (text.splitlines()[0] if text else "no message")
+    raise RuntimeError(f"the stream query failed: {cause}") from None
 
 
 def run(ctx: JobContext) -> dict:
@@ -140,10 +145,11 @@ def run(ctx: JobContext) -> dict:
         t1 = time.monotonic()
         # triggers: read back what this micro-batch put in silver (also right after a crash and replay)
         before = wm["now"]
-        events = T.new_events(spark, cfg, batch_id)
-        stats = T.batch_stats(events, before)
+        events = T.new_events(spark, cfg, batch_id)          # None: no silver yet (all set aside so far)
+        stats = T.batch_stats(events, before) if events is not None else \
+            {"events": 0, "max_event_ts": None, "late_events": 0}
         n_timers = 0
-        if rules:
+        if rules and events is not None:
             timers = T.timers_for(events, rules, before, batch_id, topic).localCheckpoint()
             n_timers = timers.count()
             T.register(spark, cfg, timers)

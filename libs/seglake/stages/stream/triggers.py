@@ -87,9 +87,12 @@ def watermark(spark: SparkSession, cfg: Config, topic: str) -> datetime | None:
                         .agg(F.max(F.unix_micros("watermark"))).first()[0])
 
 
-def new_events(spark: SparkSession, cfg: Config, batch_id: str) -> DataFrame:
+def new_events(spark: SparkSession, cfg: Config, batch_id: str) -> DataFrame | None:
     """The silver rows a micro-batch inserted (all of them: event time and lateness count every
-    event; only consented behaviour starts timers, :func:`timers_for`)."""
+    event; only consented behaviour starts timers, :func:`timers_for`); None while silver.events does
+    not exist (every micro-batch so far set aside by clean)."""
+    if not tables.exists(spark, cfg, SILVER_EVENTS):
+        return None
     silver = tables.read(spark, cfg, SILVER_EVENTS).where(F.col("_batch_id") == batch_id)
     return silver.select("event_key", "event_ts", "event_date", "event_type", "consent", *IDENTITIES_FOR_ANCHOR)
 
