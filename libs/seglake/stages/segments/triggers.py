@@ -31,7 +31,6 @@ arrived or is late): see :mod:`seglake.stages.stream.triggers`.
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -94,7 +93,8 @@ def parse_triggers(data: dict, root: yaml.Node | None, segments: list[Segment],
     Raises:
         SegmentConfigError: every problem with its YAML line and trigger name.
     """
-    from seglake.stages.segments.validation import _NAME, _line, _node_get, _type_of, _value_matches
+    from seglake.stages.segments.validation import (_NAME, _line, _node_get, _type_of, _value_matches,
+                                                     did_you_mean)
 
     raw_list = data.get("triggers")
     if raw_list is None:
@@ -123,8 +123,7 @@ def parse_triggers(data: dict, root: yaml.Node | None, segments: list[Segment],
         before = len(problems)
         for key in raw:
             if key not in _TRIGGER_KEYS:
-                close = difflib.get_close_matches(str(key), _TRIGGER_KEYS, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                hint = did_you_mean(str(key), _TRIGGER_KEYS)
                 problems.append(f"line {_line(_node_get(node, str(key)), line)}, trigger '{name}': "
                                 f"unknown key '{key}'{hint}")
         description = raw.get("description")
@@ -133,8 +132,7 @@ def parse_triggers(data: dict, root: yaml.Node | None, segments: list[Segment],
         kind_name = raw.get("kind")
         kind = TRIGGER_KINDS.get(kind_name) if isinstance(kind_name, str) else None
         if kind is None:
-            close = difflib.get_close_matches(str(kind_name), TRIGGER_KINDS, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = did_you_mean(str(kind_name), TRIGGER_KINDS)
             problems.append(f"{where}: unknown kind {kind_name!r}{hint}; known: {', '.join(TRIGGER_KINDS)}")
             continue
         version = raw.get("version", 1)
@@ -148,8 +146,7 @@ def parse_triggers(data: dict, root: yaml.Node | None, segments: list[Segment],
         if seg_name is not None:
             seg = by_name.get(seg_name) if isinstance(seg_name, str) else None
             if seg is None:
-                close = difflib.get_close_matches(str(seg_name), by_name, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                hint = did_you_mean(str(seg_name), by_name)
                 problems.append(f"{where}: segment {seg_name!r} is not defined{hint}")
             else:
                 params.update({p: seg.thresholds[p].value for p in kind.params if p in seg.thresholds})
@@ -159,8 +156,7 @@ def parse_triggers(data: dict, root: yaml.Node | None, segments: list[Segment],
             overrides = {}
         for pname, value in overrides.items():
             if pname not in kind.params:
-                close = difflib.get_close_matches(str(pname), kind.params, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                hint = did_you_mean(str(pname), kind.params)
                 problems.append(f"{where}: kind '{kind_name}' has no threshold '{pname}'{hint}")
                 continue
             params[pname] = value.get("value") if isinstance(value, dict) else value

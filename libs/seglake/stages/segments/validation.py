@@ -24,6 +24,12 @@ _THRESHOLD_KEYS = ("type", "value", "of")
 _THRESHOLD_TYPES = ("int", "float", "string", "bool", "quantile")
 
 
+def did_you_mean(value: Any, choices) -> str:
+    """`` (did you mean 'x'?)`` for the choice closest to ``value``, or an empty string."""
+    close = difflib.get_close_matches(str(value), list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def _type_of(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
@@ -174,8 +180,7 @@ def parse_segments(text: str, source: str = "segments.yaml") -> list[Segment]:
         before = len(problems)
         for key in raw:
             if key not in _SEGMENT_KEYS:
-                close = difflib.get_close_matches(str(key), _SEGMENT_KEYS, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                hint = did_you_mean(str(key), _SEGMENT_KEYS)
                 problems.append(f"line {_line(_node_get(node, str(key)), line)}, segment '{name}': "
                                 f"unknown key '{key}'{hint}")
         description = raw.get("description")
@@ -190,8 +195,7 @@ def parse_segments(text: str, source: str = "segments.yaml") -> list[Segment]:
             problems.append(f"line {rule_line}, segment '{name}': rule must be a non-empty SQL expression string")
             rule = None
         if sequence is not None and sequence not in SEQUENCE_KINDS:
-            close = difflib.get_close_matches(str(sequence), SEQUENCE_KINDS, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = did_you_mean(str(sequence), SEQUENCE_KINDS)
             problems.append(f"line {_line(_node_get(node, 'sequence'), line)}, segment '{name}': unknown "
                             f"sequence kind {sequence!r}{hint}; known: {', '.join(SEQUENCE_KINDS)}")
             sequence = None
@@ -234,8 +238,7 @@ def parse_segments(text: str, source: str = "segments.yaml") -> list[Segment]:
             for ph in _PLACEHOLDER.findall(rule):
                 used.add(ph)
                 if ph not in thresholds and ph not in raw_thr:
-                    close = difflib.get_close_matches(ph, list(raw_thr), n=1)
-                    hint = f" (did you mean '{close[0]}'?)" if close else ""
+                    hint = did_you_mean(ph, list(raw_thr))
                     problems.append(f"line {rule_line}, segment '{name}': rule uses ${{{ph}}} but no threshold "
                                     f"'{ph}' is defined{hint}")
             if "$" in _PLACEHOLDER.sub("", rule):

@@ -289,6 +289,7 @@ def judge(spark: SparkSession, cfg: Config, triggers: list[Trigger], wm: datetim
     n_linked, n_consented = linked.count(), consented.count()
     counts["no_consent"] = n_linked - n_consented
     fired = []
+    # one row per trigger name (bounded by the rules in segments.yaml, not by events)
     present = {r["trigger"] for r in consented.select("trigger").distinct().collect()} & set(by_name)
     history = (_history(spark, cfg, consented, [by_name[n] for n in present], lo, hi).localCheckpoint()
                if present else None)
