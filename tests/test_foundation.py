@@ -105,6 +105,20 @@ def test_merge_inserts_only_new_keys_and_is_idempotent(spark, cfg):
     assert got == [("a", 1), ("b", 2), ("c", 3)]
 
 
+def test_a_first_merge_racing_another_writer_inserts_nothing_twice(spark, cfg, monkeypatch):
+    # the interleaving CI once hit with two ingests on an empty lakehouse: writer A finds the
+    # table missing, writer B creates it with the same rows, then A writes. A's first write must
+    # not append (which doubled every ledger row) but merge.
+    rows = spark.createDataFrame([("a", 1), ("b", 2)], "k STRING, v INT")
+    tables.merge(spark, rows, cfg, "silver.race", keys=["k"])                 # B
+    monkeypatch.setattr(tables, "exists", lambda *a: False)                    # what A saw
+    tables.merge(spark, rows.union(spark.createDataFrame([("c", 3)], "k STRING, v INT")),
+                 cfg, "silver.race", keys=["k"])                               # A
+    monkeypatch.undo()
+    got = sorted((r["k"], r["v"]) for r in tables.read(spark, cfg, "silver.race").collect())
+    assert got == [("a", 1), ("b", 2), ("c", 3)]
+
+
 def test_reading_a_missing_table_says_which_job_to_run(spark, cfg):
     with pytest.raises(FileNotFoundError, match="table gold.nothing does not exist yet"):
         tables.read(spark, cfg, "gold.nothing")

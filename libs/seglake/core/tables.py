@@ -281,14 +281,15 @@ def _partitioned(writer, partition_by: Sequence[str]):
 
 def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] = (),
            user_metadata: str | None = None, properties: dict | None = None,
-           txn: tuple[str, int] | None = None, merge_schema: bool = False) -> None:
+           txn: tuple[str, int] | None = None, merge_schema: bool = False, create_only: bool = False) -> None:
     """Append ``df`` (creating the table on the first write, with ``properties``; ``merge_schema``
-    adds ``df``'s new columns to an existing table);
+    adds ``df``'s new columns to an existing table; ``create_only`` fails instead of appending
+    when the table exists, or comes to exist before this commit: Delta's create conflicts);
     ``user_metadata`` goes into the commit's ``userMetadata`` (see :func:`recorded_metadata`);
     ``txn`` = (app id, version) makes it a Delta idempotent write (``txnAppId``/``txnVersion``):
     skipped when the table already holds a commit of that app id with that version or a newer one."""
     before = _version_before(df.sparkSession, cfg, table)
-    writer = df.write.format("delta").mode("append").options(
+    writer = df.write.format("delta").mode("errorifexists" if create_only else "append").options(
         **_creation_options(df, cfg, table, partition_by, properties))
     if txn is not None:
         writer = writer.option("txnAppId", txn[0]).option("txnVersion", int(txn[1]))
@@ -366,7 +367,9 @@ def merge(spark: SparkSession, df: DataFrame, cfg: Config, table: str, keys: Ite
           schema_evolution: bool = False) -> None:
     """Insert rows whose ``keys`` are new (and update matches when ``update``).
 
-    The first write creates the table. ``extra_condition`` (on ``t.``/``s.``) can prune
+    The first write creates the table, atomically: when two writers find it missing at once,
+    one creates it and the other's create fails (a Delta conflict, or "path exists") and it
+    merges instead, so a row is never inserted twice. ``extra_condition`` (on ``t.``/``s.``) can prune
     the target, e.g. to the partitions the batch touches. ``schema_evolution`` adds the
     source's new columns to the target (for tables that gain columns between versions).
     """
@@ -374,8 +377,13 @@ def merge(spark: SparkSession, df: DataFrame, cfg: Config, table: str, keys: Ite
     if not keys:
         raise ValueError("merge needs at least one key column")
     if not exists(spark, cfg, table):
-        append(df, cfg, table, partition_by)
-        return
+        try:
+            append(df, cfg, table, partition_by, create_only=True)
+            return
+        except Exception as exc:  # noqa: BLE001 - only "someone else created it first" falls through
+            if not _created_concurrently(exc):
+                raise
+            log.info("%s was created by a concurrent writer; merging into it", table)
     before = _version_before(spark, cfg, table)
     from delta.tables import DeltaTable
     cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
@@ -390,6 +398,13 @@ def merge(spark: SparkSession, df: DataFrame, cfg: Config, table: str, keys: Ite
     builder.whenNotMatchedInsertAll().execute()
     faults.point(f"after_commit:{table}")
     _journal_commit(spark, cfg, table, before)
+
+
+def _created_concurrently(exc: BaseException) -> bool:
+    """Whether a create-only write failed because another writer created the table first."""
+    from seglake.core.leases import is_conflict  # leases builds on this module
+
+    return is_conflict(exc) or "DELTA_PATH_EXISTS" in str(exc)[:2000]
 
 
 #: table properties of the small bookkeeping tables (``ops.job_leases``, ``ops.run_log``) that get
