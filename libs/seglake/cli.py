@@ -137,11 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
                          help="send as live events: event_ts = the time sent, event_id + '-live-<time>'")
     produce.add_argument("--limit", type=_positive_int, default=None, help="send at most this many messages")
 
+    outbox = verbs.add_parser("outbox", help="activation: `seglake outbox status` shows the outbox by destination",
+                              description="The activation outbox (ops.outbox) written by `seglake run export`.")
+    outbox_verbs = outbox.add_subparsers(dest="outbox_verb", metavar="ACTION", required=True)
+    ob_status = outbox_verbs.add_parser("status", help="messages per destination: due, scheduled, delivered, "
+                                                      "retrying, dead-lettered, suppressed, capped, cancelled")
+    _common(ob_status)
+
     kafka = verbs.add_parser("kafka", help="start, stop or show a local single-node Kafka broker (KRaft)",
                              description="A real Apache Kafka broker on 127.0.0.1 (jars from Maven Central, "
                                          "cached once), recorded and stopped by its pid.")
     from seglake.devtools import kafka as kafka_broker
     kafka_broker.add_arguments(kafka)
+
+    postgres = verbs.add_parser("postgres", help="start, stop or show a local PostgreSQL 15 server (the CRM destination's)",
+                                description="A real PostgreSQL 15 server on 127.0.0.1 (Debian's postgresql-15), "
+                                            "database 'seglake', recorded and stopped by its pid.")
+    from seglake.devtools import postgres as postgres_server
+    postgres_server.add_arguments(postgres)
 
     setup = verbs.add_parser("setup", help="download and cache the JVM jars (Maven) once",
                              description="Resolve the Delta jars and the configured spark.extra_packages "
@@ -300,8 +313,10 @@ def cmd_setup(args) -> int:
     coords = jvm.coordinates(_config(args).get("spark.extra_packages"))  # ConfigError: exit 2
     jars = jvm.ensure_jars(coords)
     kafka = jvm.kafka_source_jars()
+    pg = jvm.postgres_jdbc_jars()
     print(f"{len(jars)} jars cached in {jvm.jar_dir(coords)}, the Kafka source's {len(kafka)} in "
-          f"{kafka[0].parent}; cluster users pass --packages {jvm.packages_arg(coords + jvm.KAFKA_SOURCE)}")
+          f"{kafka[0].parent}, the PostgreSQL JDBC driver's {len(pg)} in {pg[0].parent}; cluster users pass "
+          f"--packages {jvm.packages_arg(coords + jvm.KAFKA_SOURCE + jvm.POSTGRES_JDBC)}")
     return EXIT_OK
 
 
@@ -338,9 +353,35 @@ def cmd_stream(args) -> int:
     return EXIT_OK
 
 
+def cmd_outbox(args) -> int:
+    from seglake.stages.export import status
+    cfg = _config(args)
+    rows = status(_spark(cfg, "seglake-outbox"), cfg)
+    if not rows:
+        print(f"no outbox yet under {cfg.lakehouse} (seglake run export builds it)")
+        return EXIT_OK
+    order = ["pending", "scheduled", "retrying", "delivered", "dead", "suppressed", "capped", "cancelled"]
+    by_dest: dict[str, dict[str, int]] = {}
+    for r in rows:
+        by_dest.setdefault(r["destination"], {})[r["state"]] = r["messages"]
+    states = [s for s in order if any(s in d for d in by_dest.values())]
+    labels = {"pending": "due", "dead": "dead-lettered"}
+    header = ["destination"] + [labels.get(s, s) for s in states]
+    table = [header] + [[d] + [str(v.get(s, 0)) for s in states] for d, v in sorted(by_dest.items())]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    return EXIT_OK
+
+
 def cmd_kafka(args) -> int:
     from seglake.devtools import kafka
     return kafka.command(args)
+
+
+def cmd_postgres(args) -> int:
+    from seglake.devtools import postgres
+    return postgres.command(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     from seglake.core.jvm import JarResolutionError
     from seglake.core.spark import SparkStartError
     handlers = {"run": cmd_run, "demo": cmd_demo, "generate": cmd_generate, "report": cmd_report, "setup": cmd_setup,
-                "kafka": cmd_kafka, "stream": cmd_stream}
+                "kafka": cmd_kafka, "postgres": cmd_postgres, "stream": cmd_stream, "outbox": cmd_outbox}
     try:
         return handlers[args.verb](args)
     except ConfigError as exc:

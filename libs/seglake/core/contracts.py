@@ -89,6 +89,9 @@ CONSENT_LEDGER = "ops.consent"   # seglake.stages.consent: grant/withdraw per id
 SEGMENT_TRIGGERS = "gold.segment_triggers"   # seglake.stages.stream: one row per trigger firing
 STREAM_TIMERS = "ops.stream_timers"          # the stream's pending trigger timers (event keys, no identifiers)
 STREAM_PROGRESS = "ops.stream_progress"      # one row per stream micro-batch: watermark, late events, firings
+OUTBOX = "ops.outbox"                        # seglake.stages.export: one row per message to one destination
+DEAD_LETTER = "ops.dead_letter"              # messages whose delivery failed for good, with the last error
+EXPORT_REMOVALS = "ops.export_removals"      # customers removed from a destination (consent withdrawn)
 
 #: Every table of the contract, in the order of the flow (for object stores, where the
 #: lakehouse cannot be listed, and for the report's table inventory).
@@ -99,6 +102,7 @@ KNOWN_TABLES: tuple[str, ...] = (
     TRANSITION_MATRIX, JOURNEY_METRICS, JOURNEY_PATHS, RUN_LOG, INGESTED_FILES, CLEAN_BATCHES,
     IDENTITY_RUNS, CLEAN_SET_ASIDE, UNREADABLE_FILES, JOB_LEASES,
     ERASURE_REQUESTS, CONSENT_LEDGER, SEGMENT_TRIGGERS, STREAM_TIMERS, STREAM_PROGRESS,
+    OUTBOX, DEAD_LETTER, EXPORT_REMOVALS,
 )
 
 

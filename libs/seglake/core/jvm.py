@@ -44,6 +44,12 @@ _KAFKA_EXCLUDE_GROUPS = "org.scala-lang,org.apache.hadoop,org.lz4,org.xerial.sna
 _KAFKA_EXCLUDE_ARTIFACTS = "spark-tags_2.13"
 
 
+#: the PostgreSQL JDBC driver, for the ``postgres`` activation destination (Spark's JDBC writer and the
+#: destination's own transaction on the driver). Locally it is resolved once into the jar cache and put on
+#: every local session's classpath; on a cluster pass it with ``--packages`` (``packages_arg(POSTGRES_JDBC)``).
+POSTGRES_JDBC: tuple[str, ...] = ("org.postgresql:postgresql:42.7.8",)
+
+
 class JarResolutionError(RuntimeError):
     """Raised when the JVM dependencies cannot be resolved or found."""
 
@@ -165,6 +171,12 @@ def kafka_source_jars() -> list[Path]:
     provider), resolved once into the jar cache; every local session puts them on its classpath."""
     return ensure_jars(KAFKA_SOURCE, exclude_groups=_KAFKA_EXCLUDE_GROUPS, managed=KAFKA_SOURCE_PINS,
                        exclude_artifacts=_KAFKA_EXCLUDE_ARTIFACTS)
+
+
+def postgres_jdbc_jars() -> list[Path]:
+    """The PostgreSQL JDBC driver (and its one dependency, checker-qual), resolved once into the jar
+    cache; every local session puts it on its classpath."""
+    return ensure_jars(POSTGRES_JDBC)
 
 
 def main() -> int:

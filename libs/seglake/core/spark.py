@@ -47,8 +47,8 @@ def get_spark(cfg: Config, app_name: str | None = None) -> "SparkSession":
     """Return the SparkSession for ``cfg``, creating it if there is none.
 
     * ``spark.mode: local`` — embedded Spark (``spark.master``, e.g. ``local[*]``), driver
-      memory from config, Delta jars (and ``spark.extra_packages``) from the local cache
-      (resolved once with Maven).
+      memory from config, Delta jars (and ``spark.extra_packages``), Spark's Kafka source and the
+      PostgreSQL JDBC driver from the local cache (resolved once with Maven).
     * ``spark.mode: cluster`` — master, resources and jars come from ``spark-submit``
       (``--packages``, see README); only SQL settings are applied here.
 
@@ -74,7 +74,7 @@ def get_spark(cfg: Config, app_name: str | None = None) -> "SparkSession":
         # Python workers must be this interpreter (the venv with pandas/pyarrow), not
         # whatever `python3` is first on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        jars = jvm.ensure_jars(coords) + jvm.kafka_source_jars()
+        jars = jvm.ensure_jars(coords) + jvm.kafka_source_jars() + jvm.postgres_jdbc_jars()
         builder = (
             builder.master(spark_cfg["master"])
             .config("spark.driver.memory", spark_cfg["driver_memory"])

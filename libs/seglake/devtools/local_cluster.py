@@ -337,7 +337,7 @@ def submit(master_url: str, job: str, lakehouse: str | Path, wheel: str | Path |
     source = Path(source or repo_root())
     script = Path(script) if script else job_script(job, source)
     wheel = Path(wheel) if wheel else build_wheel(source=source)
-    jars = jars if jars is not None else jvm.ensure_jars() + jvm.kafka_source_jars()
+    jars = jars if jars is not None else jvm.ensure_jars() + jvm.kafka_source_jars() + jvm.postgres_jdbc_jars()
     lakehouse = Path(lakehouse).expanduser().resolve()
     args = ["--env", env, "--lakehouse", str(lakehouse), "--conf-dir", str(source / "conf"),
             *(extra_args or [])]
