@@ -11,7 +11,7 @@ STREAM_LAKEHOUSE ?= ./lakehouse-stream
 BIN       := $(VENV)/bin
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: setup demo demo-stream bench-stream test test-slow test-all soak bench compare report clean-lakehouse
+.PHONY: setup demo demo-stream bench-stream bench-export test test-slow test-all soak bench compare report clean-lakehouse
 
 setup: $(VENV)/.seglake-setup
 
@@ -59,6 +59,10 @@ report: setup
 # stream throughput and trigger latency at increasing rates (its own broker; run it alone)
 bench-stream: setup
 	$(BIN)/python bench/stream_latency.py
+
+# activation throughput: webhook deliveries/s and PostgreSQL rows/s at 100k and 1M outbox rows (run it alone)
+bench-export: setup
+	$(BIN)/python bench/export_throughput.py
 
 bench: setup
 	$(BIN)/python bench/run.py --events $(BENCH_EVENTS)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+import re
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -102,6 +102,7 @@ def _write(spark, cfg, planted, root) -> None:
 
 
 def _destinations(root, url: str, extra_email: str = "") -> str:
+    delete_url = url.rsplit("/", 1)[0] + "/delete"
     path = root / "destinations.yaml"
     path.write_text(f"""
 destinations:
@@ -118,7 +119,8 @@ destinations:
     attempts_per_run: 4
     max_attempts: 8
     backoff_base_seconds: 0.01
-    backoff_max_seconds: 0.5{extra_email}
+    backoff_max_seconds: 0.5
+    delete_url: {delete_url}{extra_email}
   audiences:
     type: files
     segments: all
@@ -266,6 +268,10 @@ def test_outbox_keys_send_times_suppression_and_caps_match_an_independent_comput
     # the faults forced retries: a timed-out and an applied-then-dropped batch (<= 20 each) came twice
     assert 0 < receiver.duplicates <= 2 * 20
     dups = receiver.duplicates
+    # consent withdrawn: removed from each destination once (the webhook got its deletion call)
+    assert receiver.deletions == [sorted(WITHDRAWN)]
+    removals = tables.read(spark, cfg, "ops.export_removals").select("destination", "customer_id").collect()
+    assert sorted(tuple(r) for r in removals) == sorted((d, c) for d in ("email", "audiences") for c in WITHDRAWN)
     # a rerun adds nothing and sends nothing
     again = _export(spark, cfg, now="2026-09-30T00:00:00Z")
     assert again["messages_added"] == 0 and again["email due"] == 0
@@ -357,7 +363,7 @@ def test_destination_file_mistakes_are_one_sentence_naming_the_key(tmp_path):
     from seglake.stages.export.job import build
     for text, message in cases.items():
         bad.write_text(text)
-        with pytest.raises(DestinationConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(DestinationConfigError, match=re.escape(message)):
             exp = export_settings.load(cfg, bad)
             for spec in exp.enabled():
                 build(spec, cfg, exp)

@@ -175,6 +175,10 @@ def _erase(spark: SparkSession, cfg: Config, given: list[str], key: str, retenti
     for table in targets:
         tables.vacuum(spark, cfg, table, retention)
     files = artifacts.clean_files(cfg, person.searchable)
+    # activation: CRM rows, audience extracts, destinations' deletion calls (a failure stops here:
+    # the request stays not done and the rerun tries again)
+    from seglake.stages.export import erase_customers
+    activation = erase_customers(spark, cfg, list(person.customer_ids), f"erase-{request[:12]}")
     request_id = erasure.record_request(
         spark, cfg, key_of_request=request, identifiers_hashed=person.hashes, done=True,
         customer_ids_count=len(person.customer_ids), tables_touched=sorted(removed),
@@ -187,6 +191,8 @@ def _erase(spark: SparkSession, cfg: Config, given: list[str], key: str, retenti
                "tables_vacuumed": len(targets), "vacuum_retention_hours": retention,
                "files_removed": files["removed"], "files_flagged": files["flagged"],
                "mlflow_runs": files["mlflow_runs"], "landing": _landing_note(cfg)}
+    if activation:
+        summary["activation"] = activation
     if files.get("note"):
         summary["note"] = files["note"]
     if files["not_searched"]:

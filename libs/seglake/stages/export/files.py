@@ -30,8 +30,7 @@ from seglake.core import tables
 from seglake.core.config import Config, join
 from seglake.core.contracts import SEGMENT_MEMBERSHIP
 from seglake.stages.export.base import OUTCOME_DDL, DestinationConfigError
-from seglake.stages.export.settings import COMMON_KEYS, Policies
-from seglake.stages.segments.validation import did_you_mean
+from seglake.stages.export.settings import COMMON_KEYS, Policies, unknown_key
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +48,9 @@ class FilesDestination:
         self.policies = policies or Policies()
         self.segments = segments
         self.channel = settings.get("channel") or "files"
-        unknown = set(settings) - set(COMMON_KEYS) - set(OWN_KEYS)
-        if unknown:
-            key = sorted(unknown)[0]
-            raise DestinationConfigError(f"destination '{name}' (files): unknown key '{key}'"
-                                         f"{did_you_mean(key, OWN_KEYS + COMMON_KEYS)}")
+        problem = unknown_key(settings, OWN_KEYS + COMMON_KEYS, listed=OWN_KEYS)
+        if problem:
+            raise DestinationConfigError(f"destination '{name}' (files): {problem}")
         path = settings.get("path") or join(cfg.lakehouse, "_exports", name)
         if "://" in str(path) and not str(path).startswith("file:"):
             raise DestinationConfigError(f"destination '{name}' (files): path must be a local folder, got {path!r}")

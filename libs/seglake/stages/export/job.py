@@ -240,7 +240,7 @@ def erase_customers(spark: SparkSession, cfg: Config, customer_ids: list[str], r
     """Called by ``seglake run erase``: remove these customers from every enabled destination
     (CRM rows, extracts) and send the deletion call of those that have one. The outbox rows are
     removed by erase itself (it finds the customer_id column)."""
-    if not customer_ids:
+    if not customer_ids or not export_settings.destinations_file(cfg).exists():
         return {}
     exp = export_settings.load(cfg)
     out = {}

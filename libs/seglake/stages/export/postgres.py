@@ -36,7 +36,6 @@ on every local session's classpath; on a cluster pass it with ``--packages``.
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import re
@@ -46,7 +45,7 @@ from pyspark.sql import functions as F
 
 from seglake.core import faults
 from seglake.stages.export.base import DestinationConfigError
-from seglake.stages.export.settings import COMMON_KEYS
+from seglake.stages.export.settings import COMMON_KEYS, unknown_key
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +87,9 @@ def validate(name: str, settings: dict | None) -> dict:
     if not isinstance(settings, dict):
         raise _fail(name, f"the entry must be a mapping of settings, got {type(settings).__name__}.")
     known = list(DEFAULTS) + list(JOB_KEYS)
-    for key in settings:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(sorted(DEFAULTS))})"
-            raise _fail(name, f"unknown key '{key}'{hint}.")
+    problem = unknown_key(settings, known, listed=DEFAULTS)
+    if problem:
+        raise _fail(name, problem)
     out = {key: settings.get(key, default) for key, default in DEFAULTS.items()}
     url = out["jdbc_url"]
     if url in (None, ""):

@@ -76,6 +76,16 @@ class ExportSettings:
         return [d for d in self.destinations.values() if d.enabled]
 
 
+def unknown_key(settings: dict, known, listed=None) -> str | None:
+    """"unknown key 'k' (did you mean 'x'?)." for the first key of ``settings`` not in ``known``
+    (without a close match: the ``listed`` keys, default ``known``), or None."""
+    for key in settings:
+        if key not in known:
+            hint = did_you_mean(key, known) or f" (known keys: {', '.join(sorted(listed or known))})"
+            return f"unknown key '{key}'{hint}."
+    return None
+
+
 def destinations_file(cfg: Config) -> Path:
     name = Path(str(cfg.get("export.destinations_file") or "destinations.yaml"))
     return name if name.is_absolute() else cfg.conf_file(str(name))

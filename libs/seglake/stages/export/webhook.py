@@ -33,7 +33,6 @@ executors, one partition at a time.
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import hmac
 import http.client
@@ -52,7 +51,7 @@ from urllib.parse import urlsplit
 
 from seglake import __version__
 from seglake.stages.export.base import MESSAGE_COLUMNS, OUTCOME_DDL, DestinationConfigError, Outcome
-from seglake.stages.export.settings import COMMON_KEYS
+from seglake.stages.export.settings import COMMON_KEYS, unknown_key
 
 log = logging.getLogger("seglake.stages.export.webhook")
 
@@ -122,11 +121,9 @@ def validate(name: str, settings: dict | None) -> dict:
     if not isinstance(settings, dict):
         raise _fail(name, f"the entry must be a mapping of settings, got {type(settings).__name__}.")
     known = list(DEFAULTS) + list(JOB_KEYS)
-    for key in settings:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(sorted(DEFAULTS))})"
-            raise _fail(name, f"unknown key '{key}'{hint}.")
+    problem = unknown_key(settings, known, listed=DEFAULTS)
+    if problem:
+        raise _fail(name, problem)
     for key in ("url", "secret_env"):
         if settings.get(key) in (None, ""):
             raise _fail(name, f"the required key '{key}' is missing.")
