@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -370,3 +371,72 @@ def test_destination_file_mistakes_are_one_sentence_naming_the_key(tmp_path):
     bad.write_text("destinations: {x: {type: files}}")
     with pytest.raises(DestinationConfigError, match="no destination named 'y'"):
         export_settings.load(cfg, bad).enabled("y")
+
+
+def test_export_of_the_shared_pipeline_sends_every_change_once(spark, pipeline_through, tmp_path, monkeypatch):
+    """On real segment output (the shared e2e lakehouse, copied): one outbox row per segment change
+    and destination, the extracts equal gold.segment_membership of the as-of, and the webhook
+    receiver gets every due entered/exited change of its segments exactly once."""
+    cfg0, _ = pipeline_through("segments")
+    lake = tmp_path / "lake"
+    shutil.copytree(cfg0.lakehouse, lake, ignore=shutil.ignore_patterns("_input", "_mlflow"))
+    monkeypatch.setenv("TEST_WEBHOOK_SECRET", SECRET)
+    changes = tables.read(spark, cfg0, SEGMENT_CHANGES).toPandas()       # a few thousand rows
+    members = tables.read(spark, cfg0, SEGMENT_MEMBERSHIP).toPandas()
+    as_of = max(changes.as_of_date)
+    with Receiver(secret=SECRET) as receiver:
+        path = tmp_path / "destinations.yaml"
+        path.write_text(f"""
+destinations:
+  hook: {{type: webhook, channel: crm, segments: all, triggers: [], url: {receiver.url},
+          secret_env: TEST_WEBHOOK_SECRET, batch_size: 200}}
+  audiences: {{type: files, segments: all, triggers: []}}
+""")
+        cfg = make_cfg(lake, export={"destinations_file": str(path)})
+        summary = _export(spark, cfg, now="2100-01-01T00:00:00Z")
+        want = {_sha("hook", r.customer_id, "segment", r.segment, r.change, str(r.as_of_date))
+                for r in changes.itertuples()}
+        assert receiver.received_keys() == want and receiver.duplicates == 0
+    assert summary["messages_added"] == 2 * len(changes) and summary["hook delivered"] == len(changes)
+    folder = lake / "_exports" / "audiences" / f"as_of={as_of}"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    now_members = members[members.as_of_date == as_of]
+    assert {s: i["rows"] for s, i in manifest["segments"].items()} == now_members.segment.value_counts().to_dict()
+    for seg, info in manifest["segments"].items():
+        got = pd.read_parquet(folder / info["files"]["parquet"]["file"]).customer_id.tolist()
+        assert got == sorted(now_members[now_members.segment == seg].customer_id)
+
+
+def test_caps_per_channel_then_across_channels_and_exits_take_no_place(spark):
+    from seglake.stages.export.outbox import apply_caps
+    from seglake.stages.export.settings import Cap, Policies
+
+    t0 = datetime(2026, 9, 10, 12, tzinfo=UTC)
+    day = timedelta(days=1)
+    rows = [  # key, customer, channel, change, priority, time
+        ("e1", "A", "email", "entered", 0, t0 + day), ("e2", "A", "email", "entered", 1, t0 + day),
+        ("e3", "A", "email", "exited", 0, t0 + day / 2), ("e4", "A", "email", "fired", 2, t0 + 2 * day),
+        ("e5", "A", "email", "entered", 3, t0 + 3 * day),
+        ("p1", "A", "push", "fired", 0, t0 + day), ("p2", "A", "push", "fired", 1, t0 + 2 * day),
+        ("p3", "A", "push", "entered", 2, t0 + 4 * day),
+        ("c1", "A", "crm", "entered", 0, t0 + day),            # no cap on crm: never counted, never capped
+        ("b1", "B", "email", "entered", 1, t0 + day), ("b2", "B", "email", "entered", 0, t0 + 2 * day),
+    ]
+    new = spark.createDataFrame(
+        [(k, c, ch, chg, p, t, "pending", None) for k, c, ch, chg, p, t in rows],
+        "idempotency_key STRING, customer_id STRING, channel STRING, change STRING, priority INT, "
+        "scheduled_at TIMESTAMP, state STRING, reason STRING")
+    existing = spark.createDataFrame(
+        [("B", "email", "entered", "delivered", t0 - 2 * day), ("B", "email", "fired", "pending", t0),
+         ("B", "email", "entered", "delivered", t0 - 10 * day),     # outside every 7-day window
+         ("B", "email", "exited", "delivered", t0), ("B", "email", "entered", "dead", t0)],   # not counted
+        "customer_id STRING, channel STRING, change STRING, state STRING, scheduled_at TIMESTAMP")
+    policies = Policies(caps={"email": Cap(3, 7), "push": Cap(3, 7), "all": Cap(4, 7)})
+    got = {r["idempotency_key"]: (r["state"], r["reason"]) for r in apply_caps(new, existing, policies).collect()}
+    capped = {k for k, (s, _) in got.items() if s == "capped"}
+    # A: email keeps e1 e2 e4 (the exit takes no place), e5 over; then all channels (4 of e1 e2 e4
+    # p1 p2 p3 by priority): e1 p1 e2 p2 stay. B: 2 counted old ones leave 1 place: b2 (priority 0)
+    assert capped == {"e5", "e4", "p3", "b1"}
+    assert got["e5"][1] == "frequency cap: 3 per 7 days on email"
+    assert got["e4"][1] == "frequency cap: 4 per 7 days on all channels"
+    assert got["c1"] == ("pending", None) and got["e3"] == ("pending", None)

@@ -232,6 +232,10 @@ def run(ctx: JobContext) -> dict:
         got = deliver(spark, cfg, name, dest, now, ctx.run_id)
         for k, v in got.items():
             summary[f"{name} {k}"] = v
+    if tables.exists(spark, cfg, OUTBOX):
+        touched = tables.read(spark, cfg, OUTBOX).where(F.col("run_id") == ctx.run_id)
+        summary["this_run"] = {f"{r['destination']} {r['kind']} {r['name']} {r['state']}": r["messages"]
+                               for r in _breakdown(touched, ["destination", "kind", "name", "state"])}
     summary["outbox"] = {f"{r['destination']} {r['state']}": r["messages"] for r in status(spark, cfg, now)}
     return summary
 

@@ -49,6 +49,8 @@ OUTBOX_COLUMNS = [c.split()[0] for c in OUTBOX_DDL.split(", ")]
 #: states whose rows may still be sent, and states that count against a frequency cap
 OPEN_STATES = ("pending", "retrying")
 COUNTED_STATES = ("pending", "retrying", "delivered")
+#: the key of ``frequency_caps`` that caps every channel together
+ALL_CHANNELS = "all"
 #: changes that reach the person (and so count against caps); exits only remove a tag
 MESSAGE_CHANGES = ("entered", "fired")
 
@@ -168,43 +170,52 @@ def priority_of(policies: Policies) -> Column:
 
 
 def apply_caps(new: DataFrame, existing: DataFrame | None, policies: Policies) -> DataFrame:
-    """``state = capped`` for the new entered/fired messages beyond a channel's cap.
+    """``state = capped`` for the new entered/fired messages beyond a cap: first each channel's,
+    then the cross-channel one (``frequency_caps.all``, over the channels that have a cap of their
+    own: tag syncs to a CRM or files are not messages to the person) over what they left.
 
-    Per customer and capped channel: the messages already counted (:data:`COUNTED_STATES`) with
+    Per customer and cap: the messages already counted (:data:`COUNTED_STATES`) with
     ``scheduled_at`` after (the earliest new message - window) use up the cap first; the new ones
     take what is left in (priority, scheduled_at, key) order. Any rolling window that holds a new
     message starts after that earliest time minus the window, so it holds at most the counted
     old ones plus the admitted new ones: never more than ``max_messages``.
     """
-    if not policies.caps:
-        return new
-    caps = new.sparkSession.createDataFrame(
-        [(c, cap.max_messages, cap.window_days) for c, cap in policies.caps.items()],
-        "channel STRING, _max INT, _days INT")
-    counted = F.col("change").isin(*MESSAGE_CHANGES) & (F.col("state") == "pending")
-    cand = new.join(F.broadcast(caps), "channel", "left")
-    first = (cand.where(counted & F.col("_max").isNotNull()).groupBy("customer_id", "channel")
-             .agg(F.min("scheduled_at").alias("_first")))
+    by_channel = {c: cap for c, cap in policies.caps.items() if c != ALL_CHANNELS}
+    if by_channel:
+        new = _cap(new, existing, by_channel, F.col("channel"))
+    if ALL_CHANNELS in policies.caps and by_channel:   # over the channels that have their own cap
+        scope = F.when(F.col("channel").isin(*by_channel), F.lit(ALL_CHANNELS))
+        new = _cap(new, existing, {ALL_CHANNELS: policies.caps[ALL_CHANNELS]}, scope)
+    return new
+
+
+def _cap(new: DataFrame, existing: DataFrame | None, caps: dict, scope: Column) -> DataFrame:
+    """One cap pass: ``scope`` is the column the caps are keyed by (the channel, or 'all')."""
+    caps_df = F.broadcast(new.sparkSession.createDataFrame(
+        [(c, cap.max_messages, cap.window_days) for c, cap in caps.items()], "_scope STRING, _max INT, _days INT"))
+    limited = (F.col("change").isin(*MESSAGE_CHANGES) & (F.col("state") == "pending") & F.col("_max").isNotNull())
+    cand = new.withColumn("_scope", scope).join(caps_df, "_scope", "left").withColumn("_limited", limited)
     if existing is not None:
-        old = (existing.where(F.col("state").isin(*COUNTED_STATES) & F.col("change").isin(*MESSAGE_CHANGES))
-               .select("customer_id", "channel", F.col("scheduled_at").alias("_old_at"))
-               .join(first, ["customer_id", "channel"])
-               .join(F.broadcast(caps), "channel")
-               .where(F.col("_old_at") > F.col("_first") - F.make_interval(days=F.col("_days")))
-               .groupBy("customer_id", "channel").agg(F.count(F.lit(1)).alias("_used")))
-        cand = cand.join(old, ["customer_id", "channel"], "left")
+        first = (cand.where(F.col("_limited")).groupBy("customer_id", "_scope")
+                 .agg(F.min("scheduled_at").alias("_first")))
+        used = (existing.where(F.col("state").isin(*COUNTED_STATES) & F.col("change").isin(*MESSAGE_CHANGES))
+                .select("customer_id", scope.alias("_scope"), F.col("scheduled_at").alias("_old_at"))
+                .join(first, ["customer_id", "_scope"]).join(caps_df, "_scope")
+                .where(F.col("_old_at") > F.col("_first") - F.make_interval(days=F.col("_days")))
+                .groupBy("customer_id", "_scope").agg(F.count(F.lit(1)).alias("_used")))
+        cand = cand.join(used, ["customer_id", "_scope"], "left")
     else:
         cand = cand.withColumn("_used", F.lit(None).cast("long"))
-    order = Window.partitionBy("customer_id", "channel").orderBy("priority", "scheduled_at", "idempotency_key")
-    rank = F.when(counted & F.col("_max").isNotNull(), F.row_number().over(order))
-    cand = cand.withColumn("_rank", rank)
-    over = F.col("_rank") > F.col("_max") - F.coalesce(F.col("_used"), F.lit(0))
-    capped = counted & F.col("_max").isNotNull() & over
-    return (cand.withColumn("reason", F.when(capped, F.format_string("frequency cap: %d per %d days on %s",
-                                                                       F.col("_max"), F.col("_days"), F.col("channel")))
-                            .otherwise(F.col("reason")))
-            .withColumn("state", F.when(capped, F.lit("capped")).otherwise(F.col("state")))
-            .drop("_max", "_days", "_used", "_rank"))
+    # ranked among the limited messages only: exits and suppressed rows take no place
+    order = Window.partitionBy("customer_id", "_scope", "_limited").orderBy("priority", "scheduled_at",
+                                                                            "idempotency_key")
+    capped = F.col("_limited") & (F.row_number().over(order) > F.col("_max") - F.coalesce(F.col("_used"), F.lit(0)))
+    where = F.when(F.col("_scope") == ALL_CHANNELS, F.lit("all channels")).otherwise(F.col("_scope"))
+    return (cand.withColumn("_capped", capped)
+            .withColumn("reason", F.when(F.col("_capped"), F.format_string(
+                "frequency cap: %d per %d days on %s", F.col("_max"), F.col("_days"), where)).otherwise(F.col("reason")))
+            .withColumn("state", F.when(F.col("_capped"), F.lit("capped")).otherwise(F.col("state")))
+            .drop("_scope", "_max", "_days", "_used", "_limited", "_capped"))
 
 
 def suppressed_customers(spark: SparkSession, cfg: Config, policies: Policies, now: datetime) -> DataFrame:
