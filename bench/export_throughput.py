@@ -36,7 +36,7 @@ REPO = BENCH_DIR.parent
 SECRET = "bench-secret"
 
 
-def _outbox(spark, cfg, n: int) -> None:
+def _outbox(spark, cfg, n: int, deletion_vectors: bool) -> None:
     from pyspark.sql import functions as F
 
     from seglake.core import tables
@@ -57,7 +57,9 @@ def _outbox(spark, cfg, n: int) -> None:
         F.lit(None).cast("timestamp").alias("last_attempt_at"), F.lit(None).cast("string").alias("response"),
         F.lit(None).cast("string").alias("error"), F.lit(None).cast("timestamp").alias("delivered_at"),
         F.current_timestamp().alias("created_at"), F.lit("bench").alias("created_run_id"), F.lit("bench").alias("run_id"))
-    tables.overwrite(rows.select(*OUTBOX_COLUMNS), cfg, OUTBOX)
+    from seglake.stages.export.job import OUTBOX_PROPERTIES
+    tables.overwrite(rows.select(*OUTBOX_COLUMNS), cfg, OUTBOX,
+                     properties=OUTBOX_PROPERTIES if deletion_vectors else {"delta.enableDeletionVectors": "false"})
 
 
 def _set_destination(spark, cfg, name: str) -> None:
@@ -77,15 +79,22 @@ def _timed_delivery(spark, cfg, name: str, dest, n: int) -> dict:
     from seglake.core.contracts import OUTBOX
     from seglake.stages.export.job import deliver
 
+    from delta.tables import DeltaTable
+
     _set_destination(spark, cfg, name)
+    before = tables.version(spark, cfg, OUTBOX)
     t0 = time.perf_counter()
     counts = deliver(spark, cfg, name, dest, datetime.now(timezone.utc), f"bench-{name}")
     seconds = time.perf_counter() - t0
     delivered = tables.read(spark, cfg, OUTBOX).where(F.col("state") == "delivered").count()
     if delivered != n or counts["delivered"] != n:
         raise SystemExit(f"{name}: {delivered} of {n} messages delivered ({counts})")
+    # what the outcome MERGEs rewrote: the updated rows, and the unchanged rows copied along with them
+    merges = (DeltaTable.forPath(spark, cfg.table_path(OUTBOX)).history()
+              .where((F.col("version") > before) & (F.col("operation") == "MERGE")).select("operationMetrics").collect())
+    copied = sum(int(m["operationMetrics"].get("numTargetRowsCopied", 0)) for m in merges)
     return {"messages": n, "seconds": round(seconds, 1), "messages_per_s": round(n / seconds),
-            "chunks": -(-n // int(cfg.get("export.chunk_size")))}
+            "chunks": -(-n // int(cfg.get("export.chunk_size"))), "outbox_rows_copied_by_merges": copied}
 
 
 def _receiver(log: Path) -> tuple[subprocess.Popen, dict]:
@@ -101,14 +110,14 @@ def _stats(url: str) -> dict:
         return json.loads(r.read())
 
 
-def one_size(spark, make_cfg, n: int, batch_size: int, work: Path) -> dict:
+def one_size(spark, make_cfg, n: int, batch_size: int, work: Path, deletion_vectors: bool = True) -> dict:
     from seglake.devtools import postgres
     from seglake.stages.export.postgres import PostgresDestination
     from seglake.stages.export.webhook import WebhookDestination
 
     cfg = make_cfg(work / f"lake-{n}")
-    _outbox(spark, cfg, n)
-    out: dict = {"rows": n}
+    _outbox(spark, cfg, n, deletion_vectors)
+    out: dict = {"rows": n, "outbox_deletion_vectors": deletion_vectors}
 
     proc, info = _receiver(work / "receiver.log")
     try:
@@ -150,6 +159,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--batch-size", type=int, default=500, help="webhook messages per request (default 500)")
+    parser.add_argument("--no-deletion-vectors", action="store_true",
+                        help="the outbox without deletion vectors (how it was first built: the 'before' figure)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import make_cfg  # the tests' local config: local[2], 2 shuffle partitions
@@ -164,11 +175,12 @@ def main() -> int:
     try:
         for n in args.rows:
             load_start = os.getloadavg()
-            result = one_size(spark, cfg_for, n, args.batch_size, work)
+            result = one_size(spark, cfg_for, n, args.batch_size, work, not args.no_deletion_vectors)
             result.update({"load_average_at_start": [round(x, 2) for x in load_start],
                            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
                            "cores": os.cpu_count(), "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-            path = BENCH_DIR / "results" / f"export_throughput-{n}.json"
+            suffix = "-no-dv" if args.no_deletion_vectors else ""
+            path = BENCH_DIR / "results" / f"export_throughput-{n}{suffix}.json"
             path.write_text(json.dumps(result, indent=2) + "\n")
             print(json.dumps(result, indent=2))
     finally:

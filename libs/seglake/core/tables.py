@@ -364,7 +364,7 @@ def delete_matching(spark: SparkSession, cfg: Config, table: str, keys: DataFram
 
 def merge(spark: SparkSession, df: DataFrame, cfg: Config, table: str, keys: Iterable[str],
           partition_by: Sequence[str] = (), update: bool = False, extra_condition: str | None = None,
-          schema_evolution: bool = False) -> None:
+          schema_evolution: bool = False, properties: dict | None = None) -> None:
     """Insert rows whose ``keys`` are new (and update matches when ``update``).
 
     The first write creates the table, atomically: when two writers find it missing at once,
@@ -372,13 +372,14 @@ def merge(spark: SparkSession, df: DataFrame, cfg: Config, table: str, keys: Ite
     merges instead, so a row is never inserted twice. ``extra_condition`` (on ``t.``/``s.``) can prune
     the target, e.g. to the partitions the batch touches. ``schema_evolution`` adds the
     source's new columns to the target (for tables that gain columns between versions).
+    ``properties``: table properties of the table's creation (as :func:`append`).
     """
     keys = list(keys)
     if not keys:
         raise ValueError("merge needs at least one key column")
     if not exists(spark, cfg, table):
         try:
-            append(df, cfg, table, partition_by, create_only=True)
+            append(df, cfg, table, partition_by, properties=properties, create_only=True)
             return
         except Exception as exc:  # noqa: BLE001 - only "someone else created it first" falls through
             if not _created_concurrently(exc):

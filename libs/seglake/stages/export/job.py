@@ -41,6 +41,10 @@ from seglake.stages.export.settings import DestinationSpec, ExportSettings
 
 log = logging.getLogger(__name__)
 
+#: deletion vectors: a chunk's outcome MERGE rewrites only its own rows, not every file they sit in
+#: (without them each chunk of a 1M-row outbox copied the whole table; erase purges them: REORG)
+OUTBOX_PROPERTIES = {"delta.enableDeletionVectors": "true"}
+
 DEAD_LETTER_COLUMNS = ("idempotency_key", "destination", "channel", "customer_id", "kind", "name", "change",
                        "version", "payload", "attempts", "response", "error", "dead_at", "run_id")
 
@@ -221,7 +225,7 @@ def run(ctx: JobContext) -> dict:
     added = 0
     if new is not None:
         before = _version(spark, cfg, OUTBOX)
-        tables.merge(spark, new, cfg, OUTBOX, ["idempotency_key"])
+        tables.merge(spark, new, cfg, OUTBOX, ["idempotency_key"], properties=OUTBOX_PROPERTIES)
         added = _commit_rows(spark, cfg, OUTBOX, before)
     summary["messages_added"] = added
     summary["cancelled"] = cancel_suppressed(spark, cfg, exp, now, ctx.run_id)
