@@ -41,6 +41,9 @@ EMAIL_SEGMENTS = ["cart_abandoners", "inactive", "lapsed_purchasers"]
 EMAIL_TRIGGERS = ["abandoned_cart_email", "re_engaged"]
 PRIORITY = ["abandoned_cart_email", "re_engaged", "cart_abandoners"]
 SECRET = "test-webhook-secret"
+#: what the receiver answers to the first requests of a delivery: 500, a dropped connection, 429,
+#: a reply after the client's 1 s timeout (applied), a connection dropped after applying, 503
+FAULTS = ("500", "drop", "429:0.1", "timeout:2", "drop-after-apply", "503")
 
 
 def _planted() -> dict[str, pd.DataFrame]:
@@ -191,7 +194,7 @@ def planted():
 @pytest.fixture
 def export_lake(spark, tmp_path, planted, monkeypatch):
     monkeypatch.setenv("TEST_WEBHOOK_SECRET", SECRET)
-    receiver = Receiver(secret=SECRET, script=["500", "drop", "429:0.1", "timeout:2", "drop-after-apply", "503"])
+    receiver = Receiver(secret=SECRET)
     receiver.start()
     lake = tmp_path / "lake"
     cfg = make_cfg(lake, time={"zone": ZONE},
@@ -218,7 +221,8 @@ def test_outbox_keys_send_times_suppression_and_caps_match_an_independent_comput
     # New York time); nothing is due on 2026-09-01
     first = _export(spark, cfg, as_of=date(2026, 9, 12), now="2026-09-01T00:00:00Z")
     assert first["email due"] == 0 and receiver.received_keys() == set()
-    # run 2: everything, due on 2026-09-30
+    # run 2: everything, due on 2026-09-30, through a receiver scripted to fail the first requests
+    receiver.queue(*FAULTS)
     second = _export(spark, cfg, now="2026-09-30T00:00:00Z")
     exp = expected_email(planted)
     box = _outbox(spark, cfg)
@@ -313,9 +317,11 @@ def test_audience_extracts_match_membership_minus_withdrawn_with_checksums(expor
             assert gone not in set(pd.read_csv(os.path.join(folder, info["files"]["csv"]["file"])).customer_id)
 
 
+@pytest.mark.slow
 def test_a_killed_export_resends_only_unrecorded_chunks_and_every_key_arrives_once(export_lake, planted):
     spark, cfg, receiver, _ = export_lake
     cfg = cfg.with_overrides({"export": {"chunk_size": 80}})     # 3 chunks: the kill comes after the 2nd
+    receiver.queue(*FAULTS)
     with faults.abort_at("export.after_deliver@2"):
         with pytest.raises(faults.Aborted):
             _export(spark, cfg, destination="email", now="2026-09-30T00:00:00Z")
@@ -339,6 +345,10 @@ def test_a_4xx_goes_to_the_dead_letter_table_with_its_error(spark, tmp_path, pla
         assert receiver.received_keys() == set() and receiver.bad_signatures > 0
     dead = tables.read(spark, cfg, DEAD_LETTER)
     assert dead.count() == summary["email dead"] > 0
+    # the refused deletion call did not stop the run, and is not recorded as done: the next run retries
+    assert summary["removed_withdrawn"]["email"] == "failed for 3, retried next run"
+    assert not tables.exists(spark, cfg, "ops.export_removals") or \
+        tables.read(spark, cfg, "ops.export_removals").where("destination = 'email'").count() == 0
     assert dead.where(~F.col("error").contains("401")).count() == 0
 
 
@@ -373,6 +383,7 @@ def test_destination_file_mistakes_are_one_sentence_naming_the_key(tmp_path):
         export_settings.load(cfg, bad).enabled("y")
 
 
+@pytest.mark.slow
 def test_export_of_the_shared_pipeline_sends_every_change_once(spark, pipeline_through, tmp_path, monkeypatch):
     """On real segment output (the shared e2e lakehouse, copied): one outbox row per segment change
     and destination, the extracts equal gold.segment_membership of the as-of, and the webhook

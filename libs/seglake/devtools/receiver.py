@@ -168,6 +168,11 @@ class Receiver:
                     "bad_signatures": self._bad_signatures, "deletions": len(self._deletions)}
 
     # --- used by the handler -----------------------------------------------------------------
+    def queue(self, *actions: str) -> None:
+        """Append fault actions to the script (consumed by the next requests, in order)."""
+        with self._lock:
+            self._script.extend(actions)
+
     def next_action(self) -> str:
         with self._lock:
             if self._script:
