@@ -335,7 +335,7 @@ def test_a_killed_export_resends_only_unrecorded_chunks_and_every_key_arrives_on
     assert not tables.exists(spark, cfg, DEAD_LETTER)
 
 
-def test_a_4xx_goes_to_the_dead_letter_table_with_its_error(spark, tmp_path, planted, monkeypatch):
+def test_a_4xx_goes_to_the_dead_letter_table_with_its_error(spark, tmp_path, planted, monkeypatch, capsys):
     monkeypatch.setenv("TEST_WEBHOOK_SECRET", "not-the-receivers-secret")
     with Receiver(secret=SECRET) as receiver:       # every signature is wrong: 401, not retried
         cfg = make_cfg(tmp_path / "lake", time={"zone": ZONE},
@@ -347,6 +347,13 @@ def test_a_4xx_goes_to_the_dead_letter_table_with_its_error(spark, tmp_path, pla
     assert dead.count() == summary["email dead"] > 0
     # the refused deletion call did not stop the run, and is not recorded as done: the next run retries
     assert summary["removed_withdrawn"]["email"] == "failed for 3, retried next run"
+    # `seglake outbox status` shows them per destination
+    from seglake.cli import main
+    capsys.readouterr()
+    assert main(["outbox", "status", "--lakehouse", cfg.lakehouse]) == 0
+    header, row = capsys.readouterr().out.strip().splitlines()[:2]
+    assert header.split()[0] == "destination" and "dead-lettered" in header.split()
+    assert row.split()[0] == "email" and int(row.split()[header.split().index("dead-lettered")]) == summary["email dead"]
     assert not tables.exists(spark, cfg, "ops.export_removals") or \
         tables.read(spark, cfg, "ops.export_removals").where("destination = 'email'").count() == 0
     assert dead.where(~F.col("error").contains("401")).count() == 0

@@ -55,6 +55,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from seglake.core import tables
+from seglake.core.tables import is_conflict  # noqa: F401 - used here and by callers as leases.is_conflict
 from seglake.core.config import Config, ConfigError
 from seglake.core.contracts import JOB_LEASES
 from seglake.core.spark import literal_row
@@ -66,16 +67,6 @@ LEASES_DDL = ("lease_id STRING, job STRING, run_id STRING, kind STRING, host STR
 #: row tracking gives every row the Delta version of the commit that added it
 _PROPERTIES = {"delta.enableRowTracking": "true", **tables.BOOKKEEPING_PROPERTIES}
 LOG_EVERY_SECONDS = 15.0
-#: Delta's commit conflicts (delta.exceptions), e.g. when two processes create a table with their
-#: first append at the same time (ProtocolChangedException / MetadataChangedException)
-_CONFLICT_NAMES = ("ProtocolChangedException", "MetadataChangedException", "ConcurrentAppendException",
-                   "ConcurrentWriteException", "ConcurrentTransactionException",
-                   "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
-                   "DeltaConcurrentModificationException")
-#: their error classes, as the message of an unconverted JVM error shows them
-_CONFLICT_CLASSES = ("DELTA_PROTOCOL_CHANGED", "DELTA_METADATA_CHANGED", "DELTA_CONCURRENT_APPEND",
-                     "DELTA_CONCURRENT_WRITE", "DELTA_CONCURRENT_TRANSACTION", "DELTA_CONCURRENT_DELETE_READ",
-                     "DELTA_CONCURRENT_DELETE_DELETE")
 _LAPSE = ("(A lease of a run killed on another host lapses leases.ttl_minutes after it was taken; "
           "one of this host lapses as soon as its process is gone.)")
 #: run_id -> job of the write leases this process holds (names an exclusive lease's job)
@@ -109,22 +100,6 @@ def settings(cfg: Config) -> tuple[bool, float, float]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
             raise ConfigError(f"leases.{key} must be a number >= {low}, got {value!r}.")
     return enabled, float(wait), float(ttl)
-
-
-def _conflict_types() -> tuple[type, ...]:
-    """delta.exceptions' conflict classes; importing the module also makes PySpark convert
-    Delta's JVM conflicts into them (so it runs before every lease write)."""
-    import delta.exceptions as dx
-    return tuple(getattr(dx, n) for n in _CONFLICT_NAMES if hasattr(dx, n))
-
-
-def is_conflict(exc: BaseException) -> bool:
-    """Whether ``exc`` is one of Delta's concurrent-commit conflicts (by class, or by the JVM class
-    or error class named in the message when the error reached Python unconverted)."""
-    if isinstance(exc, _conflict_types()):
-        return True
-    text = f"{type(exc).__name__}: {exc}"[:4000]
-    return any(name in text for name in _CONFLICT_NAMES + _CONFLICT_CLASSES)
 
 
 def _unjournaled(fn: Callable, *args, **kwargs):
@@ -165,7 +140,7 @@ def _append(spark: SparkSession, cfg: Config, row: tuple) -> None:
     """Blind-append one lease row. Two processes creating the table with their first append at the
     same time make one of them fail with a commit conflict: that one retries once (the table
     exists then, and appends to an existing table never conflict)."""
-    _conflict_types()
+    tables.conflict_types()     # imports delta.exceptions: PySpark then converts the JVM conflicts
     df = literal_row(spark, row, LEASES_DDL)
     try:
         _unjournaled(tables.append, df, cfg, JOB_LEASES, properties=_PROPERTIES)

@@ -401,10 +401,35 @@ def merge(spark: SparkSession, df: DataFrame, cfg: Config, table: str, keys: Ite
     _journal_commit(spark, cfg, table, before)
 
 
+#: Delta's concurrent-commit conflicts (delta.exceptions)
+_CONFLICT_NAMES = ("ProtocolChangedException", "MetadataChangedException", "ConcurrentAppendException",
+                   "ConcurrentWriteException", "ConcurrentTransactionException",
+                   "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
+                   "DeltaConcurrentModificationException")
+#: their error classes, as the message of an unconverted JVM error shows them
+_CONFLICT_CLASSES = ("DELTA_PROTOCOL_CHANGED", "DELTA_METADATA_CHANGED", "DELTA_CONCURRENT_APPEND",
+                     "DELTA_CONCURRENT_WRITE", "DELTA_CONCURRENT_TRANSACTION", "DELTA_CONCURRENT_DELETE_READ",
+                     "DELTA_CONCURRENT_DELETE_DELETE")
+
+
+def conflict_types() -> tuple[type, ...]:
+    """delta.exceptions' conflict classes; importing the module also makes PySpark convert
+    Delta's JVM conflicts into them (so it runs before every lease write)."""
+    import delta.exceptions as dx
+    return tuple(getattr(dx, n) for n in _CONFLICT_NAMES if hasattr(dx, n))
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of Delta's concurrent-commit conflicts (by class, or by the JVM class
+    or error class named in the message when the error reached Python unconverted)."""
+    if isinstance(exc, conflict_types()):
+        return True
+    text = f"{type(exc).__name__}: {exc}"[:4000]
+    return any(name in text for name in _CONFLICT_NAMES + _CONFLICT_CLASSES)
+
+
 def _created_concurrently(exc: BaseException) -> bool:
     """Whether a create-only write failed because another writer created the table first."""
-    from seglake.core.leases import is_conflict  # leases builds on this module
-
     return is_conflict(exc) or "DELTA_PATH_EXISTS" in str(exc)[:2000]
 
 
