@@ -214,6 +214,7 @@ def _utc_naive(t: datetime) -> datetime:
     return t.astimezone(UTC).replace(tzinfo=None)
 
 
+@pytest.mark.slow
 def test_outbox_keys_send_times_suppression_and_caps_match_an_independent_computation(export_lake, planted):
     spark, cfg, receiver, _ = export_lake
     spark.conf.set("spark.sql.session.timeZone", "UTC")   # collect() renders instants in UTC
@@ -283,6 +284,7 @@ def test_outbox_keys_send_times_suppression_and_caps_match_an_independent_comput
     assert receiver.received_keys() == sendable and receiver.duplicates == dups
 
 
+@pytest.mark.slow
 def test_audience_extracts_match_membership_minus_withdrawn_with_checksums(export_lake, planted):
     spark, cfg, _, _ = export_lake
     _export(spark, cfg, destination="audiences", now="2026-09-30T00:00:00Z")
