@@ -111,6 +111,8 @@ def cancel_suppressed(spark: SparkSession, cfg: Config, exp: ExportSettings, now
     open_rows = tables.read(spark, cfg, OUTBOX).where(F.col("state").isin(*OPEN_STATES))
     hit = mark_suppressed(open_rows, suppressed_customers(spark, cfg, exp.policies, now)).where(
         F.col("state") == "suppressed")
+    if not hit.limit(1).collect():      # nobody to cancel (the usual case): no MERGE, no empty commit
+        return 0
     cancelled = hit.withColumn("state", F.lit("cancelled")).withColumn("run_id", F.lit(run_id)).select(*OUTBOX_COLUMNS)
     before = _version(spark, cfg, OUTBOX)
     tables.merge(spark, cancelled, cfg, OUTBOX, ["idempotency_key"], update=True)
