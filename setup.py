@@ -15,6 +15,8 @@ INSTALL_REQUIRES = [
     "pandas>=2.2,<3",
     "pyyaml>=6,<7",
     "matplotlib>=3.8,<4",
+    # seglake run experiments: the tests' distributions (t, chi-square, normal, noncentral t)
+    "scipy>=1.13,<2",
     # seglake stream produce, topic admin (bundles librdkafka)
     "confluent-kafka==2.16.1",
 ]
@@ -24,7 +26,8 @@ EXTRAS_REQUIRE = {
         "pytest>=8,<10",
         "chispa>=0.11,<1",
         "scikit-learn>=1.5,<2",
-        "scipy>=1.13,<2",
+        # tests/test_ab_stats.py, test_experiments.py: the reference implementations
+        "statsmodels==0.15.0",
         # tests/test_s3.py: a real S3 API server (moto's server mode) for the s3a:// pipeline run
         "moto[server]==5.2.5",
     ],

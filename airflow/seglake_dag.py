@@ -57,7 +57,7 @@ default_args = {
 
 with DAG(
     dag_id="seglake_pipeline",
-    description="seglake: ingest -> clean -> identity -> consent -> sessions -> features -> segments -> cluster -> propensity -> journeys",
+    description="seglake: ingest -> clean -> identity -> consent -> sessions -> features -> segments -> cluster -> propensity -> journeys -> experiments",
     schedule="@daily",
     start_date=datetime(2026, 8, 1),
     catchup=False,
@@ -75,5 +75,6 @@ with DAG(
     cluster = BashOperator(task_id="cluster", bash_command=spark_submit("cluster"))
     propensity = BashOperator(task_id="propensity", bash_command=spark_submit("propensity"))
     journeys = BashOperator(task_id="journeys", bash_command=spark_submit("journeys"))
+    experiments = BashOperator(task_id="experiments", bash_command=spark_submit("experiments"))
 
-    ingest >> clean >> identity >> consent >> sessions >> features >> segments >> cluster >> propensity >> journeys
+    ingest >> clean >> identity >> consent >> sessions >> features >> segments >> cluster >> propensity >> journeys >> experiments

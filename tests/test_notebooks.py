@@ -15,7 +15,10 @@ NOTEBOOKS = {
     "segment_overview.py": ("gold.segment_membership", "gold.segment_changes", "gold.segment_health"),
     "cluster_profiles.py": ("gold.clusters", "gold.cluster_profiles"),
     "journeys.py": ("gold.transition_matrix", "gold.journey_metrics", "gold.journey_paths"),
+    "experiments.py": ("gold.experiment_assignments", "gold.ab_results"),
 }
+#: the pipeline stage a notebook's tables need (default: journeys)
+STAGES = {"experiments.py": "experiments"}
 
 
 def test_every_notebook_is_listed():
@@ -52,11 +55,12 @@ def run_notebook(spark, monkeypatch):
     """Run a notebook file like Databricks would, against ``lakehouse``; restore the session conf."""
     before = spark.conf.get("spark.sql.shuffle.partitions")
 
-    def run(name: str, lakehouse: str, display=None) -> None:
+    def run(name: str, lakehouse: str, display=None, **databricks) -> None:
+        """``databricks``: more Databricks globals for the notebook (e.g. ``displayHTML``)."""
         monkeypatch.setenv("SEGLAKE_LAKEHOUSE", lakehouse)
         monkeypatch.setenv("SEGLAKE_ENV", "local")
         monkeypatch.delenv("SEGLAKE_AS_OF", raising=False)
-        init = {"display": display} if display is not None else {}
+        init = {**({"display": display} if display is not None else {}), **databricks}
         runpy.run_path(str(REPO / "notebooks" / name), init_globals=init, run_name="__main__")
 
     yield run
@@ -96,10 +100,41 @@ def test_journeys_notebook_prints_without_display(spark, cfg, run_notebook, caps
     assert "start>browse>exit" in out
 
 
+def test_experiments_notebook_shows_assignments_srm_results_and_chart(spark, cfg, run_notebook, capsys):
+    from test_report import _write_ab_results
+
+    _write_ab_results(spark, cfg)
+    assigned = [("exp_checkout_v2", f"c{i}", "A" if i < 3 else "B", i, [], "logged") for i in range(5)] \
+        + [("free_shipping_loyal", f"c{i}", "control" if i % 2 else "treatment", i, ["vip"], "hash") for i in range(4)]
+    tables.overwrite(spark.createDataFrame(assigned, "experiment string, customer_id string, variant string, "
+                                                     "bucket int, segments array<string>, assignment string")
+                     .selectExpr("*", "cast('2026-10-01' as date) assigned_on", "'run-ab' run_id"),
+                     cfg, "gold.experiment_assignments")
+    shown, html = Capture(), []
+    run_notebook("experiments.py", cfg.lakehouse, shown, displayHTML=html.append)
+    counts, srm, primary = shown.frames
+    assert [(r["experiment"], r["variant"], r["customers"], r["share"]) for r in counts[1]] == [
+        ("exp_checkout_v2", "A", 3, 0.6), ("exp_checkout_v2", "B", 2, 0.4),
+        ("free_shipping_loyal", "control", 2, 0.5), ("free_shipping_loyal", "treatment", 2, 0.5)]
+    assert [(r["experiment"], r["segment"], r["check"]) for r in srm[1]] == [
+        ("exp_checkout_v2", "(all)", "SAMPLE RATIO MISMATCH: results not trustworthy"),
+        ("free_shipping_loyal", "(all)", "ok"), ("free_shipping_loyal", "repeat_buyers", "ok"),
+        ("free_shipping_loyal", "vip", "ok")]
+    assert {r["metric"] for r in primary[1]} == {"conversion_rate"}
+    assert [(r["experiment"], r["segment"], r["rel_uplift"], r["rel_ci_low"], r["rel_ci_high"]) for r in primary[1]] == [
+        ("exp_checkout_v2", "(all)", 0.25, 0.05, 0.45), ("free_shipping_loyal", "(all)", 0.0123, -0.0456, 0.0789),
+        ("free_shipping_loyal", "repeat_buyers", -0.02, -0.13, 0.09), ("free_shipping_loyal", "vip", 0.2, 0.1, 0.3)]
+    # the chart cell: the report's uplift charts through displayHTML, one inline PNG per experiment
+    assert len(html) == 1 and html[0].count("<img class='chart'") == 2 and "data:image/png;base64," in html[0]
+    # without Databricks (no displayHTML) the chart cell prints a note instead
+    run_notebook("experiments.py", cfg.lakehouse)
+    assert "uplift charts of 2 experiment(s) rendered" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
 def test_notebook_runs_on_the_pipeline_lakehouse(name, spark, pipeline_through, run_notebook):
-    cfg, _ = pipeline_through("journeys")
+    cfg, _ = pipeline_through(STAGES.get(name, "journeys"))
     absent = [t for t in NOTEBOOKS[name] if not tables.exists(spark, cfg, t)]
     if absent:
         pytest.skip(f"{name} reads {', '.join(absent)}, which the pipeline has not built (stage not available yet)")

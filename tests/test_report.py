@@ -95,6 +95,73 @@ def _write_small_lakehouse(spark, cfg) -> None:
                                                      datetime(2026, 11, 1, 9, 0), "failed")), cfg, "ops.run_log")
     quarantine = [("broken_json", "run-1")] * 4 + [("future_ts", "run-1")] * 3
     tables.overwrite(spark.createDataFrame(quarantine, "reason string, _run_id string"), cfg, "silver.events_quarantine")
+    _write_ab_results(spark, cfg)
+
+
+AB_COLUMNS = (
+    "experiment status as_of_date window_start window_end assignment segment metric role kind variant control "
+    "n_control n_variant mean_control mean_variant sd_control sd_variant abs_uplift abs_ci_low abs_ci_high "
+    "rel_uplift rel_ci_low rel_ci_high test statistic df p_value chi2 chi2_df chi2_p chi2_yates chi2_yates_p "
+    "achieved_power needed_per_variant cuped_theta cuped_abs_uplift cuped_ci_low cuped_ci_high cuped_p_value "
+    "cuped_variance_reduction significant p_value_holm assigned srm_chi2 srm_df srm_p srm_flag tagged disagree "
+    "conflicting outside computed_at run_id").split()
+
+
+def _ab_schema() -> str:
+    try:
+        from seglake.stages.experiments.job import _schema
+        return _schema()
+    except ImportError:  # the stage's own schema when it imports; else the same columns by hand
+        text = {"experiment", "status", "assignment", "segment", "metric", "role", "kind", "variant", "control",
+                "test", "run_id"}
+        other = {"as_of_date": "date", "window_start": "date", "window_end": "date", "significant": "boolean",
+                 "srm_flag": "boolean", "computed_at": "timestamp"}
+        longs = {"n_control", "n_variant", "chi2_df", "needed_per_variant", "assigned", "srm_df", "tagged",
+                 "disagree", "conflicting", "outside"}
+        return ", ".join(f"{c} {'string' if c in text else other.get(c, 'bigint' if c in longs else 'double')}"
+                         for c in AB_COLUMNS)
+
+
+def _ab_row(**values) -> dict:
+    return {**dict.fromkeys(AB_COLUMNS), "as_of_date": D2, "window_start": D1, "computed_at": datetime(2026, 11, 1),
+            "run_id": "run-ab", "control": "A", "variant": "B", **values}
+
+
+def _write_ab_results(spark, cfg) -> None:
+    """gold.ab_results of two experiments: exp_checkout_v2 (logged, SRM flagged, degenerate guardrail)
+    and free_shipping_loyal (hash, running, two target segments)."""
+    from seglake.core.contracts import AB_RESULTS
+
+    checkout = dict(experiment="exp_checkout_v2", status="complete", window_end=date(2026, 10, 29),
+                    assignment="logged", segment="(all)", assigned=2_000, srm_chi2=12.5, srm_df=1, srm_p=0.0004,
+                    srm_flag=True, tagged=950, disagree=3, conflicting=1, outside=2)
+    loyal = dict(experiment="free_shipping_loyal", status="running", window_end=D2, assignment="hash",
+                 control="control", variant="treatment", srm_chi2=0.25, srm_df=1, srm_p=0.62, srm_flag=False,
+                 metric="conversion_rate", role="primary", kind="proportion", test="two-proportion z")
+    rows = [
+        _ab_row(**checkout, metric="conversion_rate", role="primary", kind="proportion", n_control=1000,
+                n_variant=1000, mean_control=0.1, mean_variant=0.125, abs_uplift=0.025, abs_ci_low=0.005,
+                abs_ci_high=0.045, rel_uplift=0.25, rel_ci_low=0.05, rel_ci_high=0.45, test="two-proportion z",
+                p_value=0.0123, p_value_holm=0.0123, achieved_power=0.81, needed_per_variant=1200, significant=True),
+        # control mean 0: the relative uplift is undefined (null), the chart falls back to the absolute one
+        _ab_row(**checkout, metric="revenue_per_customer", role="secondary", kind="mean", n_control=1000,
+                n_variant=1000, mean_control=0.0, mean_variant=3.5, abs_uplift=3.5, abs_ci_low=-1.2, abs_ci_high=8.2,
+                test="welch t", p_value=0.15, p_value_holm=0.3, cuped_abs_uplift=3.1, cuped_ci_low=-0.9,
+                cuped_ci_high=7.1, cuped_variance_reduction=0.42, significant=False),
+        # degenerate: nothing could be computed
+        _ab_row(**checkout, metric="retention_14d", role="guardrail", kind="proportion", n_control=0, n_variant=0),
+        _ab_row(**loyal, segment="(all)", assigned=3_000, tagged=0, disagree=0, conflicting=0, outside=0,
+                n_control=1500, n_variant=1500, mean_control=0.2, mean_variant=0.2025, abs_uplift=0.0025,
+                abs_ci_low=-0.0091, abs_ci_high=0.0141, rel_uplift=0.0123, rel_ci_low=-0.0456, rel_ci_high=0.0789,
+                p_value=0.7, p_value_holm=0.7, achieved_power=0.35, needed_per_variant=5400, significant=False),
+        _ab_row(**loyal, segment="repeat_buyers", assigned=1_800, n_control=900, n_variant=900, mean_control=0.15,
+                mean_variant=0.147, abs_uplift=-0.003, abs_ci_low=-0.02, abs_ci_high=0.014, rel_uplift=-0.02,
+                rel_ci_low=-0.13, rel_ci_high=0.09, p_value=0.45, p_value_holm=0.45, significant=False),
+        _ab_row(**loyal, segment="vip", assigned=1_200, n_control=600, n_variant=600, mean_control=0.3,
+                mean_variant=0.36, abs_uplift=0.06, abs_ci_low=0.03, abs_ci_high=0.09, rel_uplift=0.2,
+                rel_ci_low=0.1, rel_ci_high=0.3, p_value=0.00004, p_value_holm=0.00004, significant=True),
+    ]
+    tables.overwrite(spark.createDataFrame(rows, _ab_schema()), cfg, AB_RESULTS)
 
 
 def _log_cluster_sweep(cfg) -> dict[int, dict]:
@@ -131,7 +198,7 @@ def test_sections_render_the_numbers_of_their_tables(small_report):
     page = parse(path)
     status = {k: v[0] for k, v in page.sections.items()}
     assert status == {"segments": "ok", "cluster-profiles": "ok", "cluster-sweep": "ok", "transitions": "ok",
-                      "funnel": "ok", "propensity": "missing", "quality": "ok", "tables": "ok"}
+                      "funnel": "ok", "experiments": "ok", "propensity": "missing", "quality": "ok", "tables": "ok"}
     text = {k: re.sub(r"\s+", " ", v[1]) for k, v in page.sections.items()}
     # segments: 2 segments at the latest date, 2 dates; changes: vip +1, casual -2
     assert "2 segments at as-of date 2026-11-01" in text["segments"] and "2 as-of date(s)" in text["segments"]
@@ -157,11 +224,63 @@ def test_sections_render_the_numbers_of_their_tables(small_report):
     assert page.external == []
 
 
+def _section_html(path: str, key: str) -> str:
+    page = Path(path).read_text(encoding="utf-8")
+    return re.search(rf"<section id='{key}'.*?</section>", page, re.S).group(0)
+
+
+def test_experiments_section_shows_each_experiment_its_srm_flag_and_uplifts(small_report):
+    path, _ = small_report
+    status, raw = parse(path).sections["experiments"]
+    assert status == "ok"
+    text = re.sub(r"\s+", " ", raw)
+    assert "2 experiment(s)" in text
+    assert re.search(r"\bNone\b|\bnan\b|\bNaN\b|\binf\b", text) is None, text
+    checkout, loyal = text.split("free_shipping_loyal", 1)
+    assert "exp_checkout_v2" in checkout
+    # the header line: status, window (end exclusive), assignment, assigned customers (per segment)
+    assert ("Status complete (as-of 2026-11-01), window 2026-10-01 to 2026-10-29 (end exclusive), "
+            "assignment logged, 2,000 customers assigned.") in checkout
+    assert ("Status running (as-of 2026-11-01), window 2026-10-01 to 2026-11-01 (end exclusive), assignment hash, "
+            "3,000 customers assigned (repeat_buyers 1,800, vip 1,200).") in loyal
+    # SRM: the warning on the flagged experiment only
+    assert "sample ratio mismatch: results not trustworthy: the assigned counts do not match the variant weights " \
+           "(chi-square 12.5, srm_p = <0.001)" in checkout
+    assert "sample ratio mismatch" not in loyal.lower() and "Sample ratio check: ok (srm_p = 0.620)" in loyal
+    # tag agreement only where some customer was tagged
+    assert ("950 assigned customers tagged, 3 tagged with another variant than assigned, 1 with several variants, "
+            "2 tagged but not assigned") in checkout
+    assert "Variant tags" not in loyal
+    # uplifts as printed: proportions in % and pp, means as numbers, p-values, power, sample size
+    cells = lambda block: re.findall(r"<td[^>]*>([^<]*)</td>", block)  # noqa: E731
+    html = _section_html(path, "experiments")
+    raw_checkout, raw_loyal = html.split("free_shipping_loyal</h3>", 1)
+    conversion = cells(raw_checkout)[:16]
+    assert conversion == ["conversion_rate (primary)", "B vs A", "1,000 / 1,000", "10.00%", "12.50%",
+                          "+2.50 pp [+0.50 pp, +4.50 pp]", "+25.0% [+5.0%, +45.0%]", "two-proportion z", "0.012",
+                          "0.012", "n/a", "n/a", "81%", "1,200", "yes", "revenue_per_customer (secondary)"], conversion
+    revenue = cells(raw_checkout)[15:30]
+    assert revenue == ["revenue_per_customer (secondary)", "B vs A", "1,000 / 1,000", "0", "3.5", "+3.5 [-1.2, +8.2]",
+                       "n/a", "welch t", "0.150", "0.300", "+3.1 [-0.9, +7.1]", "42%", "n/a", "n/a", "no"], revenue
+    assert cells(raw_checkout)[30:] == ["retention_14d (guardrail)", "B vs A", "0 / 0", "n/a", "n/a", "n/a", "n/a",
+                                        "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a"]
+    # two segments: one row per segment, the whole population first; no CUPED columns without CUPED
+    loyal_cells = cells(raw_loyal)
+    assert [c for c in loyal_cells if c in ("(all)", "repeat_buyers", "vip")] == ["(all)", "repeat_buyers", "vip"]
+    assert "CUPED" not in raw_loyal and "CUPED uplift [CI]" in raw_checkout
+    assert "+1.2% [-4.6%, +7.9%]" in loyal_cells and "-2.0% [-13.0%, +9.0%]" in loyal_cells
+    assert "+20.0% [+10.0%, +30.0%]" in loyal_cells and "&lt;0.001" in loyal_cells
+    # one uplift chart per experiment, inline
+    charts = re.findall(r"<img class='chart' alt='([^']*)' src='data:image/png;base64,", html)
+    assert [c.split(":")[0] for c in charts] == ["exp_checkout_v2", "free_shipping_loyal"]
+
+
 def test_empty_lakehouse_says_which_job_builds_each_section(spark, cfg, tmp_path):
     path = report.build_report(spark, cfg, str(tmp_path / "r.html"))
     page = parse(path)
     expected = {"segments": "segments", "cluster-profiles": "cluster", "cluster-sweep": "cluster",
-                "transitions": "journeys", "funnel": "journeys", "propensity": "propensity", "quality": "clean"}
+                "transitions": "journeys", "funnel": "journeys", "experiments": "experiments",
+                "propensity": "propensity", "quality": "clean"}
     for key, job in expected.items():
         status, text = page.sections[key]
         assert status == "missing", (key, text)
@@ -221,7 +340,7 @@ def check_browser_render(html_path: str, name: str, tmp_path: Path) -> str:
 def test_report_renders_in_headless_chromium(small_report, tmp_path):
     path, _ = small_report
     status = check_browser_render(path, "report-small.png", tmp_path)
-    assert status == "8 sections: 7 rendered, 1 not built yet, 0 failed"
+    assert status == "9 sections: 8 rendered, 1 not built yet, 0 failed"
 
 
 @pytest.mark.slow
@@ -234,7 +353,7 @@ def test_report_of_the_pipeline_lakehouse(spark, pipeline_through, monkeypatch, 
     page = parse(path)
     inputs = {"segments": "gold.segment_membership", "cluster-profiles": "gold.cluster_profiles",
               "transitions": "gold.transition_matrix", "funnel": "gold.journey_metrics",
-              "quality": "ops.run_log"}
+              "experiments": "gold.ab_results", "quality": "ops.run_log"}
     for key, table in inputs.items():
         status, text = page.sections[key]
         built = tables.exists(spark, cfg, table)

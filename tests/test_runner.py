@@ -101,7 +101,7 @@ def test_run_log_of_an_older_schema_gains_the_new_columns(spark, cfg):
 
 @pytest.mark.slow
 def test_every_pipeline_job_leaves_one_run_log_row(spark, pipeline_through):
-    cfg, gen_dir = pipeline_through("journeys")
+    cfg, gen_dir = pipeline_through(registry.PIPELINE[-1])
     counts = json.loads((gen_dir / "ground_truth" / "counts.json").read_text())
     run_id = pipeline_through.pipeline.ctx.run_id
     log = tables.read(spark, cfg, "ops.run_log").where(F.col("run_id") == run_id)
@@ -115,7 +115,7 @@ def test_every_pipeline_job_leaves_one_run_log_row(spark, pipeline_through):
     for job, table in (("identity", "silver.identity_map"), ("sessions", "silver.sessions")):
         assert rows[job]["rows_out"][table] == tables.read(spark, cfg, table).count(), job
     as_of = tables.read(spark, cfg, "silver.events").agg(F.max("event_date")).first()[0] + timedelta(days=1)
-    for job in ("features", "segments", "cluster", "propensity", "journeys"):
+    for job in ("features", "segments", "cluster", "propensity", "journeys", "experiments"):
         assert rows[job]["as_of_date"] == as_of, job
     features = tables.read(spark, cfg, "gold.customer_features").where(F.col("as_of_date") == as_of).count()
     assert rows["features"]["rows_out"]["gold.customer_features"] == features

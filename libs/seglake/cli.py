@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True)
     gen.add_argument("--start-date", type=_date, default=None)
     gen.add_argument("--end-date", type=_date, default=None)
+    gen.add_argument("--experiment-b-share", type=float, default=0.5, metavar="SHARE",
+                     help="share of persons in variant B of the planted A/B test (default 0.5; "
+                          "another value plants a sample-ratio mismatch)")
     gen.add_argument("--conf-dir", default=None)
     gen.add_argument("--env", choices=ENVIRONMENTS, default="local")
     gen.add_argument("-v", "--verbose", action="store_true")
@@ -226,6 +229,7 @@ def cmd_generate(args) -> int:
     cfg = _config(args, lakehouse=str(Path(args.out) / "_spark"))
     spark = _spark(cfg, "seglake-generate")
     kwargs = {k: v for k, v in (("start_date", args.start_date), ("end_date", args.end_date)) if v}
+    kwargs["experiment_b_share"] = args.experiment_b_share
     started = time.perf_counter()
     counts = generate.generate(spark, args.out, events=args.events,
                                customers=args.customers or max(args.events // 50, 1), seed=args.seed, **kwargs)

@@ -31,7 +31,7 @@ JOBS: dict[str, str] = {
 #: the jobs `seglake run all` and `seglake demo` chain, in order.
 PIPELINE: tuple[str, ...] = (
     "ingest", "clean", "identity", "consent", "sessions", "features", "segments", "cluster",
-    "propensity", "journeys",
+    "propensity", "journeys", "experiments",
 )
 
 

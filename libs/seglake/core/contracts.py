@@ -92,6 +92,8 @@ STREAM_PROGRESS = "ops.stream_progress"      # one row per stream micro-batch: w
 OUTBOX = "ops.outbox"                        # seglake.stages.export: one row per message to one destination
 DEAD_LETTER = "ops.dead_letter"              # messages whose delivery failed for good, with the last error
 EXPORT_REMOVALS = "ops.export_removals"      # customers removed from a destination (consent withdrawn)
+EXPERIMENT_ASSIGNMENTS = "gold.experiment_assignments"  # seglake.stages.experiments: variant per customer, insert-only
+AB_RESULTS = "gold.ab_results"               # one row per experiment x segment x metric x variant vs control
 
 #: Every table of the contract, in the order of the flow (for object stores, where the
 #: lakehouse cannot be listed, and for the report's table inventory).
@@ -102,7 +104,7 @@ KNOWN_TABLES: tuple[str, ...] = (
     TRANSITION_MATRIX, JOURNEY_METRICS, JOURNEY_PATHS, RUN_LOG, INGESTED_FILES, CLEAN_BATCHES,
     IDENTITY_RUNS, CLEAN_SET_ASIDE, UNREADABLE_FILES, JOB_LEASES,
     ERASURE_REQUESTS, CONSENT_LEDGER, SEGMENT_TRIGGERS, STREAM_TIMERS, STREAM_PROGRESS,
-    OUTBOX, DEAD_LETTER, EXPORT_REMOVALS,
+    OUTBOX, DEAD_LETTER, EXPORT_REMOVALS, EXPERIMENT_ASSIGNMENTS, AB_RESULTS,
 )
 
 

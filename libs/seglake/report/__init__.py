@@ -10,6 +10,7 @@ Sections (each renders what exists, else says which job builds it):
   ``cluster`` stage);
 - the first-order transition matrix as a heatmap (gold.transition_matrix);
 - the funnel and its drop-off, and the top journey paths (gold.journey_metrics, gold.journey_paths);
+- A/B tests: uplift with intervals, p-values, sample-ratio check, power (gold.ab_results);
 - propensity calibration by decile (MLflow ``calibration.json`` of the ``propensity`` stage)
   and the score distribution (gold.propensity_scores);
 - data quality of the last runs (ops.run_log, silver.events_quarantine).
@@ -28,6 +29,10 @@ from seglake.report.blocks import READY_ATTR, Missing, Section
 from seglake.report.notebook import (
     cluster_profile_matrix,
     cluster_sizes,
+    experiment_assigned,
+    experiment_results,
+    experiment_srm,
+    experiment_uplift_chart,
     funnel,
     journey_metric,
     notebook_context,
@@ -51,6 +56,10 @@ __all__ = [
     "cluster_profile_matrix",
     "cluster_sizes",
     "default_out",
+    "experiment_assigned",
+    "experiment_results",
+    "experiment_srm",
+    "experiment_uplift_chart",
     "funnel",
     "journey_metric",
     "notebook_context",

@@ -1,5 +1,6 @@
-"""HTML building blocks of the report: escaping and number formatting, tables, the "not built
-yet" notice, matplotlib figures as inline base64 PNGs and the annotated heatmap, plus the
+"""HTML building blocks of the report: escaping and number formatting (also percentages, p-values
+and intervals), tables, the "not built yet" notice, matplotlib figures as inline base64 PNGs, the
+annotated heatmap and the interval (forest) chart, plus the
 ``Section`` record, the ``Missing`` error a section raises when its input is absent, and the
 ``READY_ATTR`` marker the page script sets (a leaf module: no Spark, no other report module).
 """
@@ -8,8 +9,9 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 #: marker the inline script sets on <html> once the page has run (tests look for it)
 READY_ATTR = "data-seglake-report"
@@ -52,6 +54,44 @@ def fmt(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value) if value is not None else ""
+
+
+def finite(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number, else None (None, nan, inf, non-numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def pct(value: Any, digits: int = 1, signed: bool = False) -> str:
+    """A fraction as a percentage: ``12.3%`` (``+4.0%`` when signed); ``n/a`` when not a finite number."""
+    v = finite(value)
+    return "n/a" if v is None else f"{100 * v:{'+' if signed else ''}.{digits}f}%"
+
+
+def signed_num(value: Any) -> str:
+    """A signed number: ``+3.456``, ``-0.01234``, ``+12,345``; ``n/a`` when not a finite number."""
+    v = finite(value)
+    if v is None:
+        return "n/a"
+    return f"{v:+,.0f}" if abs(v) >= 1000 else f"{v:+.4g}"
+
+
+def pvalue(value: Any) -> str:
+    """A p-value: ``0.032``, ``<0.001``; ``n/a`` when not a finite number."""
+    v = finite(value)
+    if v is None:
+        return "n/a"
+    return "<0.001" if v < 0.001 else f"{v:.3f}"
+
+
+def with_interval(value: Any, low: Any, high: Any, show: Callable[[Any], str] = signed_num) -> str:
+    """``+4.0% [-1.0%, +9.0%]`` (the interval only when both ends are finite); ``n/a`` without a value."""
+    if finite(value) is None:
+        return "n/a"
+    if finite(low) is None or finite(high) is None:
+        return show(value)
+    return f"{show(value)} [{show(low)}, {show(high)}]"
 
 
 def html_table(rows: Sequence[dict], columns: Sequence[str] | None = None, limit: int = 50) -> str:
@@ -115,4 +155,43 @@ def heatmap(matrix: Sequence[Sequence[float | None]], rows: Sequence[str], cols:
                             color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
     fig.colorbar(img, ax=ax, label=label)
     ax.set_title(title)
+    return figure_html(fig, title)
+
+
+def interval_chart(rows: Sequence[dict], title: str) -> str:
+    """Point estimates with their interval bars, one line per row from the top, and a vertical
+    line at 0, as an <img> ("" when no row has a value).
+
+    Each row: ``label``, ``value``, ``low``, ``high`` (None: no bar), ``relative`` (x axis in
+    percent; rows with False go to a second panel in their own units) and ``highlight`` (drawn
+    in colour, else grey).
+    """
+    from matplotlib.ticker import PercentFormatter
+
+    panels = [(rel, [r for r in rows if r.get("relative") is rel and finite(r.get("value")) is not None])
+              for rel in (True, False)]
+    panels = [(rel, rs) for rel, rs in panels if rs]
+    if not panels:
+        return ""
+    plt = _plt()
+    sizes = [len(rs) for _, rs in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 0.42 * sum(sizes) + 1.3 * len(panels)), squeeze=False,
+                             gridspec_kw={"height_ratios": sizes})
+    for ax, (rel, rs) in zip(axes[:, 0], panels):
+        for y, r in enumerate(rs):
+            v, lo, hi = finite(r["value"]), finite(r.get("low")), finite(r.get("high"))
+            color = "#c0392b" if r.get("highlight") and v < 0 else "#2e7d32" if r.get("highlight") else "#7f8c8d"
+            err = [[v - lo], [hi - v]] if lo is not None and hi is not None else None
+            ax.errorbar([v], [y], xerr=err, fmt="o", color=color, capsize=4, markersize=6)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(rs)), labels=[str(r["label"]) for r in rs])
+        ax.set_ylim(len(rs) - 0.5, -0.5)
+        ax.grid(axis="x", alpha=0.3)
+        if rel:
+            ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+            ax.set_xlabel("relative uplift vs control (interval bars)")
+        else:
+            ax.set_xlabel("absolute uplift vs control, metric units (relative uplift undefined)")
+    axes[0, 0].set_title(title)
+    fig.tight_layout()
     return figure_html(fig, title)

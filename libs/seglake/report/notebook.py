@@ -1,21 +1,24 @@
 """Helpers of the notebooks in notebooks/: small aggregated DataFrames (not collected) of the
 gold tables (segment sizes and changes, segment health, cluster profiles and sizes, the wide
-transition matrix, the funnel, journey metrics and top paths), plus the two bits of glue a
+transition matrix, the funnel, journey metrics and top paths, A/B test assignments and results), plus the two bits of glue a
 notebook needs outside Databricks (widgets or environment parameters, and display).
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from seglake.core.config import Config
 from seglake.core.contracts import (
-    CLUSTER_PROFILES, CLUSTERS, JOURNEY_METRICS, JOURNEY_PATHS, SEGMENT_CHANGES, SEGMENT_HEALTH,
+    AB_RESULTS, CLUSTER_PROFILES, CLUSTERS, EXPERIMENT_ASSIGNMENTS, JOURNEY_METRICS, JOURNEY_PATHS, SEGMENT_CHANGES,
+    SEGMENT_HEALTH,
     SEGMENT_MEMBERSHIP, TRANSITION_MATRIX,
 )
 from seglake.report.data import _latest, _read
+
+AB_ALL = "(all)"  # gold.ab_results' segment of the whole population
 
 
 def notebook_params(dbutils: Any = None, **defaults: str) -> dict[str, str]:
@@ -136,3 +139,47 @@ def top_journey_paths(spark: SparkSession, cfg: Config, as_of: Any = None, limit
     if "path_kind" in paths.columns:
         paths = paths.where(F.col("path_kind") == "full")
     return paths.select("rank", "path", "journeys", "share").orderBy("rank").limit(limit)
+
+
+# --------------------------------------------------------------------------- experiments
+def experiment_assigned(spark: SparkSession, cfg: Config) -> DataFrame:
+    """``experiment, assignment, variant, customers, share`` from gold.experiment_assignments."""
+    assigned = _read(spark, cfg, EXPERIMENT_ASSIGNMENTS, "experiments")
+    counts = assigned.groupBy("experiment", "assignment", "variant").agg(F.count(F.lit(1)).alias("customers"))
+    total = F.sum("customers").over(Window.partitionBy("experiment"))
+    return counts.withColumn("share", F.round(F.col("customers") / total, 4)).orderBy("experiment", "variant")
+
+
+def experiment_results(spark: SparkSession, cfg: Config, role: str = "primary") -> DataFrame:
+    """The ``role`` metrics of gold.ab_results with their intervals (every segment, '(all)' first)."""
+    results = _read(spark, cfg, AB_RESULTS, "experiments").where(F.col("role") == role)
+    return results.select(
+        "experiment", "status", "segment", "metric", "variant", "control", "n_control", "n_variant", "mean_control",
+        "mean_variant", "abs_uplift", "abs_ci_low", "abs_ci_high", "rel_uplift", "rel_ci_low", "rel_ci_high",
+        "p_value", "p_value_holm", "cuped_abs_uplift", "cuped_ci_low", "cuped_ci_high", "achieved_power",
+        "significant").orderBy("experiment", F.col("segment") != AB_ALL, "segment", "metric", "variant")
+
+
+def experiment_srm(spark: SparkSession, cfg: Config) -> DataFrame:
+    """One sample-ratio check line per experiment and segment: ``assigned, srm_chi2, srm_df, srm_p, check``."""
+    results = _read(spark, cfg, AB_RESULTS, "experiments")
+    check = F.when(F.col("srm_flag"), F.lit("SAMPLE RATIO MISMATCH: results not trustworthy")).otherwise(F.lit("ok"))
+    return (results.select("experiment", "segment", "assigned", "srm_chi2", "srm_df", "srm_p", "srm_flag")
+            .dropDuplicates(["experiment", "segment"]).withColumn("check", check).drop("srm_flag")
+            .orderBy("experiment", F.col("segment") != AB_ALL, "segment"))
+
+
+def experiment_uplift_chart(spark: SparkSession, cfg: Config, display_html: Callable | None = None) -> str:
+    """The report's uplift charts, one per experiment, as HTML; shown with ``display_html`` (Databricks'
+    ``displayHTML``) when given, else a one-line note is printed."""
+    # experiments x segments x metrics x variants: small
+    from seglake.report.sections import _uplift_chart
+    rows = [r.asDict() for r in _read(spark, cfg, AB_RESULTS, "experiments").collect()]
+    html = "\n".join(_uplift_chart(n, [r for r in rows if r["experiment"] == n])
+                     for n in sorted({r["experiment"] for r in rows}))
+    if display_html is not None:
+        display_html(html)
+    else:
+        print(f"uplift charts of {len({r['experiment'] for r in rows})} experiment(s) rendered "
+              "(shown on Databricks; locally see `seglake report`)")
+    return html

@@ -1,16 +1,17 @@
 """The sections of the report, one function per section (``spark, cfg -> HTML body``) and
 ``SECTIONS``, their order and titles: segment sizes and changes, cluster profiles, the
-clustering sweep (elbow and silhouette), the transition matrix, the funnel and top paths,
-propensity calibration and scores, and data quality. Only small aggregates are collected
-(segments x dates, clusters x features, states x states, funnel steps, deciles, reasons, the
-last run-log rows); every collect says why it is small. A section raises ``Missing`` when its
-input is not built yet.
+clustering sweep (elbow and silhouette), the transition matrix, the funnel and top paths, the
+A/B tests, propensity calibration and scores, and data quality. Only small aggregates are
+collected (segments x dates, clusters x features, states x states, funnel steps, A/B result rows,
+deciles, reasons, the last run-log rows); every collect says why it is small. A section raises
+``Missing`` when its input is not built yet. The ``experiment_*`` functions are the helpers of
+notebooks/experiments.py (DataFrames, not collected, and the uplift chart).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -18,10 +19,13 @@ from pyspark.sql import functions as F
 from seglake.core import tables
 from seglake.core.config import Config
 from seglake.core.contracts import (
-    CLUSTER_PROFILES, CLUSTER_SWEEP, JOURNEY_METRICS, JOURNEY_PATHS, PROPENSITY_SCORES, QUARANTINE, RUN_LOG,
-    SEGMENT_CHANGES, SEGMENT_HEALTH, SEGMENT_MEMBERSHIP, TRANSITION_MATRIX,
+    AB_RESULTS, CLUSTER_PROFILES, CLUSTER_SWEEP, JOURNEY_METRICS, JOURNEY_PATHS,
+    PROPENSITY_SCORES, QUARANTINE, RUN_LOG, SEGMENT_CHANGES, SEGMENT_HEALTH, SEGMENT_MEMBERSHIP, TRANSITION_MATRIX,
 )
-from seglake.report.blocks import Missing, _plt, esc, figure_html, heatmap, html_table, not_built
+from seglake.report.blocks import (
+    Missing, _plt, esc, figure_html, finite, heatmap, html_table, interval_chart, not_built, pct, pvalue, signed_num,
+    with_interval,
+)
 from seglake.report.data import _latest, _parent_and_children, _read, mlflow_runs
 
 RUN_LOG_ROWS = 30
@@ -226,6 +230,99 @@ def section_funnel(spark: SparkSession, cfg: Config) -> str:
     return "\n".join(parts)
 
 
+AB_ALL = "(all)"  # gold.ab_results' segment of the whole population
+_ROLES = {"primary": 0, "secondary": 1, "guardrail": 2}
+
+
+def _ab_order(r: dict) -> tuple:
+    """Primary metric first, then secondaries and guardrails; the whole population before segments."""
+    return (_ROLES.get(r["role"], 3), str(r["metric"]), r["segment"] != AB_ALL, str(r["segment"]), str(r["variant"]))
+
+
+def _count(value: Any) -> str:
+    return "n/a" if value is None else f"{int(value):,}"
+
+
+def _uplift_chart(name: str, rows: list[dict]) -> str:
+    """Relative uplift (absolute where the relative one is undefined) with its interval, one line
+    per metric (x segment, x variant when there are several)."""
+    segments, variants = {r["segment"] for r in rows}, {r["variant"] for r in rows}
+    points = []
+    for r in sorted(rows, key=_ab_order):
+        rel = finite(r["rel_uplift"]) is not None
+        label = f"{r['metric']} ({r['role']})" + (f" | {r['segment']}" if len(segments) > 1 else "") \
+            + (f" | {r['variant']}" if len(variants) > 1 else "")
+        pre = "rel" if rel else "abs"
+        points.append({"label": label, "value": r[f"{pre}_uplift"], "low": r[f"{pre}_ci_low"],
+                       "high": r[f"{pre}_ci_high"], "relative": rel, "highlight": bool(r["significant"])})
+    control = sorted({str(r["control"]) for r in rows})
+    return interval_chart(points, f"{name}: uplift vs {', '.join(control)} (significant in colour)")
+
+
+def _ab_table_row(r: dict, several_segments: bool, cuped: bool) -> dict:
+    share = r["kind"] == "proportion"
+    mean = (lambda v: pct(v, 2)) if share else (lambda v: "n/a" if finite(v) is None else f"{v:.4g}")  # noqa: E731
+    diff = (lambda v: pct(v, 2, signed=True).replace("%", " pp")) if share else signed_num  # noqa: E731
+    row = {"metric": f"{r['metric']} ({r['role']})", **({"segment": r["segment"]} if several_segments else {}),
+           "variant vs control": f"{r['variant']} vs {r['control']}",
+           "n variant / control": f"{_count(r['n_variant'])} / {_count(r['n_control'])}",
+           "control": mean(r["mean_control"]), "variant": mean(r["mean_variant"]),
+           "abs uplift [CI]": with_interval(r["abs_uplift"], r["abs_ci_low"], r["abs_ci_high"], diff),
+           "rel uplift [CI]": with_interval(r["rel_uplift"], r["rel_ci_low"], r["rel_ci_high"],
+                                            lambda v: pct(v, 1, signed=True)),
+           "test": r["test"] or "n/a", "p": pvalue(r["p_value"]), "Holm p": pvalue(r["p_value_holm"])}
+    if cuped:
+        row["CUPED uplift [CI]"] = with_interval(r["cuped_abs_uplift"], r["cuped_ci_low"], r["cuped_ci_high"], diff)
+        row["CUPED var. reduction"] = pct(r["cuped_variance_reduction"], 0)
+    row.update({"power": pct(r["achieved_power"], 0), "needed per variant": _count(r["needed_per_variant"]),
+                "significant": {True: "yes", False: "no"}.get(r["significant"], "n/a")})
+    return row
+
+
+def _experiment_html(name: str, rows: list[dict]) -> str:
+    segments = sorted({r["segment"] for r in rows}, key=lambda s: (s != AB_ALL, s))
+    first = {s: next(r for r in rows if r["segment"] == s) for s in segments}
+    head = first[segments[0]]
+    per_segment = "".join(f", {esc(s)} {_count(first[s]['assigned'])}" for s in segments if s != AB_ALL)
+    parts = [f"<h3>{esc(name)}</h3><p>Status <b>{esc(head['status'])}</b> (as-of {esc(head['as_of_date'])}), "
+             f"window {esc(head['window_start'])} to {esc(head['window_end'])} (end exclusive), "
+             f"assignment <b>{esc(head['assignment'])}</b>, <b>{_count(head['assigned'])}</b> customers assigned"
+             f"{' (' + per_segment[2:] + ')' if per_segment else ''}.</p>"]
+    flagged = [s for s in segments if first[s]["srm_flag"]]
+    for s in flagged:
+        r = first[s]
+        parts.append(f"<p class='error'><b>sample ratio mismatch: results not trustworthy</b>"
+                     f"{'' if s == AB_ALL else ' (segment ' + esc(s) + ')'}: the assigned counts do not match the "
+                     f"variant weights (chi-square {esc(signed_num(r['srm_chi2']).lstrip('+'))}, "
+                     f"srm_p = {esc(pvalue(r['srm_p']))}).</p>")
+    if not flagged:
+        parts.append(f"<p>Sample ratio check: ok (srm_p = {esc(pvalue(head['srm_p']))}).</p>")
+    tags = {k: head.get(k) for k in ("tagged", "disagree", "conflicting", "outside")}
+    if any(tags.values()):
+        parts.append(f"<p>Variant tags in the events: {_count(tags['tagged'])} assigned customers tagged, "
+                     f"<b>{_count(tags['disagree'])}</b> tagged with another variant than assigned, "
+                     f"<b>{_count(tags['conflicting'])}</b> with several variants, "
+                     f"<b>{_count(tags['outside'])}</b> tagged but not assigned.</p>")
+    parts.append(_uplift_chart(name, rows))
+    cuped = any(finite(r["cuped_abs_uplift"]) is not None for r in rows)
+    parts.append(html_table([_ab_table_row(r, len(segments) > 1, cuped) for r in sorted(rows, key=_ab_order)],
+                            limit=1000))
+    return "\n".join(parts)
+
+
+def section_experiments(spark: SparkSession, cfg: Config) -> str:
+    results = _read(spark, cfg, AB_RESULTS, "experiments")
+    # experiments x segments x metrics x variants: small
+    rows = [r.asDict() for r in results.collect()]
+    if not rows:
+        return "<p class='note'>gold.ab_results is empty: no experiment had started by its as-of date</p>"
+    names = sorted({r["experiment"] for r in rows})
+    intro = (f"<p>{len(names)} experiment(s). Intervals at 1 - alpha (95% unless the experiment sets alpha); "
+             "p-values two-sided; Holm p corrects secondary metrics and guardrails within their family; abs "
+             "uplift of a proportion in percentage points (pp); CUPED uses the pre-period as covariate.</p>")
+    return intro + "\n".join(_experiment_html(n, [r for r in rows if r["experiment"] == n]) for n in names)
+
+
 def _calibration_rows(client, run) -> list[dict]:
     import tempfile
 
@@ -351,6 +448,7 @@ SECTIONS: tuple[tuple[str, str, Callable[[SparkSession, Config], str]], ...] = (
     ("cluster-sweep", "Choosing k: elbow and silhouette", section_cluster_sweep),
     ("transitions", "Journey transition matrix", section_transitions),
     ("funnel", "Funnel drop-off and top paths", section_funnel),
+    ("experiments", "Experiments: A/B tests", section_experiments),
     ("propensity", "Propensity calibration", section_propensity),
     ("quality", "Data quality of the last runs", section_quality),
 )

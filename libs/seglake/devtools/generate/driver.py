@@ -21,7 +21,8 @@ from pyspark.sql import functions as F
 
 from seglake.core.contracts import RAW_FIELDS
 from seglake.devtools.generate.model import (
-    _SIM_SCHEMA, ARCH_NAMES, DUPLICATE_KINDS, MALFORMED_KINDS,
+    _SIM_SCHEMA, ARCH_NAMES, DUPLICATE_KINDS, EFFECT_ARCHETYPES, EFFECT_DAYS, EFFECT_PROB, EXPERIMENT,
+    EXPERIMENT_DAYS, EXPERIMENT_END_GAP_DAYS, MALFORMED_KINDS,
 )
 from seglake.devtools.generate.render import sim_to_truth, truth_to_records
 from seglake.devtools.generate.simulation import _simulate_batches
@@ -99,7 +100,7 @@ def _counts(agg: list, *, customers: int, shared: int, files: dict, events: int,
 
 def generate(spark: SparkSession, out_dir: str | os.PathLike, events: int, customers: int | None = None,
              seed: int = 42, start_date: date = date(2026, 8, 1), end_date: date = date(2026, 10, 31),
-             files_per_day: int | None = None) -> dict:
+             files_per_day: int | None = None, experiment_b_share: float = 0.5) -> dict:
     """Generate landing files and ground truth under ``out_dir``; return the counts.
 
     Args:
@@ -110,6 +111,8 @@ def generate(spark: SparkSession, out_dir: str | os.PathLike, events: int, custo
         seed: makes the output deterministic.
         start_date, end_date: the event window (inclusive).
         files_per_day: files per format and day (default: 1 per ~2M events, 1..4).
+        experiment_b_share: the share of persons the site puts in variant B of the planted
+            experiment (0.5; another value plants a sample-ratio mismatch against the 50/50 design).
 
     Returns:
         The dict also written to ``ground_truth/counts.json``.
@@ -121,6 +124,8 @@ def generate(spark: SparkSession, out_dir: str | os.PathLike, events: int, custo
         raise ValueError(f"customers must be a positive number, got {customers}")
     if end_date <= start_date:
         raise ValueError(f"end_date {end_date} must be after start_date {start_date}")
+    if not 0.0 < experiment_b_share < 1.0:
+        raise ValueError(f"experiment_b_share must be between 0 and 1 (exclusive), got {experiment_b_share}")
     t0 = time.time()
     out = _local_dir(out_dir)
     landing, gt = out / "landing", out / "ground_truth"
@@ -135,6 +140,10 @@ def generate(spark: SparkSession, out_dir: str | os.PathLike, events: int, custo
     kiosks = max(1, customers // 10_000) if customers >= 60 else 0
     kiosk_share = min(0.6, 40.0 * kiosks / customers) if kiosks else 0.0
     mean_events = events / customers
+    exp_end = end_date - timedelta(days=EXPERIMENT_END_GAP_DAYS)          # exclusive
+    exp_start = max(start_date, exp_end - timedelta(days=EXPERIMENT_DAYS))
+    day_ms = lambda d: int(datetime.combine(d, datetime.min.time(), timezone.utc).timestamp() * 1000)  # noqa: E731
+    experiment = (day_ms(exp_start), day_ms(exp_end), float(experiment_b_share))
     files_per_day = files_per_day or max(1, min(4, events // 2_000_000))
     if files_per_day < 1:
         raise ValueError(f"files_per_day must be a positive number, got {files_per_day}")
@@ -144,7 +153,7 @@ def generate(spark: SparkSession, out_dir: str | os.PathLike, events: int, custo
     try:
         parts = max(2, min(400, customers // 4000))
         sim = spark.range(0, customers, 1, parts).mapInPandas(
-            _simulate_batches(seed, start_ms, end_ms, mean_events, kiosks, kiosk_share), _SIM_SCHEMA)
+            _simulate_batches(seed, start_ms, end_ms, mean_events, kiosks, kiosk_share, experiment), _SIM_SCHEMA)
         truth_path = str(gt / "events.parquet")
         sim_to_truth(sim, seed).write.mode("overwrite").parquet(truth_path)
         log.info("simulated %d persons in %.1fs", customers, time.time() - t0)
@@ -182,6 +191,12 @@ def generate(spark: SparkSession, out_dir: str | os.PathLike, events: int, custo
 
     counts = _counts(agg, customers=customers, shared=shared, files=files, events=events, seed=seed,
                      start_date=start_date, end_date=end_date, t0=t0)
+    counts["experiment"] = {
+        "name": EXPERIMENT, "start": exp_start.isoformat(), "end": exp_end.isoformat(),
+        "variant_b_share": float(experiment_b_share), "effect_archetypes": list(EFFECT_ARCHETYPES),
+        "effect_prob": EFFECT_PROB, "effect_days": EFFECT_DAYS,
+        "note": "potential outcomes per person in ground_truth/persons.parquet (exp_*)",
+    }
     (gt / "counts.json").write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
     log.info("generated %d raw records (%d valid) in %.1fs", counts["raw_records"], counts["valid_events"],
              counts["seconds"])

@@ -39,6 +39,20 @@ PRODUCTS_PER_CATEGORY = 500
 FEATURES = ("wishlist_sync", "price_alerts", "dark_mode", "ar_preview", "voice_search",
             "saved_carts")
 EXPERIMENT = "exp_checkout_v2"
+# The planted A/B test (seglake run experiments; conf/experiments.yaml). The site tags every
+# web/app event of the experiment window with the person's variant (exposure); variant B shows a
+# personalized in-store coupon. Effect: a B person of an EFFECT_ARCHETYPE who is exposed and
+# makes no order in the window redeems it with probability EFFECT_PROB (one store purchase in
+# the window's first EFFECT_DAYS days). Both potential outcomes of every person are in the
+# ground truth (persons.parquet: exp_converted_a/_b, exp_extra_revenue), so the true effect on
+# any population is known. Order-free archetypes (browsers, abandoners) are untouched: their
+# zero-purchase facts hold; churners are inactive in the window. Nothing happens after
+# EFFECT_DAYS, so activity in the window's later days (retention) has no effect.
+EXPERIMENT_DAYS = 28                 # window [end_date - 1 - 28 days, end_date - 1) (exclusive end)
+EXPERIMENT_END_GAP_DAYS = 2          # the window ends this many days before end_date + 1
+EFFECT_ARCHETYPES = ("power_user", "repeat_buyer", "vip", "email_responder")
+EFFECT_PROB = 0.9
+EFFECT_DAYS = 14
 KIOSK_BASE = 1000                    # device index >= this = shared store kiosk device
 SHARED_DEVICE_PREFIX = "dev_kiosk_"
 MALFORMED_KINDS = ("broken_json", "unparseable_ts", "future_ts", "unknown_event_type",
@@ -152,7 +166,7 @@ _SIM_SCHEMA = (
     "pid LONG, seq INT, ts_ms LONG, etype INT, state INT, src INT, sess INT, chan INT, "
     "uid BOOLEAN, anon INT, dev INT, dev_kind INT, email INT, phone BOOLEAN, product INT, "
     "qty INT, price_c LONG, revenue_c LONG, dur_ms LONG, scroll INT, feature INT, variant INT, "
-    "arch INT, consent BOOLEAN, currency INT, has_uid BOOLEAN"
+    "arch INT, consent BOOLEAN, currency INT, has_uid BOOLEAN, exp_flags INT, exp_extra_c LONG"
 )
 _SIM_COLS = [part.split()[0] for part in _SIM_SCHEMA.split(", ")]
 

@@ -84,7 +84,7 @@ def sim_to_truth(sim: DataFrame, seed: int) -> DataFrame:
         F.element_at(_arr(SOURCES), F.col("src") + 1).alias("source"),
         F.when(F.col("chan") >= 0, F.element_at(_arr(CHANNELS), F.col("chan") + 1)).alias("channel"),
         "chan", "src", "dev_kind", "product", "qty", "price_c", "revenue_c", "dur_ms", "scroll",
-        "feature", "variant", "consent", "currency", "has_uid",
+        "feature", "variant", "consent", "currency", "has_uid", "exp_flags", "exp_extra_c",
         F.element_at(_arr(ARCH_NAMES), F.col("arch") + 1).alias("archetype"),
     )
 

@@ -17,7 +17,8 @@ from seglake.devtools.generate.journey import (
 )
 from seglake.devtools.generate.model import (
     _ACTIVITY_NORM, _MUST_LOG_IN, _SIM_COLS, ARCH_NAMES, ARCHETYPES, CATEGORIES, CH, CHAINS,
-    DAY_MS, ET, FEATURES, KIOSK_BASE, LUXURY, MIN_SESSION_GAP_MS, SRC,
+    DAY_MS, EFFECT_ARCHETYPES, EFFECT_DAYS, EFFECT_PROB, ET, FEATURES, KIOSK_BASE, LUXURY,
+    MIN_SESSION_GAP_MS, SRC,
 )
 
 _DURATION_TYPES = (ET["page_view"], ET["product_view"], ET["search"], ET["app_open"],
@@ -75,8 +76,11 @@ class _Person:
     """Simulates one person's sessions; ``events`` is a list of column tuples."""
 
     def __init__(self, pid: int, seed: int, start_ms: int, end_ms: int, mean_events: float,
-                 kiosks: int, kiosk_share: float):
+                 kiosks: int, kiosk_share: float, experiment: tuple[int, int, float] | None = None):
         self.pid = pid
+        self.seed = seed
+        # (window start ms, window end ms exclusive, share of variant B): see model.EXPERIMENT
+        self.exp_start, self.exp_end, b_share = experiment or (0, 0, 0.5)
         r = self.rng = random.Random(f"seglake:{seed}:{pid}")
         names, shares = ARCH_NAMES, [ARCHETYPES[a]["share"] for a in ARCH_NAMES]
         self.arch = r.choices(range(len(names)), weights=shares)[0]
@@ -102,7 +106,7 @@ class _Person:
         self.consent = r.random() > 0.03
         x = r.random()
         self.currency = 0 if x < 0.7 else 1 if x < 0.9 else 2
-        self.variant = 0 if r.random() < 0.5 else 1
+        self.variant = 0 if r.random() < 1.0 - b_share else 1
         self.fav_cat = LUXURY if self.arch_name == "vip" else r.randrange(len(CATEGORIES) - 1)
         self.kiosk = (KIOSK_BASE + r.randrange(kiosks)) if (
             kiosks and self.has_uid and r.random() < kiosk_share) else -1
@@ -216,7 +220,54 @@ class _Person:
         self._plant_facts(sessions)
         self._add_crm_contacts(sessions)
         sessions = [s for s in sessions if s["events"] or s["kind"] not in ("regular", "email")]
-        return self._place(sessions)
+        return self._plant_experiment(self._place(sessions))
+
+    # -- the planted A/B test (model.EXPERIMENT): own random stream, so nothing else changes ----
+    def _plant_experiment(self, rows: list[tuple]) -> list[tuple]:
+        """Both potential outcomes of the person; variant B's coupon purchase appended when drawn.
+
+        Every row gets ``exp_flags`` (-1: not exposed; else bit 0 = orders in the window under A,
+        bit 1 = under B) and ``exp_extra_c`` (revenue in cents of the coupon purchase the person
+        would make under B; 0: none).
+        """
+        er = random.Random(f"seglake:{self.seed}:{self.pid}:experiment")
+        u = er.random()
+        lo, hi = self.exp_start, self.exp_end
+        ts, et_i, var_i = 2, 3, _SIM_COLS.index("variant")
+        window = [row for row in rows if lo <= row[ts] < hi]
+        exposed = any(row[var_i] >= 0 for row in window)
+        orders = (ET["purchase"], ET["store_purchase"])
+        natural = any(row[et_i] in orders for row in window)
+        extra_c, at = 0, None
+        if exposed and not natural and self.arch_name in EFFECT_ARCHETYPES and u < EFFECT_PROB:
+            at = self._free_instant(er, [row[ts] for row in rows], max(lo, self.a_start),
+                                    min(hi, lo + EFFECT_DAYS * DAY_MS, self.a_end))
+        if at is not None:
+            prod = _product_in(er, self.fav_cat)
+            extra_c = _product_price_c(prod)
+            em = er.randrange(self.n_email) if self.n_email else -1
+            if self.variant == 1:
+                sess = max(row[6] for row in rows) + 1 if rows else 0
+                rows.append((
+                    self.pid, len(rows), at, ET["store_purchase"], -1, SRC["offline"], sess, -1,
+                    self.has_uid, -1, -1, -1, em, em < 0 and self.has_phone, prod, 1, extra_c, extra_c,
+                    -1, -1, -1, -1, self.arch, self.consent, self.currency, self.has_uid,
+                ))
+        flags = -1 if not exposed else (int(natural) | (int(natural or extra_c > 0) << 1))
+        return [row + (flags, extra_c) for row in rows]
+
+    @staticmethod
+    def _free_instant(r: random.Random, times: list[int], lo: int, hi: int) -> int | None:
+        """A whole second in [lo, hi) at least a session gap away from every one of ``times``."""
+        margin = MIN_SESSION_GAP_MS + 1000
+        marks = sorted(t for t in times if lo - margin < t < hi + margin)
+        edges = [lo - margin] + marks + [hi + margin]
+        gaps = [(max(a + margin, lo), min(b - margin, hi - 1)) for a, b in zip(edges, edges[1:])]
+        gaps = [(a, b) for a, b in gaps if b - a >= 2000]
+        if not gaps:
+            return None
+        a, b = gaps[r.randrange(len(gaps))]
+        return (a + 1000 + r.randrange(b - a - 1000)) // 1000 * 1000
 
     # -- timeline and identifiers ---------------------------------------------------------------
     def _place(self, sessions: list[dict]) -> list[tuple]:
@@ -286,7 +337,9 @@ class _Person:
             uid, anon, dv, em, ph = self._identifiers(s, et, k, cookie, login_at)
             dur = _duration(r, et, nxt_gap)
             echan = chan if (kind in ("regular", "email") or is_email_evt) else -1
-            variant = self.variant if et in (ET["checkout_start"], ET["purchase"]) else -1
+            # the site's A/B tool tags every web/app event of the window with the variant
+            variant = self.variant if (src in (SRC["web"], SRC["app"]) and not is_email_evt
+                                       and self.exp_start <= t + ms < self.exp_end) else -1
             rows.append((
                 self.pid, len(rows), t + ms, et, state, SRC["email"] if is_email_evt else src, sess_no, echan,
                 uid and self.has_uid, anon, dv, self.dev_kinds[dev] if (dev >= 0 and not is_email_evt) else -1,
@@ -339,7 +392,7 @@ class _Person:
 
 
 def _simulate_batches(seed: int, start_ms: int, end_ms: int, mean_events: float, kiosks: int,
-                      kiosk_share: float):
+                      kiosk_share: float, experiment: tuple[int, int, float] | None = None):
     """The mapInPandas function: person ids in, simulated event rows out (numbers only)."""
     import pandas as pd
 
@@ -350,6 +403,6 @@ def _simulate_batches(seed: int, start_ms: int, end_ms: int, mean_events: float,
                 rows: list[tuple] = []
                 for pid in ids[lo:lo + 500]:
                     rows.extend(_Person(int(pid), seed, start_ms, end_ms, mean_events,
-                                        kiosks, kiosk_share).simulate())
+                                        kiosks, kiosk_share, experiment).simulate())
                 yield pd.DataFrame.from_records(rows, columns=_SIM_COLS)
     return run

@@ -33,7 +33,14 @@ def persons_truth(truth: DataFrame, end_date: date) -> DataFrame:
         F.sum(F.when(F.col("event_type") == "purchase", F.col("revenue_c"))).alias("_rev_c"),
         F.sum((F.col("event_type") == "add_to_cart").cast("int")).alias("carts"),
         F.countDistinct(F.when(F.col("event_type") == "feature_use", F.col("feature"))).alias("distinct_features"),
+        F.first("exp_flags").alias("_exp"), F.first("exp_extra_c").alias("_exp_c"),
     ).withColumn("revenue", F.coalesce(F.col("_rev_c") / F.lit(100), F.lit(0.0))).drop("_rev_c")
+     # the planted experiment's potential outcomes (model.EXPERIMENT): exposed in the window,
+     # orders in the window under A and under B, revenue of the coupon purchase made under B
+     .withColumn("exp_exposed", F.col("_exp") >= 0)
+     .withColumn("exp_converted_a", F.when(F.col("_exp") >= 0, (F.col("_exp") % 2) == 1))
+     .withColumn("exp_converted_b", F.when(F.col("_exp") >= 0, F.col("_exp") >= 2))
+     .withColumn("exp_extra_revenue", F.col("_exp_c") / F.lit(100.0)).drop("_exp", "_exp_c")
      .withColumn("churn_date", F.when(F.col("archetype") == "churner",
                                       F.date_add(F.to_date("last_seen"), 1)))
      .withColumn("is_new_user", F.col("first_seen") >= F.lit(
