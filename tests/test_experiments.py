@@ -385,3 +385,29 @@ def test_the_generators_planted_effect_is_recovered(spark, pipeline_through):
     loyal = {r["segment"] for r in tables.read(spark, cfg, AB_RESULTS).where("experiment = 'free_shipping_loyal'")
              .select("segment").distinct().collect()}
     assert loyal == {"(all)", "repeat_buyers", "vip"}
+
+
+def test_the_generator_told_to_skew_the_split_gets_its_experiment_flagged(spark, tmp_path, monkeypatch):
+    """`seglake generate --experiment-b-share 0.7`: the site put 70% in B against the 50/50 design.
+    The generator's own per-event truth (person = customer, its tags as the site wrote them) goes
+    through the job; the sample-ratio check must flag it (the fair default split is not flagged in
+    the slow whole-chain test above, nor in the planted tests)."""
+    from seglake.devtools.generate import generate
+    flags = {}
+    for share in (0.7,):
+        out = tmp_path / f"gen{share}"
+        generate(spark, str(out), events=3000, customers=300, seed=3, experiment_b_share=share)
+        truth = spark.read.parquet(str(out / "ground_truth" / "events.parquet"))
+        tag = F.when(F.col("variant") >= 0, F.create_map(F.lit("experiment"), F.lit("exp_checkout_v2"), F.lit("variant"),
+                                                         F.element_at(F.array(F.lit("A"), F.lit("B")), F.col("variant") + 1)))
+        events = truth.select(F.col("person_id").alias("customer_id"), F.to_date("event_ts").alias("event_date"),
+                              "event_type", (F.col("revenue_c") / 100.0).alias("revenue_usd"), tag.alias("properties"))
+        cfg = make_cfg(tmp_path / f"lake{share}")
+        summary = _run(spark, cfg, events, monkeypatch, experiment="exp_checkout_v2")
+        r = _results(spark, cfg, "exp_checkout_v2")[("(all)", "conversion_rate", "B")]
+        persons = spark.read.parquet(str(out / "ground_truth" / "persons.parquet")).where("exp_exposed")
+        by = {row["variant"]: row["count"] for row in persons.groupBy("variant").count().collect()}
+        assert (r["n_control"], r["n_variant"]) == (by["A"], by["B"])
+        flags[share] = (summary["exp_checkout_v2: srm"], r["srm_p"])
+    print(f"\nsample-ratio check: {flags}")
+    assert flags[0.7][0] == "FLAGGED" and flags[0.7][1] < 1e-6
