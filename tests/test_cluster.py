@@ -187,6 +187,8 @@ def test_run_writes_labelled_clusters_profiles_mlflow_and_stability(spark, lakeh
     # each planted group received the label named after it
     assert (merged["planted"] == merged["label"]).all(), merged.groupby(["planted", "label"]).size()
     assert set(got["algorithm"]) == {"kmeans"} and set(got["k"]) == {3}
+    # 40 per cluster: the 0.99-quantile of the distances is each cluster's largest, so no outlier
+    assert not got["outlier"].any() and (got["centre_distance"] > 0).all() and summary["outliers"] == 0
 
     prof = tables.read(spark, cfg, "gold.cluster_profiles").toPandas()
     first = pdf[pdf.as_of_date == as_of]
@@ -263,3 +265,38 @@ def test_a_withdrawn_customer_is_not_clustered(spark, lakehouse):
     ids = {r["customer_id"] for r in tables.read(spark, cfg, "gold.clusters").select("customer_id").collect()}
     assert summary["customers"] == len(pdf) - 1 == len(ids)
     assert "c0007" not in ids and "c0008" in ids
+
+
+def test_outliers_are_beyond_the_clusters_distance_quantile_as_numpy_finds_them(spark):
+    """flag_outliers against numpy: Euclidean distance to the given centre, and per cluster the
+    inverted-cdf q-quantile of the distances as threshold (distance > threshold = outlier)."""
+    from pyspark.ml.linalg import Vectors
+
+    from seglake.stages.cluster.common import FEATURES_COL, PREDICTION_COL
+    from seglake.stages.cluster.outliers import flag_outliers
+    rng = np.random.default_rng(8)
+    centre_of = {0: [0.0, 0.0, 0.0], 1: [5.0, 5.0, -2.0], 2: [-4.0, 3.0, 1.0]}
+    rows, pts, lab = [], [], []
+    for c, centre in centre_of.items():
+        n = 150 + 40 * c
+        x = rng.normal(centre, 1.0, size=(n, 3))
+        x[:3] += 8.0                                               # three planted far points per cluster
+        for i, v in enumerate(x):
+            rows.append((f"c{c}-{i:04d}", Vectors.dense(v.tolist()), float(c)))
+            pts.append(v)
+            lab.append(c)
+    df = spark.createDataFrame(rows, ["customer_id", FEATURES_COL, PREDICTION_COL]).repartition(5)
+    q = 0.97
+    got = {r["customer_id"]: (r["centre_distance"], r["outlier"])
+           for r in flag_outliers(df, centre_of, q).collect()}
+    pts, lab = np.array(pts), np.array(lab)
+    d = np.linalg.norm(pts - np.array([centre_of[c] for c in lab]), axis=1)
+    flagged = set()
+    for c in centre_of:
+        thr = np.quantile(d[lab == c], q, method="inverted_cdf")
+        flagged |= {rows[i][0] for i in np.flatnonzero((lab == c) & (d > thr))}
+    assert {k for k, (_, o) in got.items() if o} == flagged
+    assert all(abs(got[rows[i][0]][0] - d[i]) < 1e-9 for i in range(len(rows)))
+    assert {f"c{c}-{i:04d}" for c in centre_of for i in range(3)} <= flagged   # the planted far points
+    assert not any(o for _, o in (r for r in
+                   {r["customer_id"]: (0, r["outlier"]) for r in flag_outliers(df, centre_of, None).collect()}.values()))

@@ -396,7 +396,7 @@ def test_the_generator_told_to_skew_the_split_gets_its_experiment_flagged(spark,
     flags = {}
     for share in (0.7,):
         out = tmp_path / f"gen{share}"
-        generate(spark, str(out), events=3000, customers=300, seed=3, experiment_b_share=share)
+        generate(spark, str(out), events=6000, customers=400, seed=3, experiment_b_share=share)
         truth = spark.read.parquet(str(out / "ground_truth" / "events.parquet"))
         tag = F.when(F.col("variant") >= 0, F.create_map(F.lit("experiment"), F.lit("exp_checkout_v2"), F.lit("variant"),
                                                          F.element_at(F.array(F.lit("A"), F.lit("B")), F.col("variant") + 1)))

@@ -136,7 +136,7 @@ def test_cli_help_and_exit_codes(capsys):
         main(["run", "all", "--through", "nonsense"])
     assert bad_through.value.code == 2
     assert "invalid choice: 'nonsense'" in capsys.readouterr().err
-    assert main(["run", "experiments"]) == EXIT_UNAVAILABLE
+    assert main(["run", "clv"]) == EXIT_UNAVAILABLE
     assert "not available yet" in capsys.readouterr().err
 
 

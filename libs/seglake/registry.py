@@ -22,6 +22,7 @@ JOBS: dict[str, str] = {
     "propensity": "seglake.stages.propensity",
     "journeys": "seglake.stages.journeys",
     "experiments": "seglake.stages.experiments",
+    "clv": "seglake.stages.clv",             # customer lifetime value (BG/NBD, Gamma-Gamma): not built yet
     "stream": "seglake.stages.stream",
     "export": "seglake.stages.export",
     "erase": "seglake.stages.erase",

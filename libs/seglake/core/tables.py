@@ -307,12 +307,15 @@ def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] =
 
 def overwrite(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] = (),
               replace_where: str | None = None, user_metadata: str | None = None,
-              properties: dict | None = None) -> None:
-    """Overwrite the table, or only the rows matching ``replace_where`` (``properties``: as append)."""
+              properties: dict | None = None, merge_schema: bool = False) -> None:
+    """Overwrite the table, or only the rows matching ``replace_where`` (``properties``: as append;
+    ``merge_schema``: a ``replace_where`` overwrite may add ``df``'s new columns to the table)."""
     writer = df.write.format("delta").mode("overwrite").options(
         **_creation_options(df, cfg, table, partition_by, properties))
     if replace_where:
         writer = writer.option("replaceWhere", replace_where)
+        if merge_schema:
+            writer = writer.option("mergeSchema", "true")
     else:
         writer = writer.option("overwriteSchema", "true")
     before = _version_before(df.sparkSession, cfg, table)

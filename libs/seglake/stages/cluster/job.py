@@ -22,6 +22,7 @@ from seglake.core.contracts import CLUSTER_PROFILES, CLUSTERS, CUSTOMER_FEATURES
 from seglake.stages.cluster.common import ALGORITHMS, FEATURES_COL, PREDICTION_COL
 from seglake.stages.cluster.inputs import input_features, prepare_inputs, scaled_columns
 from seglake.stages.cluster.metrics import choose_k, sweep
+from seglake.stages.cluster.outliers import centres, flag_outliers
 from seglake.stages.cluster.profiles import PROFILE_FEATURES, cluster_profile, derive_labels
 from seglake.stages.cluster.stability import agreement, contingency
 
@@ -134,9 +135,12 @@ def run(ctx: JobContext) -> dict:
             plt.close(fig)
         mlflow.log_dict({str(k): m for k, m in by_k.items()}, "sweep_metrics.json")
 
-        assigned = best.model.transform(data).drop(FEATURES_COL).cache()
+        # noise: beyond the cluster.outlier_quantile of the distances to the centre (no DBSCAN in Spark)
+        q = cfg.get("cluster.outlier_quantile")
+        assigned = flag_outliers(best.model.transform(data), centres(best.model),
+                                 None if q is None else float(q)).drop(FEATURES_COL).cache()
         profile_cols = list(dict.fromkeys(raw_inputs + list(PROFILE_FEATURES)))
-        profile = cluster_profile(assigned, profile_cols).cache()
+        profile = cluster_profile(assigned.where(~F.col("outlier")), profile_cols).cache()
         # k x features rows: small.
         prof_rows = [r.asDict() for r in profile.collect()]
         relative: dict[int, dict[str, float]] = {}
@@ -149,9 +153,9 @@ def run(ctx: JobContext) -> dict:
                                          "cluster INT, label STRING")
         model_run_id = parent.info.run_id
         clusters = (assigned.select("customer_id", F.lit(as_of).cast("date").alias("as_of_date"),
-                                    F.col(PREDICTION_COL).cast("int").alias("cluster"))
+                                    F.col(PREDICTION_COL).cast("int").alias("cluster"), "centre_distance", "outlier")
                     .join(F.broadcast(label_df), "cluster")
-                    .select("customer_id", "as_of_date", "cluster", "label",
+                    .select("customer_id", "as_of_date", "cluster", "label", "centre_distance", "outlier",
                             F.lit(algorithm).alias("algorithm"), F.lit(chosen).alias("k"),
                             F.lit(model_run_id).alias("model_run_id")))
         profiles = (profile.join(F.broadcast(label_df), "cluster")
@@ -181,8 +185,11 @@ def run(ctx: JobContext) -> dict:
             mlflow.set_tag("seglake.stability_alert", f"ARI {primary:.3f} < {alert_ari}")
 
         where = f"as_of_date = '{as_of.isoformat()}'"
+        outliers = int(assigned.where(F.col("outlier")).count())   # one small count of a cached frame
+        mlflow.log_metric("outliers", outliers)
         tables.overwrite(clusters, cfg, CLUSTERS_TABLE, partition_by=("as_of_date",),
-                         replace_where=where if tables.exists(spark, cfg, CLUSTERS_TABLE) else None)
+                         replace_where=where if tables.exists(spark, cfg, CLUSTERS_TABLE) else None,
+                         merge_schema=True)   # centre_distance, outlier: added to older tables
         tables.overwrite(profiles, cfg, PROFILES_TABLE,
                          replace_where=where if tables.exists(spark, cfg, PROFILES_TABLE) else None)
 
@@ -201,6 +208,7 @@ def run(ctx: JobContext) -> dict:
         "silhouette": round(best.metrics["silhouette"], 4),
         "davies_bouldin": round(best.metrics["davies_bouldin"], 4),
         "clusters": ", ".join(f"{labels[c]} ({sizes[c]})" for c in sorted(labels)),
+        "outliers": outliers,
         "mlflow_run": model_run_id,
     }
     for name in ("rerun", "window"):

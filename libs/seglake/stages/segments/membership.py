@@ -1,4 +1,4 @@
-"""Segment membership and its changes: quantile cutoffs resolved in one aggregation,
+"""Segment membership and its changes: exact quantile cutoffs (one job, any partitioning),
 every enabled segment evaluated for the features rows of an as-of date (rule segments in one
 pass, sequence segments joined with their evidence), a JSON ``reason`` per membership, family
 precedence (lowest priority number wins), and entered / exited rows against the previous
@@ -12,25 +12,24 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from seglake.core.contracts import require_columns
+from seglake.core.quantiles import exact_quantiles
 from seglake.stages.segments.model import Segment
 from seglake.stages.segments.rules import render_rule, rule_columns
 from seglake.stages.segments.sequences import sequence_evidence
 
 
 def resolve_quantiles(features: DataFrame, segments: list[Segment]) -> dict[tuple[str, str], float | None]:
-    """Cutoff values of quantile thresholds, computed in one aggregation over ``features``.
+    """Cutoff values of quantile thresholds: exact, the same on any partitioning
+    (:func:`seglake.core.quantiles.exact_quantiles`, one job).
 
-    Returns ``{(segment, threshold): value}``; the single result row is small (one number
-    per quantile threshold), hence the ``first()``.
+    Returns ``{(segment, threshold): value}``: the smallest value of the column whose cumulative
+    share of the customers reaches the threshold's ``value`` (``percentile_disc``).
     """
     wanted = [(s.name, t) for s in segments for t in s.thresholds.values() if t.type == "quantile"]
     if not wanted:
         return {}
-    aggs = [F.percentile_approx(F.col(t.of).cast("double"), float(t.value), 10000).alias(f"q{i}")
-            for i, (_, t) in enumerate(wanted)]
-    row = features.agg(*aggs).first()
-    return {(seg, t.name): (None if row[f"q{i}"] is None else float(row[f"q{i}"]))
-            for i, (seg, t) in enumerate(wanted)}
+    found = exact_quantiles(features, {f"q{i}": (t.of, float(t.value)) for i, (_, t) in enumerate(wanted)})
+    return {(seg, t.name): found[f"q{i}"] for i, (seg, t) in enumerate(wanted)}
 
 
 def _reason_struct(segment: Segment, columns: list[str], quantiles: dict[tuple[str, str], float | None],
