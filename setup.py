@@ -30,6 +30,9 @@ EXTRAS_REQUIRE = {
         "statsmodels==0.15.0",
         # tests/test_s3.py: a real S3 API server (moto's server mode) for the s3a:// pipeline run
         "moto[server]==5.2.5",
+        # tests/test_clv_model.py: the test-only reference implementation of BG/NBD, Gamma-Gamma
+        # and CLV (pure Python, last release 2020; pulls autograd and dill)
+        "lifetimes==0.11.3",
     ],
     # benchmarks only: DuckDB is the in-process reference engine of bench/compare.py
     "bench": [
