@@ -34,6 +34,6 @@ def exact_quantiles(df: DataFrame, requests: dict[str, tuple[str, float]]) -> di
     # the smallest value with cum >= q * total (q = 0: the minimum); exact in integers: cum >= ceil(q * total)
     need = F.greatest(F.lit(1), F.ceil(F.col("_q") * F.col("_total")))
     rows = (cum.join(wanted, "_c").where(F.col("_cum") >= need)
-            .groupBy("_name").agg(F.min("_v").alias("_value")).collect())
+            .groupBy("_name").agg(F.min("_v").alias("_value")).collect())   # one row per request: small
     found = {r["_name"]: float(r["_value"]) for r in rows}
     return {name: found.get(name) for name in requests}

@@ -185,7 +185,7 @@ def run(ctx: JobContext) -> dict:
             mlflow.set_tag("seglake.stability_alert", f"ARI {primary:.3f} < {alert_ari}")
 
         where = f"as_of_date = '{as_of.isoformat()}'"
-        outliers = int(assigned.where(F.col("outlier")).count())   # one small count of a cached frame
+        outliers = n - sum(sizes.values())   # profile sizes count the non-outliers only
         mlflow.log_metric("outliers", outliers)
         tables.overwrite(clusters, cfg, CLUSTERS_TABLE, partition_by=("as_of_date",),
                          replace_where=where if tables.exists(spark, cfg, CLUSTERS_TABLE) else None,

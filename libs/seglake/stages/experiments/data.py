@@ -17,8 +17,6 @@ from seglake.stages.experiments.settings import BUCKETS, Experiment, metric_kind
 log = logging.getLogger(__name__)
 
 ALL = "(all)"                      # the breakdown row over the whole population
-#: event types that are orders (as features.purchase_event_types)
-ORDER_TYPES = ("purchase", "store_purchase")
 ASSIGNMENT_COLUMNS = ("experiment", "customer_id", "variant", "bucket", "segments", "assignment", "assigned_on",
                       "run_id")
 
@@ -95,15 +93,17 @@ def _between(lo: date, hi: date) -> Column:
     return (F.col("event_date") >= F.lit(lo)) & (F.col("event_date") < F.lit(hi))
 
 
-def customer_outcomes(exp: Experiment, events: DataFrame, assigned: DataFrame, end: date) -> DataFrame:
+def customer_outcomes(exp: Experiment, events: DataFrame, assigned: DataFrame, end: date,
+                      order_types: tuple[str, ...]) -> DataFrame:
     """One row per assigned customer: variant, segments and, per metric m, ``y_<m>`` (null where the
     metric does not apply: average order value of a customer without orders) and ``x_<m>``, its
     pre-period covariate (null without one).
 
     ``events``: the customers' events with event_date, event_type, revenue_usd, from
-    ``start - pre_period_days`` to ``end`` (exclusive)."""
+    ``start - pre_period_days`` to ``end`` (exclusive); ``order_types``: the event types that are
+    orders (``features.purchase_event_types``, as the features count purchases)."""
     start, pre = exp.start, exp.pre_period_days
-    is_order = F.col("event_type").isin(*ORDER_TYPES)
+    is_order = F.col("event_type").isin(*order_types)
     in_win, in_pre = _between(start, end), _between(start - timedelta(days=pre), start)
     aggs = [
         F.sum(F.when(in_win & is_order, 1).otherwise(0)).alias("orders_w"),

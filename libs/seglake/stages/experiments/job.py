@@ -180,7 +180,8 @@ def analyse(ctx, exp: Experiment, as_of: date, srm_alpha: float) -> dict:
     assigned = (tables.read(spark, cfg, EXPERIMENT_ASSIGNMENTS).where(F.col("experiment") == F.lit(exp.name))
                 .select("customer_id", "variant", "segments"))
     agree = D.agreement(assigned, logged)
-    outcomes = D.customer_outcomes(exp, events, assigned, end)
+    from seglake.stages.features import FeatureParams
+    outcomes = D.customer_outcomes(exp, events, assigned, end, FeatureParams.from_config(cfg).purchase_event_types)
     stats_rows = D.sufficient_statistics(exp, outcomes).collect()   # (segments + 1) x variants rows
     logged.unpersist()
     rows = result_rows(exp, stats_rows, as_of=as_of, end=end, status=status, srm_alpha=srm_alpha, agree=agree,
