@@ -57,7 +57,7 @@ default_args = {
 
 with DAG(
     dag_id="seglake_pipeline",
-    description="seglake: ingest -> clean -> identity -> consent -> sessions -> features -> segments -> cluster -> propensity -> journeys -> experiments",
+    description="seglake: ingest -> clean -> identity -> consent -> sessions -> features -> clv -> segments -> cluster -> propensity -> journeys -> experiments",
     schedule="@daily",
     start_date=datetime(2026, 8, 1),
     catchup=False,
@@ -71,10 +71,11 @@ with DAG(
     consent = BashOperator(task_id="consent", bash_command=spark_submit("consent"))
     sessions = BashOperator(task_id="sessions", bash_command=spark_submit("sessions"))
     features = BashOperator(task_id="features", bash_command=spark_submit("features"))
+    clv = BashOperator(task_id="clv", bash_command=spark_submit("clv"))
     segments = BashOperator(task_id="segments", bash_command=spark_submit("segments"))
     cluster = BashOperator(task_id="cluster", bash_command=spark_submit("cluster"))
     propensity = BashOperator(task_id="propensity", bash_command=spark_submit("propensity"))
     journeys = BashOperator(task_id="journeys", bash_command=spark_submit("journeys"))
     experiments = BashOperator(task_id="experiments", bash_command=spark_submit("experiments"))
 
-    ingest >> clean >> identity >> consent >> sessions >> features >> segments >> cluster >> propensity >> journeys >> experiments
+    ingest >> clean >> identity >> consent >> sessions >> features >> clv >> segments >> cluster >> propensity >> journeys >> experiments

@@ -16,9 +16,10 @@ NOTEBOOKS = {
     "cluster_profiles.py": ("gold.clusters", "gold.cluster_profiles"),
     "journeys.py": ("gold.transition_matrix", "gold.journey_metrics", "gold.journey_paths"),
     "experiments.py": ("gold.experiment_assignments", "gold.ab_results"),
+    "customer_value.py": ("gold.customer_value", "gold.segment_membership"),
 }
 #: the pipeline stage a notebook's tables need (default: journeys)
-STAGES = {"experiments.py": "experiments"}
+STAGES = {"experiments.py": "experiments", "customer_value.py": "segments"}
 
 
 def test_every_notebook_is_listed():

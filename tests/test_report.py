@@ -198,7 +198,8 @@ def test_sections_render_the_numbers_of_their_tables(small_report):
     page = parse(path)
     status = {k: v[0] for k, v in page.sections.items()}
     assert status == {"segments": "ok", "cluster-profiles": "ok", "cluster-sweep": "ok", "transitions": "ok",
-                      "funnel": "ok", "experiments": "ok", "propensity": "missing", "quality": "ok", "tables": "ok"}
+                      "funnel": "ok", "experiments": "ok", "propensity": "missing", "clv": "missing", "quality": "ok",
+                      "tables": "ok"}
     text = {k: re.sub(r"\s+", " ", v[1]) for k, v in page.sections.items()}
     # segments: 2 segments at the latest date, 2 dates; changes: vip +1, casual -2
     assert "2 segments at as-of date 2026-11-01" in text["segments"] and "2 as-of date(s)" in text["segments"]
@@ -280,7 +281,7 @@ def test_empty_lakehouse_says_which_job_builds_each_section(spark, cfg, tmp_path
     page = parse(path)
     expected = {"segments": "segments", "cluster-profiles": "cluster", "cluster-sweep": "cluster",
                 "transitions": "journeys", "funnel": "journeys", "experiments": "experiments",
-                "propensity": "propensity", "quality": "clean"}
+                "propensity": "propensity", "clv": "clv", "quality": "clean"}
     for key, job in expected.items():
         status, text = page.sections[key]
         assert status == "missing", (key, text)
@@ -340,7 +341,7 @@ def check_browser_render(html_path: str, name: str, tmp_path: Path) -> str:
 def test_report_renders_in_headless_chromium(small_report, tmp_path):
     path, _ = small_report
     status = check_browser_render(path, "report-small.png", tmp_path)
-    assert status == "9 sections: 8 rendered, 1 not built yet, 0 failed"
+    assert status == "10 sections: 8 rendered, 2 not built yet, 0 failed"
 
 
 @pytest.mark.slow
@@ -353,7 +354,7 @@ def test_report_of_the_pipeline_lakehouse(spark, pipeline_through, monkeypatch, 
     page = parse(path)
     inputs = {"segments": "gold.segment_membership", "cluster-profiles": "gold.cluster_profiles",
               "transitions": "gold.transition_matrix", "funnel": "gold.journey_metrics",
-              "experiments": "gold.ab_results", "quality": "ops.run_log"}
+              "experiments": "gold.ab_results", "clv": "gold.customer_value", "quality": "ops.run_log"}
     for key, table in inputs.items():
         status, text = page.sections[key]
         built = tables.exists(spark, cfg, table)

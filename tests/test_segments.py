@@ -91,13 +91,16 @@ ISSUE_SEGMENTS = {
     "infrequent_browsers", "vip", "inactive", "lapsed_purchasers", "new_users", "long_term_users",
     "high_frequency_users", "feature_explorers", "high_interest", "email_responders", "web_only_visitors",
 }
+CLV_TIERS = {"high_value_at_risk", "high_value_loyal"}   # issue #20: rules over gold.customer_value
 
 
 def test_shipped_segments_parse_and_validate_against_the_features_contract(spark):
     segments = shipped()
-    assert {s.name for s in segments} == ISSUE_SEGMENTS
+    assert {s.name for s in segments} == ISSUE_SEGMENTS | CLV_TIERS
     assert all(s.description for s in segments)
-    S.validate_rules(spark, segments, features_schema(spark))
+    from seglake.stages.segments.value import needs_value, rule_schema
+    assert {s.name for s in segments if needs_value(s)} == CLV_TIERS
+    S.validate_rules(spark, segments, rule_schema(features_schema(spark)))
     # the business starting thresholds of the issue
     assert seg("cart_abandoners").thresholds["abandon_hours"].value == 48.0
     hi = seg("high_intent_abandoners").thresholds
@@ -291,7 +294,9 @@ def test_high_intent_abandonment_boundaries(spark):
 
 # --------------------------------------------------------------------------- feature rules
 def _evaluate(spark, rows, segments=None, events=None):
-    segments = segments or shipped()
+    from seglake.stages.segments.value import needs_value
+    # the shipped segments over features (the CLV tiers need gold.customer_value: tested on their own)
+    segments = segments or [s for s in shipped() if not needs_value(s)]
     if events is None:
         events = events_df(spark, [])
     return S.evaluate_segments(features_df(spark, rows), segments, AS_OF, events=events)
@@ -586,3 +591,40 @@ def test_generated_data_precision_recall_against_planted_archetypes(spark, pipel
     health = tables.read(spark, cfg, S.HEALTH).where(F.col("as_of_date") == F.lit(as_of))
     assert health.count() == summary["segments"]
     assert {r["segment"]: r["size"] for r in health.collect()} == summary["sizes"]
+
+
+def test_clv_tiers_use_gold_customer_value_and_are_skipped_without_it(spark, lakehouse):
+    """high_value_at_risk / high_value_loyal against numpy on the same values: the 0.8 quantile
+    of clv over the customers who have a value (percentile_disc: the smallest value whose
+    cumulative share reaches 0.8), p_alive below 0.5 / at least 0.8; no value row: in neither."""
+    from seglake.core import tables
+    from seglake.core.contracts import CUSTOMER_VALUE
+    from seglake.stages.segments.value import with_value
+
+    rng = np.random.default_rng(3)
+    n = 60
+    clv = np.round(rng.gamma(0.8, 100.0, n), 2)
+    p_alive = np.round(rng.uniform(0, 1, n), 3)
+    ids = [f"v{i:02d}" for i in range(n)]
+    feats = features_df(spark, [{"customer_id": c} for c in ids] + [{"customer_id": "never-bought"}])
+    cfg = load_config("local", REPO / "conf", overrides={"paths": {"lakehouse": str(lakehouse)}})
+    tiers = [s for s in shipped() if s.name in CLV_TIERS]
+
+    # no gold.customer_value yet: both tiers skipped, named
+    _, kept, skipped = with_value(spark, cfg, feats, shipped(), AS_OF)
+    assert set(skipped) == CLV_TIERS and not CLV_TIERS & {s.name for s in kept}
+
+    rows = [(c, AS_OF, float(v), float(p)) for c, v, p in zip(ids, clv, p_alive)]
+    rows.append(("other-day", AS_OF - timedelta(days=1), 1e9, 0.0))          # another as-of: ignored
+    tables.overwrite(spark.createDataFrame(rows, "customer_id string, as_of_date date, clv double, p_alive double"),
+                     cfg, CUSTOMER_VALUE, partition_by=["as_of_date"])
+    joined, kept, skipped = with_value(spark, cfg, feats, tiers, AS_OF)
+    assert skipped == [] and {s.name for s in kept} == CLV_TIERS
+    members = S.evaluate_segments(joined, kept, AS_OF, None, S.resolve_quantiles(joined, kept))
+    ordered = np.sort(clv)
+    cutoff = ordered[int(np.ceil(0.8 * n)) - 1]
+    at_risk = {c for c, v, p in zip(ids, clv, p_alive) if v >= cutoff and p < 0.5}
+    loyal = {c for c, v, p in zip(ids, clv, p_alive) if v >= cutoff and p >= 0.8}
+    assert at_risk and loyal
+    assert members_of(members, "high_value_at_risk") == at_risk
+    assert members_of(members, "high_value_loyal") == loyal

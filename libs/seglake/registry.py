@@ -22,7 +22,7 @@ JOBS: dict[str, str] = {
     "propensity": "seglake.stages.propensity",
     "journeys": "seglake.stages.journeys",
     "experiments": "seglake.stages.experiments",
-    "clv": "seglake.stages.clv",             # customer lifetime value (BG/NBD, Gamma-Gamma): not built yet
+    "clv": "seglake.stages.clv",             # customer lifetime value (BG/NBD, Gamma-Gamma)
     "stream": "seglake.stages.stream",
     "export": "seglake.stages.export",
     "erase": "seglake.stages.erase",
@@ -31,7 +31,7 @@ JOBS: dict[str, str] = {
 
 #: the jobs `seglake run all` and `seglake demo` chain, in order.
 PIPELINE: tuple[str, ...] = (
-    "ingest", "clean", "identity", "consent", "sessions", "features", "segments", "cluster",
+    "ingest", "clean", "identity", "consent", "sessions", "features", "clv", "segments", "cluster",
     "propensity", "journeys", "experiments",
 )
 

@@ -94,13 +94,14 @@ DEAD_LETTER = "ops.dead_letter"              # messages whose delivery failed fo
 EXPORT_REMOVALS = "ops.export_removals"      # customers removed from a destination (consent withdrawn)
 EXPERIMENT_ASSIGNMENTS = "gold.experiment_assignments"  # seglake.stages.experiments: variant per customer, insert-only
 AB_RESULTS = "gold.ab_results"               # one row per experiment x segment x metric x variant vs control
+CUSTOMER_VALUE = "gold.customer_value"       # seglake.stages.clv: p_alive, expected purchases, CLV per (customer, as_of)
 
 #: Every table of the contract, in the order of the flow (for object stores, where the
 #: lakehouse cannot be listed, and for the report's table inventory).
 KNOWN_TABLES: tuple[str, ...] = (
     BRONZE_EVENTS, SILVER_EVENTS, QUARANTINE, IDENTITY_MAP, IDENTITY_EDGES, IDENTITY_EXCLUDED, SESSIONS,
     ENRICHED_EVENTS, CUSTOMER_FEATURES, FEATURE_SCALING, RETENTION_MATRIX, SEGMENT_MEMBERSHIP, SEGMENT_CHANGES,
-    SEGMENT_HEALTH, SEGMENT_OVERLAP, CLUSTERS, CLUSTER_PROFILES, CLUSTER_SWEEP, PROPENSITY_SCORES,
+    SEGMENT_HEALTH, SEGMENT_OVERLAP, CLUSTERS, CLUSTER_PROFILES, CLUSTER_SWEEP, PROPENSITY_SCORES, CUSTOMER_VALUE,
     TRANSITION_MATRIX, JOURNEY_METRICS, JOURNEY_PATHS, RUN_LOG, INGESTED_FILES, CLEAN_BATCHES,
     IDENTITY_RUNS, CLEAN_SET_ASIDE, UNREADABLE_FILES, JOB_LEASES,
     ERASURE_REQUESTS, CONSENT_LEDGER, SEGMENT_TRIGGERS, STREAM_TIMERS, STREAM_PROGRESS,

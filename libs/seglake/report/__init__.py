@@ -13,14 +13,17 @@ Sections (each renders what exists, else says which job builds it):
 - A/B tests: uplift with intervals, p-values, sample-ratio check, power (gold.ab_results);
 - propensity calibration by decile (MLflow ``calibration.json`` of the ``propensity`` stage)
   and the score distribution (gold.propensity_scores);
+- customer lifetime value: BG/NBD and Gamma-Gamma parameters (MLflow run of the ``clv`` stage),
+  CLV deciles, P(alive) and the high-value segments (gold.customer_value);
 - data quality of the last runs (ops.run_log, silver.events_quarantine).
 
 Charts are matplotlib PNGs embedded as base64 ``data:`` URIs. Only small aggregates are
 collected (segments x dates, clusters x features, states x states, funnel steps, deciles,
-reasons, the last run-log rows); every collect says why it is small.
+reasons, the last run-log rows, CLV deciles); every collect says why it is small.
 
 Modules: ``blocks`` (HTML building blocks, ``Section``, ``Missing``, ``READY_ATTR``), ``data``
-(table and MLflow access), ``sections`` (one function per section, ``SECTIONS``), ``page``
+(table and MLflow access), ``sections`` (one function per section, ``SECTIONS``), ``value`` (the
+customer lifetime value section and its aggregates), ``page``
 (``render_page``, ``build_report``) and ``notebook`` (helpers of the notebooks).
 """
 from __future__ import annotations
@@ -43,6 +46,12 @@ from seglake.report.notebook import (
     show,
     top_journey_paths,
     transition_matrix_wide,
+    value_chart,
+    value_deciles,
+    value_p_alive,
+    value_parameters,
+    value_segments,
+    value_summary,
 )
 from seglake.report.page import build_report, default_out, render_page
 from seglake.report.sections import SECTIONS
@@ -71,4 +80,10 @@ __all__ = [
     "show",
     "top_journey_paths",
     "transition_matrix_wide",
+    "value_chart",
+    "value_deciles",
+    "value_p_alive",
+    "value_parameters",
+    "value_segments",
+    "value_summary",
 ]

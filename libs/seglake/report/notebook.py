@@ -1,7 +1,8 @@
 """Helpers of the notebooks in notebooks/: small aggregated DataFrames (not collected) of the
 gold tables (segment sizes and changes, segment health, cluster profiles and sizes, the wide
-transition matrix, the funnel, journey metrics and top paths, A/B test assignments and results), plus the two bits of glue a
-notebook needs outside Databricks (widgets or environment parameters, and display).
+transition matrix, the funnel, journey metrics and top paths, A/B test assignments and results,
+customer lifetime value), plus the two bits of glue a notebook needs outside Databricks
+(widgets or environment parameters, and display).
 """
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ from seglake.core.contracts import (
     SEGMENT_MEMBERSHIP, TRANSITION_MATRIX,
 )
 from seglake.report.data import _latest, _read
+from seglake.report.value import (
+    PARAMETER_SCHEMA, chart_html, clv_run, customer_value_at, decile_frame, model_html, p_alive_frame, parameter_rows,
+    segment_frame, summary_frame,
+)
 
 AB_ALL = "(all)"  # gold.ab_results' segment of the whole population
 
@@ -182,4 +187,57 @@ def experiment_uplift_chart(spark: SparkSession, cfg: Config, display_html: Call
     else:
         print(f"uplift charts of {len({r['experiment'] for r in rows})} experiment(s) rendered "
               "(shown on Databricks; locally see `seglake report`)")
+    return html
+
+
+# --------------------------------------------------------------------------- customer lifetime value
+def value_summary(spark: SparkSession, cfg: Config, as_of: Any = None) -> DataFrame:
+    """One row of gold.customer_value at ``as_of`` (default latest): customers, repeat customers, total and
+    mean CLV, mean P(alive), horizon, annual discount rate and model run (min and max of each: one value
+    unless several fits were mixed)."""
+    rows, day = customer_value_at(spark, cfg, as_of)
+    return summary_frame(rows).select(F.lit(day).cast("date").alias("as_of_date"), "*")
+
+
+def value_deciles(spark: SparkSession, cfg: Config, as_of: Any = None) -> DataFrame:
+    """``decile`` (10 = highest CLV), ``customers, clv_min, clv_max, mean_clv, mean_p_alive,
+    mean_expected_purchases_365d, mean_monetary_value`` at ``as_of`` (cut at exact quantiles of clv)."""
+    return decile_frame(customer_value_at(spark, cfg, as_of)[0])
+
+
+def value_p_alive(spark: SparkSession, cfg: Config, as_of: Any = None) -> DataFrame:
+    """``bucket, p_alive_from, p_alive_to, customers``: the P(alive) distribution at ``as_of`` in 10 buckets."""
+    return p_alive_frame(customer_value_at(spark, cfg, as_of)[0])
+
+
+def value_segments(spark: SparkSession, cfg: Config, as_of: Any = None,
+                   segments: list[str] | None = None) -> DataFrame:
+    """Per segment of gold.segment_membership at the same as-of (``segments``, default all): members,
+    members with a CLV, total and mean CLV, mean P(alive), mean expected purchases in 365 days."""
+    rows, day = customer_value_at(spark, cfg, as_of)
+    return segment_frame(spark, cfg, rows, day, segments)
+
+
+def value_parameters(spark: SparkSession, cfg: Config, as_of: Any = None) -> DataFrame:
+    """``model, parameter, estimate, std_error, meaning, mlflow_run``: the BG/NBD and Gamma-Gamma fit behind
+    gold.customer_value at ``as_of`` (its ``model_run_id`` in the MLflow store); no rows when the store does
+    not hold that run."""
+    rows, _ = customer_value_at(spark, cfg, as_of)
+    run = clv_run(cfg, rows.agg(F.min("model_run_id")).first()[0])   # one value
+    params = [] if run is None else [{**r, "mlflow_run": run.info.run_id} for r in parameter_rows(run)]
+    return spark.createDataFrame(params, PARAMETER_SCHEMA + ", mlflow_run string")
+
+
+def value_chart(spark: SparkSession, cfg: Config, as_of: Any = None, display_html: Callable | None = None) -> str:
+    """The report's model parameters and CLV charts (P(alive) histogram, mean CLV per decile) as HTML;
+    shown with ``display_html`` (Databricks' ``displayHTML``) when given, else a one-line note is printed."""
+    rows, day = customer_value_at(spark, cfg, as_of)
+    s = summary_frame(rows).first()   # one row
+    deciles = [r.asDict() for r in decile_frame(rows).collect()]   # at most 10 rows
+    hist = {r["bucket"]: r["customers"] for r in p_alive_frame(rows).collect()}   # at most 10 rows
+    html = model_html(cfg, s["model_run_id"]) + chart_html(day, hist, deciles, s["horizon_days"])
+    if display_html is not None:
+        display_html(html)
+    else:
+        print(f"CLV parameters and charts at {day} rendered (shown on Databricks; locally see `seglake report`)")
     return html

@@ -1,9 +1,10 @@
 """The sections of the report, one function per section (``spark, cfg -> HTML body``) and
 ``SECTIONS``, their order and titles: segment sizes and changes, cluster profiles, the
 clustering sweep (elbow and silhouette), the transition matrix, the funnel and top paths, the
-A/B tests, propensity calibration and scores, and data quality. Only small aggregates are
-collected (segments x dates, clusters x features, states x states, funnel steps, A/B result rows,
-deciles, reasons, the last run-log rows); every collect says why it is small. A section raises
+A/B tests, propensity calibration and scores, customer lifetime value (its own module,
+``value``), and data quality. Only small aggregates are collected (segments x dates, clusters x
+features, states x states, funnel steps, A/B result rows, deciles, reasons, the last run-log
+rows); every collect says why it is small. A section raises
 ``Missing`` when its input is not built yet. The ``experiment_*`` functions are the helpers of
 notebooks/experiments.py (DataFrames, not collected, and the uplift chart).
 """
@@ -27,6 +28,7 @@ from seglake.report.blocks import (
     with_interval,
 )
 from seglake.report.data import _latest, _parent_and_children, _read, mlflow_runs
+from seglake.report.value import section_value
 
 RUN_LOG_ROWS = 30
 
@@ -450,5 +452,6 @@ SECTIONS: tuple[tuple[str, str, Callable[[SparkSession, Config], str]], ...] = (
     ("funnel", "Funnel drop-off and top paths", section_funnel),
     ("experiments", "Experiments: A/B tests", section_experiments),
     ("propensity", "Propensity calibration", section_propensity),
+    ("clv", "Customer lifetime value", section_value),
     ("quality", "Data quality of the last runs", section_quality),
 )

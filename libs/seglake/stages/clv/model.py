@@ -55,7 +55,7 @@ from scipy import linalg, optimize, special
 __all__ = [
     "BGNBDParams", "GammaGammaParams", "FitError", "bgnbd_log_likelihood", "fit_bgnbd",
     "bgnbd_expected_purchases", "bgnbd_p_alive", "gamma_gamma_log_likelihood",
-    "fit_gamma_gamma", "gamma_gamma_expected_spend", "clv", "simulate_bgnbd",
+    "fit_gamma_gamma", "gamma_gamma_expected_spend", "clv", "discounted_purchases", "simulate_bgnbd",
     "simulate_gamma_gamma",
 ]
 
@@ -384,6 +384,25 @@ def gamma_gamma_expected_spend(params, x, m_bar) -> np.ndarray:
     return np.where(x > 0, (1 - weight) * population + weight * np.where(x > 0, m, 0.0), population)
 
 
+def discounted_purchases(bg, x, t_x, T, horizon_days: int, discount_rate_annual: float,
+                         step_days: int = 30) -> np.ndarray:
+    """Expected purchases over ``horizon_days``, each period's discounted as :func:`clv` does:
+    sum over periods k of (E(e_k) - E(e_{k-1})) / (1 + d_period)^(e_k/step_days). CLV is this
+    times the Gamma-Gamma expected spend (which does not depend on time), so the Spark job
+    computes it once per (x, t_x, T) cell and multiplies per customer."""
+    if not (int(horizon_days) == horizon_days > 0 and int(step_days) == step_days > 0
+            and discount_rate_annual > -1):
+        raise ValueError("need integer horizon_days, step_days > 0 and discount_rate_annual > -1")
+    d_period = (1 + discount_rate_annual) ** (step_days / DAYS_PER_YEAR) - 1
+    ends = np.minimum(np.arange(1, -(-int(horizon_days) // int(step_days)) + 1) * step_days, horizon_days)
+    total, previous = 0.0, 0.0
+    for end in ends:
+        cumulative = bgnbd_expected_purchases(bg, float(end), x, t_x, T)
+        total = total + (cumulative - previous) / (1 + d_period) ** (end / step_days)
+        previous = cumulative
+    return np.asarray(total, dtype=float)
+
+
 def clv(bg, gg, x, t_x, T, m_bar, horizon_days: int, discount_rate_annual: float,
         step_days: int = 30) -> np.ndarray:
     """Discounted customer lifetime value over ``horizon_days``, as ``lifetimes``'
@@ -395,18 +414,8 @@ def clv(bg, gg, x, t_x, T, m_bar, horizon_days: int, discount_rate_annual: float
     step_days/365) - 1 (lifetimes takes d_period, its "monthly" rate, directly; with
     step_days = 30 and a horizon of 30*n days this equals lifetimes with time=n, freq="D",
     discount_rate=d_period)."""
-    if not (int(horizon_days) == horizon_days > 0 and int(step_days) == step_days > 0
-            and discount_rate_annual > -1):
-        raise ValueError("need integer horizon_days, step_days > 0 and discount_rate_annual > -1")
-    spend = gamma_gamma_expected_spend(gg, x, m_bar)
-    d_period = (1 + discount_rate_annual) ** (step_days / DAYS_PER_YEAR) - 1
-    ends = np.minimum(np.arange(1, -(-int(horizon_days) // int(step_days)) + 1) * step_days, horizon_days)
-    total, previous = 0.0, 0.0
-    for end in ends:
-        cumulative = bgnbd_expected_purchases(bg, float(end), x, t_x, T)
-        total = total + (cumulative - previous) * spend / (1 + d_period) ** (end / step_days)
-        previous = cumulative
-    return np.asarray(total, dtype=float)
+    purchases = discounted_purchases(bg, x, t_x, T, horizon_days, discount_rate_annual, step_days)
+    return np.asarray(purchases * gamma_gamma_expected_spend(gg, x, m_bar), dtype=float)
 
 
 # --- simulators of the generative processes ------------------------------------------------

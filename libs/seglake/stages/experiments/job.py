@@ -87,7 +87,9 @@ def members_at(ctx, day: date, names: tuple[str, ...]) -> tuple[DataFrame, str]:
         feats, _ = build(compute_features(sev, day, params), params.model_inputs)
         path = segments_file(cfg)
         segs = [s for s in load_segments(path) if s.enabled]
-        validate_rules(spark, segs, feats.schema, str(path))
+        from seglake.stages.segments.value import rule_schema, with_value
+        validate_rules(spark, segs, rule_schema(feats.schema), str(path))
+        feats, segs, _ = with_value(spark, cfg, feats, segs, day)
         events = _events_for_sequences(ctx, day, segs) if any(s.sequence for s in segs) else None
         members = evaluate_segments(feats, segs, day, events, resolve_quantiles(feats, segs)).select(
             "customer_id", "segment")

@@ -23,6 +23,7 @@ from seglake.stages.segments.model import Segment
 from seglake.stages.segments.rules import validate_rules
 from seglake.stages.segments.sequences import SEQUENCE_KINDS
 from seglake.stages.segments.validation import load_segments
+from seglake.stages.segments.value import rule_schema, with_value
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def run(ctx) -> dict:
     segments = load_segments(source)
     active = [s for s in segments if s.enabled]
     all_features = tables.read(spark, cfg, FEATURES)
-    validate_rules(spark, active, all_features.schema, str(source))
+    validate_rules(spark, active, rule_schema(all_features.schema), str(source))
     if ctx.args.get("check"):
         from seglake.stages.segments.triggers import load_triggers
         return {"segments_file": str(source), "segments_valid": len(active),
@@ -77,6 +78,8 @@ def run(ctx) -> dict:
     # consent: features written before a withdrawal was recorded still hold the customer; a
     # withdrawn customer is in no segment from the as_of on (and so leaves it: an `exited` change)
     features = exclude_withdrawn(spark, cfg, features, as_of)
+    # CLV tiers: gold.customer_value's columns at as_of (segments needing them are skipped without it)
+    features, active, skipped = with_value(spark, cfg, features, active, as_of)
     events = _events_for_sequences(ctx, as_of, active) if any(s.sequence for s in active) else None
     quantiles = resolve_quantiles(features, active)
     members = evaluate_segments(features, active, as_of, events, quantiles)
@@ -136,5 +139,6 @@ def run(ctx) -> dict:
         "too_small": ", ".join(too_small) if too_small else "none",
         "high_overlap_pairs": flagged,
         "previous_as_of": previous_as_of.isoformat() if previous_as_of else "none",
+        "skipped": (", ".join(skipped) + " (no gold.customer_value rows: run clv)") if skipped else "none",
         "sizes": {r["segment"]: r["size"] for r in rows},
     }
