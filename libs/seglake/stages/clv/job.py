@@ -135,17 +135,24 @@ def _params_log(bg: M.BGNBDParams, gg: M.GammaGammaParams) -> tuple[dict, dict]:
 
 def run(ctx: JobContext) -> dict:
     """Fit, score and write gold.customer_value for ``--as-of``."""
+    spark, cfg = ctx.spark, ctx.cfg
+    s = ClvSettings(cfg, ctx.args.get("horizon_days"))
+    as_of = ctx.resolve_as_of()
+    start = as_of - timedelta(days=int(s.history_days)) if s.history_days is not None else None
+    events = enriched.read(spark, cfg, start=start, end=as_of, consent_at=as_of, event_types=s.purchase_types,
+                           columns=("event_type", "event_date", "revenue_usd"))
+    return value_customers(ctx, events, as_of, s)
+
+
+def value_customers(ctx: JobContext, events, as_of, s: ClvSettings) -> dict:
+    """The job after reading: ``events`` (customer_id, event_type, event_date, revenue_usd, already
+    cut to the history window and consent) -> fit, MLflow run, gold.customer_value slice of ``as_of``."""
     import mlflow
 
     from seglake.core import tracking
 
     spark, cfg = ctx.spark, ctx.cfg
-    s = ClvSettings(cfg, ctx.args.get("horizon_days"))
-    as_of = ctx.resolve_as_of()
-    start = as_of - timedelta(days=int(s.history_days)) if s.history_days is not None else None
     t0 = time.time()
-    events = enriched.read(spark, cfg, start=start, end=as_of, consent_at=as_of, event_types=s.purchase_types,
-                           columns=("event_type", "event_date", "revenue_usd"))
     summary = customer_summary(purchase_days(events, s.purchase_types, as_of), as_of).persist()
     bg_cells = collect_cells(bgnbd_cells(summary), ("frequency", "recency_days", "age_days"), s.max_cells,
                              "BG/NBD (frequency, recency, age)")
@@ -153,11 +160,13 @@ def run(ctx: JobContext) -> dict:
         raise ValueError(f"clv: no purchases ({', '.join(s.purchase_types)}) before {as_of}: nothing to value")
     gg_cells = collect_cells(gamma_gamma_cells(summary, s.digits), ("frequency", "m"), s.max_cells,
                              "Gamma-Gamma (frequency, spend)")
+    t_cells = time.time() - t0
     customers = int(bg_cells["n"].sum())
     repeat = int(bg_cells["n"][bg_cells["frequency"] > 0].sum())
     log.info("clv: %d customers (%d with repeat purchases) in %d BG/NBD and %d Gamma-Gamma cells (%.1fs)",
              customers, repeat, bg_cells["n"].size, gg_cells["n"].size, time.time() - t0)
     bg, gg = fit(bg_cells, gg_cells, s.penalizer)
+    t_fit = time.time() - t0 - t_cells
     log.info("clv: BG/NBD r=%.4g alpha=%.4g a=%.4g b=%.4g; Gamma-Gamma p=%.4g q=%.4g v=%.4g (%.1fs)",
              *bg.as_tuple(), *gg.as_tuple(), time.time() - t0)
 
@@ -206,4 +215,5 @@ def run(ctx: JobContext) -> dict:
         f"total_clv_{s.horizon_days}d": round(float(stats["clv"]), 2),
         "mean_clv": round(float(stats["clv"]) / max(1, int(stats["n"])), 2),
         "mlflow_run": mlrun.info.run_id,
+        "seconds": f"summaries+cells {t_cells:.1f}, fit {t_fit:.1f}, score+write {time.time() - t0 - t_cells - t_fit:.1f}",
     }
