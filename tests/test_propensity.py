@@ -115,6 +115,72 @@ def test_tuning_picks_the_depth_an_interaction_needs_by_holdout_and_by_cv(spark)
     train.unpersist()
 
 
+def test_folds_and_holdout_keep_every_snapshot_of_a_customer_on_one_side(spark):
+    from seglake.stages.propensity.models import FOLD_COL, customer_folds, customer_split
+
+    rows = [(f"c{i}", date(2026, 9, 1) + timedelta(days=7 * k)) for i in range(600) for k in range(3)]
+    df = spark.createDataFrame(rows, "customer_id STRING, as_of_date DATE")
+    folds = customer_folds(df, 3, seed=42).toPandas()
+    per_customer = folds.groupby("customer_id")[FOLD_COL].nunique()
+    assert (per_customer == 1).all() and set(folds[FOLD_COL]) == {0, 1, 2}
+    sizes = folds.groupby(FOLD_COL)["customer_id"].nunique()
+    assert sizes.between(150, 250).all(), sizes           # ~200 customers each (binomial sd ~12)
+    fit, val = customer_split(df, 0.75, seed=42)
+    a = set(fit.toPandas()["customer_id"])
+    b = set(val.toPandas()["customer_id"])
+    assert not a & b and len(a | b) == 600 and 400 < len(a) < 500
+    assert fit.count() == 3 * len(a)                      # all three snapshots of each
+    # the split is a function of the customer, not of the partitioning
+    again = set(customer_split(df.repartition(7), 0.75, seed=42)[0].toPandas()["customer_id"])
+    assert again == a
+
+
+def test_platt_and_isotonic_calibration_equal_sklearn_and_fix_a_squeezed_model(spark):
+    """A heavily regularized logistic regression squeezes its probabilities towards the base rate
+    (a planted miscalibration). Platt scaling = sklearn's unpenalized LogisticRegression on the
+    model's margin; isotonic = sklearn's IsotonicRegression (clip) on its probability; both
+    fitted on calibration rows and compared on other rows, where they must lower Brier and ECE."""
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression as SkLR
+
+    from seglake.stages.propensity.models import calibrate, reliability
+
+    train, calib, test = (synthetic(spark, 3000, s).cache() for s in (1, 2, 3))
+    squeezed = propensity.lr_pipeline(INPUTS, reg_param=2.0).fit(train)
+    raw_c = squeezed.transform(calib).select("customer_id", "rawPrediction", "probability", "label").toPandas()
+    raw_t = squeezed.transform(test).select("customer_id", "rawPrediction", "probability", "label").toPandas()
+    margin_c = np.array([v[1] for v in raw_c["rawPrediction"]])
+    margin_t = np.array([v[1] for v in raw_t["rawPrediction"]])
+    p_c = np.array([v[1] for v in raw_c["probability"]])
+    p_t = np.array([v[1] for v in raw_t["probability"]])
+    y_t = raw_t["label"].to_numpy()
+
+    before = propensity.evaluate(propensity.score(squeezed, test))
+    _, ece_before = reliability(propensity.score(squeezed, test))
+    for method in ("platt", "isotonic"):
+        model = calibrate(squeezed, calib, method)
+        got = propensity.score(model, test).select("customer_id", "p").toPandas().set_index("customer_id")
+        got = got.loc[raw_t["customer_id"], "p"].to_numpy()
+        if method == "platt":
+            ref = SkLR(penalty=None, tol=1e-10, max_iter=1000).fit(margin_c.reshape(-1, 1), raw_c["label"])
+            expected = ref.predict_proba(margin_t.reshape(-1, 1))[:, 1]
+            np.testing.assert_allclose(got, expected, atol=1e-5)
+        else:
+            ref = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(p_c, raw_c["label"])
+            np.testing.assert_allclose(got, ref.predict(p_t), atol=1e-9)
+        after = propensity.evaluate(propensity.score(model, test))
+        _, ece_after = reliability(propensity.score(model, test))
+        assert after["brier"] < before["brier"] - 0.005, (method, before["brier"], after["brier"])
+        assert ece_after < ece_before / 2, (method, ece_before, ece_after)
+    # ECE = sum over 10 equal-width bins of n_b/n * |mean p - observed rate| (numpy)
+    bins = np.minimum(np.floor(p_t * 10), 9)
+    expected_ece = sum((bins == b).mean() * abs(p_t[bins == b].mean() - y_t[bins == b].mean())
+                       for b in np.unique(bins))
+    assert ece_before == pytest.approx(expected_ece, rel=1e-9)
+    for df in (train, calib, test):
+        df.unpersist()
+
+
 @pytest.mark.slow
 def test_gbt_beats_baseline_floor_champion_alias_and_reload(spark, cfg):
     import mlflow
@@ -178,6 +244,15 @@ def test_gbt_beats_baseline_floor_champion_alias_and_reload(spark, cfg):
         assert decision.champion_model is not None
     decision = propensity.decide_champion("t-churn", m_gbt["auc_roc"] + 0.002, held, "auc_roc", 0.001)
     assert decision.promote and decision.champion_version == champ_v and decision.champion_model is None
+    # a model that ranks as well and states better probabilities (e.g. the champion recalibrated) wins;
+    # equal Brier (a retrain) or a better Brier bought with a worse ranking does not
+    ranked, brier = m_gbt["auc_roc"], m_gbt["brier"]
+    won = propensity.decide_champion("t-churn", {"auc_roc": ranked, "brier": brier - 0.002}, held, "auc_roc", 0.001)
+    assert won.promote and "no worse than champion" in won.reason
+    for cand in ({"auc_roc": ranked, "brier": brier}, {"auc_roc": ranked, "brier": brier - 0.0005},
+                 {"auc_roc": ranked - 0.01, "brier": brier - 0.05}):
+        lost = propensity.decide_champion("t-churn", cand, held, "auc_roc", 0.001)
+        assert not lost.promote and "nor its Brier score" in lost.reason, cand
     assert versions() == 2 and alias() == champ_v
     assert client.get_model_version("t-churn", str(champ_v)).tags["heldout_auc_roc"] == f"{m_gbt['auc_roc']:.6f}"
 
@@ -233,6 +308,12 @@ def test_propensity_on_generated_data_finds_planted_churners(spark, pipeline_thr
     assert {t: versions()[t] - before[t] for t in names} == {t: int(p) for t, p in promoted.items()}
     assert len(logged_models(summary["mlflow_run"])) == sum(promoted.values())
     first_champions = champions()
+    metrics = client.get_run(summary["mlflow_run"]).data.metrics
+    for target in names:   # calibrated on other customers of the evaluation snapshot; recency next to it
+        assert summary[f"{target}_calibration"].startswith("platt: Brier "), summary
+        assert "vs recency" in summary[f"{target}_recency_baseline"]
+        assert 0 <= metrics[f"{target}_ece"] < 1 and 0 <= metrics[f"{target}_ece_uncalibrated"] < 1
+        assert 0.5 <= metrics[f"{target}_recency_auc_roc"] <= 1
     for target, v in first_champions.items():
         assert summary[f"{target}_model"].endswith(f" v{v} -> champion" if promoted[target]
                                                    else f"(not registered; champion v{v} stays)"), summary

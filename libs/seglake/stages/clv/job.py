@@ -52,7 +52,7 @@ class ClvSettings:
         c = cfg.get("clv") or {}
         self.purchase_types = list(c.get("purchase_event_types") or cfg.get("features.purchase_event_types")
                                    or ["purchase"])
-        self.history_days = c.get("history_days")
+        self.history_days = int(c.get("history_days") or 0) or None     # 0 = all history
         self.horizon_days = int(horizon_override or c.get("horizon_days", 365))
         self.discount_rate = float(c.get("discount_rate", 0.10))
         self.step_days = int(c.get("discount_step_days", 30))
@@ -60,8 +60,8 @@ class ClvSettings:
         self.digits = int(c.get("spend_significant_digits", 3))
         self.max_cells = int(c.get("max_cells", 2_000_000))
         problems = []
-        if self.history_days is not None and int(self.history_days) < 2:
-            problems.append(f"clv.history_days must be null (all history) or >= 2, got {self.history_days}")
+        if self.history_days is not None and self.history_days < 2:
+            problems.append(f"clv.history_days must be 0 (all history) or >= 2, got {self.history_days}")
         if self.horizon_days < 1:
             problems.append(f"clv.horizon_days must be >= 1, got {self.horizon_days}")
         if not -1.0 < self.discount_rate < 10.0:

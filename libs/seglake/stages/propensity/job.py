@@ -22,8 +22,9 @@ from seglake.stages import enriched
 from seglake.stages.propensity.common import (_METRIC_KEYS, EVENTS_TABLE, FEATURES_TABLE, LABEL_COL, PROB_COL,
                                               SCORES_TABLE, TARGETS, _num)
 from seglake.stages.propensity.labels import build_labels, drop_censored, features_at, snapshot_dates
-from seglake.stages.propensity.models import (Candidate, calibration, check_tuning, evaluate,
-                                              feature_importances, input_features, lr_pipeline, tune_gbt)
+from seglake.stages.propensity.models import (CALIBRATION_METHODS, Candidate, calibrate, calibration, check_tuning,
+                                              customer_split, evaluate, feature_importances, input_features,
+                                              lr_pipeline, reliability, score_auc, tune_gbt)
 from seglake.stages.propensity.registry import (ChampionOutcome, _calibration_plot, _log_figure, promote_if_better,
                                                 score)
 
@@ -64,6 +65,56 @@ def _record_champion(target: str, best: Candidate, out: ChampionOutcome, selecti
     summary[f"{target}_heldout_brier"] = round(best.metrics["brier"], 4)
 
 
+def _calibrated(target: str, best: Candidate, calib_rows, held, method: str, summary: dict) -> Candidate:
+    """``best`` with a calibrator fitted on ``calib_rows`` (method ``platt``/``isotonic``), measured
+    on ``held`` before and after (Brier, log loss, expected calibration error, reliability curve;
+    MLflow); the calibrated pipeline is the candidate that may become the champion."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    before_curve, ece_before = reliability(score(best.model, held))
+    if method == "none":
+        mlflow.log_metric(f"{target}_ece", ece_before)
+        summary[f"{target}_heldout_ece"] = round(ece_before, 4)
+        return best
+    model = calibrate(best.model, calib_rows, method)
+    scored = score(model, held).cache()
+    metrics = evaluate(scored)
+    after_curve, ece_after = reliability(scored)
+    scored.unpersist()
+    client, run_id = MlflowClient(), best.info["run_id"]
+    for key, value in {"ece_uncalibrated": ece_before, "ece": ece_after, "brier_uncalibrated": best.metrics["brier"],
+                       **{f"calibrated_{k}": v for k, v in metrics.items()}}.items():
+        if value == value:
+            client.log_metric(run_id, key, float(value))
+    client.log_dict(run_id, {"method": method, "before": before_curve, "after": after_curve}, "reliability.json")
+    mlflow.log_metrics({f"{target}_ece_uncalibrated": ece_before, f"{target}_ece": ece_after,
+                        f"{target}_brier_uncalibrated": best.metrics["brier"]})
+    summary[f"{target}_calibration"] = (f"{method}: Brier {best.metrics['brier']:.4f} -> {metrics['brier']:.4f}, "
+                                        f"ECE {ece_before:.4f} -> {ece_after:.4f}")
+    return Candidate(f"{best.kind}+{method}", model, metrics, {**best.info, "calibration": method})
+
+
+def _recency_baseline(target: str, best: Candidate, held, active_days: int, summary: dict) -> None:
+    """The held-out AUC of recency alone (days since the last event: churn rises with it, a purchase
+    falls with it) next to the model's, on all customers and on those active in the last
+    ``active_days`` days (where recency cannot be the whole story); MLflow + summary."""
+    import mlflow
+
+    sign = 1.0 if target == "churn" else -1.0
+    recency = F.coalesce(F.col("recency_days").cast("double"), F.lit(1e6)) * F.lit(sign)
+    active = held.where(F.col("recency_days") <= F.lit(active_days))
+    scored_active = score(best.model, active)
+    out = {"recency_auc_roc": score_auc(held, recency),
+           f"active{active_days}_auc_roc": score_auc(scored_active, F.col(PROB_COL)),
+           f"active{active_days}_recency_auc_roc": score_auc(active, recency)}
+    mlflow.log_metrics({f"{target}_{k}": v for k, v in out.items() if v == v})
+    summary[f"{target}_recency_baseline"] = (
+        f"AUC model {best.metrics['auc_roc']:.3f} vs recency {out['recency_auc_roc']:.3f}; active in "
+        f"{active_days}d: model {out[f'active{active_days}_auc_roc']:.3f} vs recency "
+        f"{out[f'active{active_days}_recency_auc_roc']:.3f}")
+
+
 def run(ctx: JobContext) -> dict:
     """Build labels, train and evaluate both targets, update champions, score as_of."""
     import mlflow
@@ -80,6 +131,12 @@ def run(ctx: JobContext) -> dict:
         raise ValueError(f"propensity.min_improvement must be in [0, 1), got {min_improvement}")
     tuning, train_ratio, folds = str(pc["tuning"]), float(pc["holdout_train_ratio"]), int(pc["cv_folds"])
     check_tuning(tuning, train_ratio, folds)  # before any work, whatever the grid's size
+    cal_method, cal_share = str(pc.get("calibration", "platt")), float(pc.get("calibration_share", 0.5))
+    if cal_method not in CALIBRATION_METHODS:
+        raise ValueError(f"propensity.calibration must be one of {', '.join(CALIBRATION_METHODS)}, got {cal_method!r}")
+    if cal_method != "none" and not 0.0 < cal_share < 1.0:
+        raise ValueError(f"propensity.calibration_share must be in (0, 1), got {cal_share}")
+    active_days = int(pc.get("active_days", 14))
     as_of = ctx.resolve_as_of()
     horizon = int(ctx.args.get("horizon_days") or pc["horizon_days"])
     seed = int(pc["seed"])
@@ -124,6 +181,10 @@ def run(ctx: JobContext) -> dict:
             counts = train.agg(F.count("*").alias("n"), F.sum(LABEL_COL).alias("pos")).first()
             train = stable_layout(train, "customer_id", "as_of_date", rows=counts["n"]).cache()
             held = data.filter(F.col("as_of_date") == F.lit(eval_date))
+            calib_rows = None
+            if cal_method != "none":   # the calibrator learns on some customers, the metrics on the others
+                calib_rows, held = customer_split(held, cal_share, seed + 1)
+                calib_rows = calib_rows.cache()
             n_held = held.count()
             held = stable_layout(held, "customer_id", "as_of_date", rows=n_held).cache()
             if n_held == 0:
@@ -155,6 +216,8 @@ def run(ctx: JobContext) -> dict:
             best = max(candidates, key=lambda c: (_num(c.metrics[selection]), c.kind == "gbt"))
             for c in candidates:
                 mlflow.log_metrics({f"{target}_{c.kind}_{k}": v for k, v in c.metrics.items() if v == v})
+            best = _calibrated(target, best, calib_rows, held, cal_method, summary)
+            _recency_baseline(target, best, held, active_days, summary)
 
             name = f"{pc['model_name_prefix']}-{target}"
             # compare first: only a promoted candidate is logged (slow) and registered
@@ -164,6 +227,8 @@ def run(ctx: JobContext) -> dict:
             _record_champion(target, best, out, selection, summary)
             train.unpersist()
             held.unpersist()
+            if calib_rows is not None:
+                calib_rows.unpersist()
 
         scores = None
         for target, (model, name, v) in champions.items():

@@ -15,9 +15,10 @@ import numpy as np
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.classification import GBTClassifier, LogisticRegression
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
-from pyspark.ml.feature import QuantileDiscretizer, SQLTransformer, StandardScaler, VectorAssembler
+from pyspark.ml.feature import QuantileDiscretizer, SQLTransformer, StandardScaler, VectorAssembler, VectorSlicer
 from pyspark.ml.functions import vector_to_array
-from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationSplit
+from pyspark.ml.regression import IsotonicRegression
+from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -69,15 +70,38 @@ def check_tuning(method: str, train_ratio: float, folds: int) -> None:
         raise ValueError(f"propensity.cv_folds must be >= 2, got {folds}")
 
 
+FOLD_COL = "_fold"
+_SPLIT_BUCKETS = 10_000
+
+
+def _customer_hash(seed: int):
+    return F.pmod(F.xxhash64(F.lit(int(seed)), F.col("customer_id")), F.lit(_SPLIT_BUCKETS))
+
+
+def customer_folds(df: DataFrame, folds: int, seed: int) -> DataFrame:
+    """``df`` + ``_fold`` in [0, folds) from a hash of customer_id: all the snapshots of a
+    customer fall in ONE fold, so no customer is in training and validation at once."""
+    return df.withColumn(FOLD_COL, F.pmod(_customer_hash(seed), F.lit(int(folds))).cast("int"))
+
+
+def customer_split(df: DataFrame, share: float, seed: int) -> tuple[DataFrame, DataFrame]:
+    """(rows of about ``share`` of the customers, the rest), split by a hash of customer_id:
+    deterministic, independent of partitioning, and every snapshot of a customer on one side."""
+    inside = _customer_hash(seed) < F.lit(int(round(share * _SPLIT_BUCKETS)))
+    return df.where(inside), df.where(~inside)
+
+
 def tune_gbt(train: DataFrame, input_cols: Sequence[str], seed: int, max_depths: Sequence[int],
              max_iters: Sequence[int], folds: int = 3, parallelism: int = 1, method: str = "cv",
              train_ratio: float = 0.75) -> tuple[PipelineModel, dict]:
     """The GBT of the best (maxDepth x maxIter) grid point, refitted on all of ``train``; (model, tuning info).
 
-    ``method="cv"``: k-fold CrossValidator (folds x grid + 1 fits); ``"holdout"``: one random
-    train/validation split (TrainValidationSplit, ``train_ratio`` to fit; grid + 1 fits). A grid
-    of one point is fitted once, without tuning. Both score AUC-ROC on the left-out rows;
-    ties go to the earlier grid point (depth, then iterations, in the order given).
+    Both methods keep a customer's snapshots together (``customer_id`` is required):
+    ``method="cv"``: k-fold CrossValidator over customer folds (:func:`customer_folds`; folds x
+    grid + 1 fits); ``"holdout"``: one split of the customers (:func:`customer_split`,
+    ``train_ratio`` of them to fit; grid + 1 fits). A grid of one point is fitted once, without
+    tuning. Both score AUC-ROC on the left-out customers; ties go to the earlier grid point
+    (depth, then iterations, in the order given).
     """
     check_tuning(method, train_ratio, folds)
     pipeline, gbt = gbt_pipeline(input_cols, seed)
@@ -92,22 +116,86 @@ def tune_gbt(train: DataFrame, input_cols: Sequence[str], seed: int, max_depths:
     evaluator = BinaryClassificationEvaluator(labelCol=LABEL_COL, metricName="areaUnderROC")
     if method == "cv":
         tuner = CrossValidator(estimator=pipeline, estimatorParamMaps=grid, numFolds=folds, seed=seed,
-                               evaluator=evaluator, parallelism=parallelism)
+                               evaluator=evaluator, parallelism=parallelism, foldCol=FOLD_COL)
+        fitted = tuner.fit(customer_folds(train, folds, seed))
+        scores = list(fitted.avgMetrics)
+        best_model = fitted.bestModel
     else:
-        tuner = TrainValidationSplit(estimator=pipeline, estimatorParamMaps=grid, trainRatio=train_ratio,
-                                     seed=seed, evaluator=evaluator, parallelism=parallelism)
-    fitted = tuner.fit(train)
-    scores = fitted.avgMetrics if method == "cv" else fitted.validationMetrics
-    best_i = int(np.argmax(scores))  # the tuner's own choice (the first maximum; NaN-aware alike)
-    info = {"tuning": f"{folds}-fold cv" if method == "cv" else f"holdout (train ratio {train_ratio})"}
+        fit_part, validation = customer_split(train, train_ratio, seed)
+        scores = [evaluator.evaluate(pipeline.fit(fit_part, pm).transform(validation)) for pm in grid]
+        best_model = None
+    best_i = int(np.argmax(scores))  # the first maximum
+    if best_model is None:
+        best_model = pipeline.fit(train, grid[best_i])
+    info = {"tuning": f"{folds}-fold cv by customer" if method == "cv"
+            else f"holdout by customer (train ratio {train_ratio})"}
     info.update({"tuned_best_" + p.name: v for p, v in grid[best_i].items()})
     info["tuned_best_auc_roc"] = float(scores[best_i])
-    return fitted.bestModel, info
+    return best_model, info
+
+
+CALIBRATED_COL = "calibrated_p"          # isotonic calibration's output (a probability)
+_PLATT_PROB = "_platt_probability"       # Platt scaling's probability vector
+CALIBRATION_METHODS = ("platt", "isotonic", "none")
 
 
 def with_probability(predictions: DataFrame) -> DataFrame:
-    """Add ``p`` = P(label = 1) from the probability vector (built-in vector_to_array, no UDF)."""
-    return predictions.withColumn(PROB_COL, vector_to_array(F.col("probability")).getItem(1))
+    """Add ``p`` = P(label = 1): the calibrated probability when the pipeline ends with a
+    calibrator (:func:`calibrate`), else the classifier's probability vector (built-in
+    vector_to_array, no UDF)."""
+    if CALIBRATED_COL in predictions.columns:
+        p = F.col(CALIBRATED_COL)
+    elif _PLATT_PROB in predictions.columns:
+        p = vector_to_array(F.col(_PLATT_PROB)).getItem(1)
+    else:
+        p = vector_to_array(F.col("probability")).getItem(1)
+    return predictions.withColumn(PROB_COL, p)
+
+
+def calibrate(model: PipelineModel, rows: DataFrame, method: str) -> PipelineModel:
+    """``model`` + a calibrator fitted on ``rows`` (labelled rows the model was NOT trained on).
+
+    ``platt``: a logistic regression on the classifier's margin (rawPrediction[1]), monotone
+    (AUC unchanged), two parameters; ``isotonic``: Spark's IsotonicRegression of the label on the
+    predicted probability (a monotone step function; needs more rows). The returned pipeline
+    scores through :func:`with_probability` like any other and is what gets registered.
+    """
+    if method not in CALIBRATION_METHODS or method == "none":
+        raise ValueError(f"calibrate: method must be platt or isotonic, got {method!r}")
+    scored = model.transform(rows)
+    if method == "isotonic":
+        stage = IsotonicRegression(featuresCol="probability", featureIndex=1, labelCol=LABEL_COL,
+                                   predictionCol=CALIBRATED_COL).fit(scored)
+        return PipelineModel(stages=[*model.stages, stage])
+    platt = Pipeline(stages=[
+        VectorSlicer(inputCol="rawPrediction", outputCol="_margin", indices=[1]),
+        LogisticRegression(featuresCol="_margin", labelCol=LABEL_COL, probabilityCol=_PLATT_PROB,
+                           rawPredictionCol="_platt_raw", predictionCol="_platt_prediction", regParam=0.0,
+                           maxIter=100)]).fit(scored)
+    return PipelineModel(stages=[*model.stages, *platt.stages])
+
+
+def reliability(scored: DataFrame, bins: int = 10, label_col: str = LABEL_COL,
+                prob_col: str = PROB_COL) -> tuple[list[dict], float]:
+    """(reliability curve on ``bins`` equal-width bins of predicted probability: bin, n, mean
+    predicted, observed rate; expected calibration error = sum over bins of n_b/n * |mean
+    predicted - observed|). One aggregation; at most ``bins`` rows reach the driver."""
+    b = F.least(F.floor(F.col(prob_col) * bins), F.lit(bins - 1)).cast("int")
+    rows = [r.asDict() for r in scored.groupBy(b.alias("bin"))
+            .agg(F.count(F.lit(1)).alias("n"), F.avg(prob_col).alias("mean_predicted"),
+                 F.avg(label_col).alias("observed_rate")).orderBy("bin").collect()]
+    n = sum(r["n"] for r in rows)
+    ece = sum(r["n"] / n * abs(r["mean_predicted"] - r["observed_rate"]) for r in rows) if n else float("nan")
+    return rows, float(ece)
+
+
+def score_auc(rows: DataFrame, score_col, label_col: str = LABEL_COL) -> float:
+    """AUC-ROC of a plain score column (e.g. recency alone as a churn score); NaN with one class."""
+    df = rows.select(score_col.cast("double").alias("_s"), F.col(label_col))
+    ev = BinaryClassificationEvaluator(rawPredictionCol="_s", labelCol=label_col, metricName="areaUnderROC",
+                                       numBins=0)
+    stats = df.agg(F.count(F.lit(1)).alias("n"), F.sum(label_col).alias("pos")).first()
+    return float(ev.evaluate(df)) if stats["n"] and 0 < (stats["pos"] or 0) < stats["n"] else float("nan")
 
 
 def evaluate(scored: DataFrame, label_col: str = LABEL_COL, prob_col: str = PROB_COL) -> dict[str, float]:

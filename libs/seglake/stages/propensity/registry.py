@@ -115,43 +115,60 @@ class ChampionOutcome:
         return self.decision.promote
 
 
-def _load_scoring_champion(name: str, version: int, held: DataFrame,
-                           selection: str) -> tuple[PipelineModel | None, float]:
-    """(the champion of ``name``, its held-out ``selection`` metric), or (None, NaN) when it cannot score."""
+def _load_scoring_champion(name: str, version: int, held: DataFrame) -> tuple[PipelineModel | None, dict]:
+    """(the champion of ``name``, its held-out metrics), or (None, {}) when it cannot score."""
     import mlflow
 
     try:
         model = mlflow.spark.load_model(f"models:/{name}@{CHAMPION}")
-        return model, evaluate(score(model, held))[selection]
+        return model, evaluate(score(model, held))
     except Exception as exc:  # noqa: BLE001 - an incompatible old champion loses
         log.warning("propensity: the current %s champion (v%s) cannot score the held-out rows (%s); "
                     "the new model replaces it", name, version, exc)
-        return None, float("nan")
+        return None, {}
 
 
-def decide_champion(name: str, new_metric: float, held: DataFrame, selection: str,
+def decide_champion(name: str, new_metrics: float | dict, held: DataFrame, selection: str,
                     min_improvement: float = 0.0) -> ChampionDecision:
-    """Does a candidate with held-out ``new_metric`` replace the ``champion`` of ``name``? Writes nothing.
+    """Does a candidate with held-out metrics ``new_metrics`` replace the ``champion`` of ``name``? Writes nothing.
 
-    The current champion is loaded and scored on the same held-out rows; the candidate wins
+    The current champion is loaded and scored on the same held-out rows. The candidate wins
     when its ``selection`` metric is higher by more than ``min_improvement`` (and by more than
-    float noise, ``TIE_TOLERANCE``, even when that is 0), when there is no champion yet, or
-    when the champion cannot score these rows (e.g. other inputs).
+    float noise, ``TIE_TOLERANCE``, even when that is 0); or, when ``new_metrics`` is a dict
+    with ``brier``, when its ranking is no worse (``selection`` within float noise or better)
+    and its Brier score is lower by more than that margin (a calibrated model ranks as its
+    uncalibrated champion did but states better probabilities); or when there is no champion
+    yet, or the champion cannot score these rows (e.g. other inputs). A retrain on the same data
+    ties on both and does not win.
     """
     from mlflow import MlflowClient
 
+    metrics = new_metrics if isinstance(new_metrics, dict) else {selection: float(new_metrics)}
+    new_metric = metrics[selection]
     current = _champion(MlflowClient(), name)
     if current is None:
         return ChampionDecision(True, "no champion yet")
     champ_v = int(current.version)
-    champ_model, champ_metric = _load_scoring_champion(name, champ_v, held, selection)
+    champ_model, champ = _load_scoring_champion(name, champ_v, held)
     if champ_model is None:
         return ChampionDecision(True, f"champion v{champ_v} cannot score the held-out rows", champ_v)
+    champ_metric = champ[selection]
     margin = max(float(min_improvement), TIE_TOLERANCE)
-    promote = _num(new_metric) > _num(champ_metric) + margin
-    verdict = "beats" if promote else "does not beat"
-    reason = (f"{selection} {new_metric:.4f} {verdict} champion v{champ_v} ({champ_metric:.4f}) "
-              f"by more than {margin:g}")
+    ranks_better = _num(new_metric) > _num(champ_metric) + margin
+    no_worse = _num(new_metric) >= _num(champ_metric) - TIE_TOLERANCE
+    new_brier, champ_brier = metrics.get("brier", float("nan")), champ.get("brier", float("nan"))
+    calibrates_better = (no_worse and new_brier == new_brier and champ_brier == champ_brier
+                         and new_brier < champ_brier - margin)
+    promote = ranks_better or calibrates_better
+    if ranks_better or not calibrates_better:
+        verdict = "beats" if promote else "does not beat"
+        reason = (f"{selection} {new_metric:.4f} {verdict} champion v{champ_v} ({champ_metric:.4f}) "
+                  f"by more than {margin:g}")
+        if not promote and new_brier == new_brier and champ_brier == champ_brier:
+            reason += f", nor its Brier score ({new_brier:.4f} vs {champ_brier:.4f})"
+    else:
+        reason = (f"{selection} {new_metric:.4f} no worse than champion v{champ_v} ({champ_metric:.4f}) and "
+                  f"Brier {new_brier:.4f} lower than its {champ_brier:.4f} by more than {margin:g}")
     return ChampionDecision(promote, reason, champ_v, champ_metric, None if promote else champ_model)
 
 
@@ -170,7 +187,7 @@ def promote_if_better(best: Candidate, held: DataFrame, inputs: Sequence[str], n
     keeps its metrics, parameters and plots, and the champion (loaded for the comparison) goes
     on scoring.
     """
-    decision = decide_champion(name, best.metrics[selection], held, selection, min_improvement)
+    decision = decide_champion(name, best.metrics, held, selection, min_improvement)
     if not decision.promote:
         log.info("propensity: the %s candidate (%s) is not registered: %s; alias unchanged",
                  name, best.kind, decision.reason)
