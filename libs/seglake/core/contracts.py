@@ -271,7 +271,8 @@ def customer_events(spark: SparkSession, cfg: Config, *, start: date | None = No
                     end: date | None = None, end_inclusive: bool = False,
                     event_types: Sequence[str] | None = None, columns: Sequence[str] | None = None,
                     drop_unattached: bool = True, where: Column | None = None,
-                    consent_at: date | datetime | None = None, withdrawals: bool = True) -> DataFrame:
+                    consent_at: date | datetime | None = None, withdrawals: bool = True,
+                    identity_version: int | None = None, excluded_version: int | None = None) -> DataFrame:
     """Consented silver.events with their ``customer_id`` (the one reader every later stage uses).
 
     Filters are applied to silver.events before the identity join (``event_date`` is its
@@ -299,6 +300,9 @@ def customer_events(spark: SparkSession, cfg: Config, *, start: date | None = No
             earlier as-of dates (backfills included) still include them.
         withdrawals: False keeps withdrawn customers (for silver.enriched_events, whose readers
             apply the withdrawals at their own as-of).
+        identity_version, excluded_version: the Delta versions of silver.identity_map and
+            silver.identity_excluded to resolve customers with (point-in-time snapshots: the
+            map as it was then); None = the current ones.
 
     Returns:
         The selected silver columns plus ``customer_id``.
@@ -318,9 +322,11 @@ def customer_events(spark: SparkSession, cfg: Config, *, start: date | None = No
         id_cols = [c for _, c in IDENTIFIERS]
         keep = [c for c in columns if c in events.columns and c != "customer_id"]
         events = events.select(*dict.fromkeys([*keep, *id_cols]))
-    idmap = tables.read(spark, cfg, IDENTITY_MAP)
-    excluded = (tables.read(spark, cfg, IDENTITY_EXCLUDED).select("identifier_type", "identifier")
-                if tables.exists(spark, cfg, IDENTITY_EXCLUDED) else None)
+    idmap = tables.read(spark, cfg, IDENTITY_MAP, version=identity_version)
+    excluded = (tables.read(spark, cfg, IDENTITY_EXCLUDED, version=excluded_version)
+                .select("identifier_type", "identifier")
+                if tables.exists(spark, cfg, IDENTITY_EXCLUDED) and (excluded_version is None or excluded_version >= 0)
+                else None)
     out = attach_customer_id(events, idmap, excluded)
     if drop_unattached:
         out = out.where(F.col("customer_id").isNotNull())

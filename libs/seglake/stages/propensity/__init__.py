@@ -8,9 +8,11 @@
 - **No leakage** (:func:`snapshot_dates`): the evaluation snapshot is ``D - h`` (its labels
   end at D, so they are observed); training snapshots are ``D - 2h, D - 2h - step, ...``
   (``propensity.train_snapshots`` of them, ``propensity.train_step_days`` apart): every
-  training label window ends on or before the evaluation date. Features of a snapshot come
-  from gold.customer_features when that as-of date is there, else they are computed with
-  :func:`seglake.stages.features.compute_features` (same code, same point-in-time cut).
+  training label window ends on or before the evaluation date. Features of every snapshot
+  (training, evaluation and scoring) are computed by one code path
+  (:func:`~seglake.stages.propensity.snapshots.snapshot_features`): events before the date AND
+  known then (ingested by it, customers from the identity map of then); the scoring date sees
+  everything known now.
 - **Models**: a Spark ML Pipeline (null fill -> VectorAssembler -> GBTClassifier) tuned by
   ``CrossValidator`` over ``propensity.grid_max_depth`` x ``propensity.grid_max_iter``, against
   a logistic-regression baseline (fill -> assemble -> standardize -> LogisticRegression).
@@ -40,7 +42,8 @@ from __future__ import annotations
 from seglake.stages.propensity.common import (CHAMPION, EVENTS_TABLE, FEATURES_TABLE, LABEL_COL, PROB_COL,
                                               SCORES_TABLE, TARGETS, TIE_TOLERANCE)
 from seglake.stages.propensity.job import USES_AS_OF, add_arguments, run
-from seglake.stages.propensity.labels import build_labels, features_at, snapshot_dates
+from seglake.stages.propensity.labels import build_labels, snapshot_dates
+from seglake.stages.propensity.snapshots import Cut, Knowledge, snapshot_features
 from seglake.stages.propensity.models import (Candidate, calibration, evaluate, feature_importances, gbt_pipeline,
                                               input_features, lr_pipeline, tune_gbt, with_probability)
 from seglake.stages.propensity.registry import (ChampionDecision, ChampionOutcome, decide_champion, log_and_register,
@@ -53,7 +56,7 @@ __all__ = [
     "TARGETS", "LABEL_COL", "PROB_COL", "FEATURES_TABLE", "EVENTS_TABLE", "SCORES_TABLE", "CHAMPION",
     "TIE_TOLERANCE",
     # labels and snapshots
-    "snapshot_dates", "build_labels", "features_at",
+    "snapshot_dates", "build_labels", "snapshot_features", "Knowledge", "Cut",
     # models
     "input_features", "gbt_pipeline", "lr_pipeline", "tune_gbt", "with_probability", "evaluate",
     "calibration", "feature_importances", "Candidate",

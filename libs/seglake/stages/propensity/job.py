@@ -21,7 +21,8 @@ from seglake.core.contracts import CONSENT_LEDGER, ENRICHED_EVENTS, IDENTITY_MAP
 from seglake.stages import enriched
 from seglake.stages.propensity.common import (_METRIC_KEYS, EVENTS_TABLE, FEATURES_TABLE, LABEL_COL, PROB_COL,
                                               SCORES_TABLE, TARGETS, _num)
-from seglake.stages.propensity.labels import build_labels, drop_censored, features_at, snapshot_dates
+from seglake.stages.propensity.labels import build_labels, drop_censored, snapshot_dates
+from seglake.stages.propensity.snapshots import snapshot_features
 from seglake.stages.propensity.models import (CALIBRATION_METHODS, Candidate, calibrate, calibration, check_tuning,
                                               customer_split, evaluate, feature_importances, input_features,
                                               lr_pipeline, reliability, score_auc, tune_gbt)
@@ -156,7 +157,7 @@ def run(ctx: JobContext) -> dict:
     train_dates, eval_date = snapshot_dates(as_of, horizon, int(pc["train_snapshots"]),
                                             int(pc["train_step_days"]), earliest)
 
-    snaps = features_at(ctx, [*train_dates, eval_date, as_of], events)
+    snaps, cuts = snapshot_features(ctx, [*train_dates, eval_date], as_of, events)
     snaps = exclude_withdrawn(spark, cfg, snaps, as_of).persist()  # gold rows of older as_of dates too
     labelled = build_labels(snaps.filter(F.col("as_of_date") < F.lit(as_of)), events, horizon, purchase_types)
     labelled = drop_censored(labelled, consent_actions(spark, cfg, as_of), horizon).persist()
@@ -173,7 +174,8 @@ def run(ctx: JobContext) -> dict:
                             f"propensity {as_of}", ctx.run_id, as_of) as parent:
         mlflow.log_params({"horizon_days": horizon, "train_dates": ",".join(map(str, train_dates)),
                            "eval_date": str(eval_date), "inputs": ",".join(inputs),
-                           "selection_metric": selection})
+                           "selection_metric": selection,
+                           "snapshot_knowledge": "; ".join(f"{d}: {c}" for d, c in sorted(cuts.items()))[:6000]})
         for target in TARGETS:
             data = labelled.withColumn(LABEL_COL, F.col(f"{target}_label"))
             # a fixed layout: the folds and GBT's split sampling draw per partition

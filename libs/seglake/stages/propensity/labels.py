@@ -4,23 +4,15 @@
 the training snapshots before it, :func:`build_labels` labels (customer, snapshot) rows from
 the events of the following horizon (churn, purchase), :func:`drop_censored` leaves out the
 snapshots whose label window holds a consent withdrawal (no events then means no consent, not
-churn) and :func:`features_at` reads (or computes, with the features stage's code) the features
-of each snapshot date.
+churn). The features of each snapshot come from :mod:`.snapshots` (point in time).
 """
 from __future__ import annotations
 
-import logging
 from datetime import date, timedelta
 from typing import Sequence
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-
-from seglake.core import tables
-from seglake.core.context import JobContext
-from seglake.stages.propensity.common import FEATURES_TABLE
-
-log = logging.getLogger(__name__)
 
 
 def snapshot_dates(as_of: date, horizon_days: int, train_snapshots: int, step_days: int,
@@ -108,32 +100,3 @@ def drop_censored(labelled: DataFrame, consent_actions: DataFrame, horizon_days:
     end = F.date_add(F.col("as_of_date"), horizon_days).cast("timestamp")
     cond = (F.col("customer_id") == F.col("_w_customer")) & (F.col("_w_at") >= start) & (F.col("_w_at") < end)
     return labelled.join(F.broadcast(w), cond, "left_anti")
-
-
-def features_at(ctx: JobContext, dates: Sequence[date], events: DataFrame | None = None) -> DataFrame:
-    """Features for ``dates``: from gold.customer_features, computing dates absent there."""
-    from seglake.stages import enriched
-    from seglake.stages import features as feat
-
-    spark, cfg = ctx.spark, ctx.cfg
-    dates = sorted(set(dates))
-    have: set[date] = set()
-    frames = []
-    if tables.exists(spark, cfg, FEATURES_TABLE):
-        table = tables.read(spark, cfg, FEATURES_TABLE).filter(F.col("as_of_date").isin(dates))
-        # at most len(dates) rows: small.
-        have = {r[0] for r in table.select("as_of_date").distinct().collect()}
-        if have:
-            frames.append(table.select(*feat.FEATURE_COLUMNS))
-    missing = [d for d in dates if d not in have]
-    if missing:
-        log.info("propensity: computing features for snapshot dates %s (not in %s)", missing, FEATURES_TABLE)
-        sev = events if events is not None else enriched.read(spark, cfg, end=max(missing))
-        sev = sev.filter(F.col("event_ts") < F.lit(max(missing)).cast("timestamp"))
-        params = feat.FeatureParams.from_config(cfg)
-        for d in missing:
-            frames.append(feat.compute_features(sev, d, params).select(*feat.FEATURE_COLUMNS))
-    out = frames[0]
-    for f in frames[1:]:
-        out = out.unionByName(f)
-    return out
