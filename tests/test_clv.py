@@ -9,7 +9,7 @@ Independent references:
   estimates must lie within 3 of their own standard errors of the truth. Known bias: two
   purchases of one customer on one day count as one purchase day (the standard definition),
   which the continuous-time model does not know about; at 1.5% merged repeat purchases it moves
-  r and alpha up by about 1 standard error at 20,000 customers (less at the 8,000 used here).
+  r and alpha up by about 1 standard error at 20,000 customers (less at the 5,000 used here).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 from conftest import make_cfg
 from seglake.devtools.generate.clv_population import plant_clv_population
 
-N_PLANTED = 8_000
+N_PLANTED = 5_000
 SCHEMA = "customer_id string, event_date date, revenue_usd double"
 
 
@@ -74,7 +74,7 @@ def planted(spark, tmp_path_factory):
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         summary = _run(spark, cfg, events, pop.as_of)
         run = MlflowClient().get_run(summary["mlflow_run"])
-    # 8,000 rows: a test may collect them
+    # 5,000 rows: a test may collect them
     value = tables.read(spark, cfg, CUSTOMER_VALUE).toPandas().set_index("customer_id").sort_index()
     return pop, summary, value, run.data.params, run.data.metrics, cfg, events
 
@@ -174,6 +174,7 @@ def test_value_is_consistent_with_the_planted_truth(planted):
     assert value.loc[repeat, "p_alive"].lt(0.5).any() and value.loc[repeat, "p_alive"].gt(0.9).any()
 
 
+@pytest.mark.slow   # two more runs of the job (~15 s)
 def test_a_rerun_replaces_the_slice_and_an_other_as_of_adds_one(spark, planted):
     from seglake.core import tables
     from seglake.core.contracts import CUSTOMER_VALUE
@@ -208,3 +209,28 @@ def test_bad_settings_and_too_many_cells_are_one_sentence(spark, planted):
     one_time = _events(spark, [(f"c{i}", date(2025, 5, 1 + i % 20), 10.0) for i in range(50)])
     with pytest.raises(ValueError, match="BG/NBD cannot be fitted.*no customer has a repeat purchase"):
         _run(spark, cfg, one_time, date(2025, 7, 1))
+
+
+def test_report_section_numbers_equal_numpy_on_the_table(spark, planted):
+    """The report's CLV deciles and P(alive) histogram (libs/seglake/report/value.py) against numpy
+    on the same gold.customer_value rows: cut points = the smallest value whose cumulative share
+    reaches k/10 (inverted CDF), a customer in 1 + the number of cut points below its CLV."""
+    from seglake.report.value import customer_value_at, decile_frame, p_alive_frame, section_value
+
+    pop, _, value, _, _, cfg, _ = planted
+    rows, day = customer_value_at(spark, cfg, pop.as_of)
+    assert day == pop.as_of
+    clv = value["clv"].to_numpy()
+    cuts = [np.quantile(clv, k / 10, method="inverted_cdf") for k in range(1, 10)]
+    decile = 1 + sum((clv > c).astype(int) for c in cuts)
+    got = {r["decile"]: r for r in decile_frame(rows).collect()}
+    for d in range(1, 11):
+        sel = decile == d
+        assert got[d]["customers"] == sel.sum()
+        assert got[d]["mean_clv"] == pytest.approx(clv[sel].mean(), rel=1e-9)
+        assert got[d]["mean_p_alive"] == pytest.approx(value["p_alive"].to_numpy()[sel].mean(), rel=1e-9)
+    buckets = np.minimum(np.floor(value["p_alive"].to_numpy() * 10), 9).astype(int)
+    hist = {r["bucket"]: r["customers"] for r in p_alive_frame(rows).collect()}
+    assert hist == {int(b): int((buckets == b).sum()) for b in np.unique(buckets)}
+    html = section_value(spark, cfg)
+    assert f"{N_PLANTED:,}" in html and "Gamma-Gamma" in html

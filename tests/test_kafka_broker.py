@@ -31,6 +31,7 @@ def _produce(bootstrap: str, topic: str, records: list[tuple[str, str]]) -> None
     assert producer.flush(30) == 0
 
 
+@pytest.mark.slow   # starts, restarts and stops a real broker (~30 s)
 def test_broker_serves_the_client_and_spark_restarts_with_its_data_and_stops_by_pid(spark, tmp_path):
     folder = tmp_path / "kafka"
     broker = kafka.start(folder)

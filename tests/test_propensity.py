@@ -162,7 +162,7 @@ def test_platt_and_isotonic_calibration_equal_sklearn_and_fix_a_squeezed_model(s
         got = propensity.score(model, test).select("customer_id", "p").toPandas().set_index("customer_id")
         got = got.loc[raw_t["customer_id"], "p"].to_numpy()
         if method == "platt":
-            ref = SkLR(penalty=None, tol=1e-10, max_iter=1000).fit(margin_c.reshape(-1, 1), raw_c["label"])
+            ref = SkLR(C=np.inf, tol=1e-10, max_iter=1000).fit(margin_c.reshape(-1, 1), raw_c["label"])   # C = inf: unpenalized
             expected = ref.predict_proba(margin_t.reshape(-1, 1))[:, 1]
             np.testing.assert_allclose(got, expected, atol=1e-5)
         else:

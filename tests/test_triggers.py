@@ -94,6 +94,7 @@ def _fired(spark, cfg):
     return [(r["trigger"], person[r["customer_id"]], r["event_ts"].astimezone(timezone.utc)) for r in rows], rows
 
 
+@pytest.mark.slow   # an end-to-end stream run (~70 s)
 def test_timers_wait_for_the_watermark_and_for_identity_then_fire_exactly_once(spark, lake):
     cfg, rules, expected = lake
     timers = tables.read(spark, cfg, "ops.stream_timers")
