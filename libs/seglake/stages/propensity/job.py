@@ -8,6 +8,8 @@ the as-of date to gold.propensity_scores; :func:`add_arguments` adds ``--horizon
 """
 from __future__ import annotations
 
+import logging
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -28,6 +30,8 @@ from seglake.stages.propensity.models import (CALIBRATION_METHODS, Candidate, ca
                                               lr_pipeline, reliability, score_auc, tune_gbt)
 from seglake.stages.propensity.registry import (ChampionOutcome, _calibration_plot, _log_figure, promote_if_better,
                                                 score)
+
+log = logging.getLogger(__name__)
 
 #: the stage runner resolves ``--as-of`` (default: the day after the last event) before run()
 USES_AS_OF = True
@@ -157,12 +161,15 @@ def run(ctx: JobContext) -> dict:
     train_dates, eval_date = snapshot_dates(as_of, horizon, int(pc["train_snapshots"]),
                                             int(pc["train_step_days"]), earliest)
 
-    snaps, cuts = snapshot_features(ctx, [*train_dates, eval_date], as_of, events)
+    t0 = time.time()
+    sources: list = []
+    snaps, cuts = snapshot_features(ctx, [*train_dates, eval_date], as_of, events, cached=sources)
     snaps = exclude_withdrawn(spark, cfg, snaps, as_of).persist()  # gold rows of older as_of dates too
     labelled = build_labels(snaps.filter(F.col("as_of_date") < F.lit(as_of)), events, horizon, purchase_types)
     labelled = drop_censored(labelled, consent_actions(spark, cfg, as_of), horizon).persist()
     current = snaps.filter(F.col("as_of_date") == F.lit(as_of))
     n_current = current.count()
+    log.info("propensity: features of %d snapshot dates in %.1fs", len(cuts), time.time() - t0)
     if n_current == 0:
         raise ValueError(f"no customers with features at as_of {as_of}: run features first")
 
@@ -195,9 +202,11 @@ def run(ctx: JobContext) -> dict:
                 raise ValueError(f"propensity: the {target} training labels have a single class "
                                  f"({counts['pos']} positives of {counts['n']}): need more history or customers")
             candidates = []
+            t_target = time.time()
             gbt_model, cv_info = tune_gbt(train, inputs, seed, pc["grid_max_depth"], pc["grid_max_iter"],
                                           folds, int(pc["cv_parallelism"]), tuning, train_ratio)
             lr_model = lr_pipeline(inputs).fit(train)
+            t_fit = time.time()
             for kind, model, info in (("gbt", gbt_model, cv_info), ("logistic_regression", lr_model, {})):
                 scored = score(model, held).cache()
                 metrics = evaluate(scored)
@@ -218,14 +227,19 @@ def run(ctx: JobContext) -> dict:
             best = max(candidates, key=lambda c: (_num(c.metrics[selection]), c.kind == "gbt"))
             for c in candidates:
                 mlflow.log_metrics({f"{target}_{c.kind}_{k}": v for k, v in c.metrics.items() if v == v})
+            t_eval = time.time()
             best = _calibrated(target, best, calib_rows, held, cal_method, summary)
             _recency_baseline(target, best, held, active_days, summary)
+            t_cal = time.time()
 
             name = f"{pc['model_name_prefix']}-{target}"
             # compare first: only a promoted candidate is logged (slow) and registered
             out = promote_if_better(best, held, inputs, name, selection, min_improvement,
                                     tags={"target": target, "as_of": str(as_of)})
             champions[target] = (out.model, name, out.version)
+            log.info("propensity %s: %.1fs fitting (GBT %s + baseline), %.1fs evaluating and logging, %.1fs "
+                     "calibration and baselines, %.1fs champion", target, t_fit - t_target,
+                     cv_info.get("tuning"), t_eval - t_fit, t_cal - t_eval, time.time() - t_cal)
             _record_champion(target, best, out, selection, summary)
             train.unpersist()
             held.unpersist()
@@ -257,4 +271,6 @@ def run(ctx: JobContext) -> dict:
         summary["mlflow_run"] = parent.info.run_id
     labelled.unpersist()
     snaps.unpersist()
+    for df in sources:
+        df.unpersist()
     return summary
