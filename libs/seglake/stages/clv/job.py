@@ -83,6 +83,12 @@ def add_arguments(parser) -> None:
                         help="override clv.horizon_days (the CLV horizon)")
 
 
+class NotIdentified(ValueError):
+    """The purchases cannot identify the models yet (none, or no repeat purchase): the job writes
+    nothing for the as-of, says so in its summary and lets the chain go on (a young or small data
+    set is not an error; the CLV tiers are then skipped by segments)."""
+
+
 def fit(bg_cells: dict[str, np.ndarray], gg_cells: dict[str, np.ndarray],
         penalizer: float = 0.0) -> tuple[M.BGNBDParams, M.GammaGammaParams]:
     """Both models fitted on collected cells (ValueError with the reason when the data do not allow it)."""
@@ -90,11 +96,11 @@ def fit(bg_cells: dict[str, np.ndarray], gg_cells: dict[str, np.ndarray],
         bg = M.fit_bgnbd(bg_cells["frequency"], bg_cells["recency_days"], bg_cells["age_days"],
                          weights=bg_cells["n"], penalizer=penalizer)
     except M.FitError as exc:
-        raise ValueError(f"clv: the BG/NBD cannot be fitted on these purchases: {exc}") from None
+        raise NotIdentified(f"the BG/NBD cannot be fitted on these purchases: {exc}") from None
     try:
         gg = M.fit_gamma_gamma(gg_cells["frequency"], gg_cells["m"], weights=gg_cells["n"])
     except M.FitError as exc:
-        raise ValueError(f"clv: the Gamma-Gamma spend model cannot be fitted: {exc}") from None
+        raise NotIdentified(f"the Gamma-Gamma spend model cannot be fitted: {exc}") from None
     if gg.q <= 1.0:
         raise ValueError(f"clv: the fitted Gamma-Gamma q = {gg.q:.3f} <= 1 means an infinite mean spend "
                          "(a few very large orders dominate); cap or clean revenue_usd outliers")
@@ -156,8 +162,6 @@ def value_customers(ctx: JobContext, events, as_of, s: ClvSettings) -> dict:
     summary = customer_summary(purchase_days(events, s.purchase_types, as_of), as_of).persist()
     bg_cells = collect_cells(bgnbd_cells(summary), ("frequency", "recency_days", "age_days"), s.max_cells,
                              "BG/NBD (frequency, recency, age)")
-    if bg_cells["n"].size == 0:
-        raise ValueError(f"clv: no purchases ({', '.join(s.purchase_types)}) before {as_of}: nothing to value")
     gg_cells = collect_cells(gamma_gamma_cells(summary, s.digits), ("frequency", "m"), s.max_cells,
                              "Gamma-Gamma (frequency, spend)")
     t_cells = time.time() - t0
@@ -165,7 +169,15 @@ def value_customers(ctx: JobContext, events, as_of, s: ClvSettings) -> dict:
     repeat = int(bg_cells["n"][bg_cells["frequency"] > 0].sum())
     log.info("clv: %d customers (%d with repeat purchases) in %d BG/NBD and %d Gamma-Gamma cells (%.1fs)",
              customers, repeat, bg_cells["n"].size, gg_cells["n"].size, time.time() - t0)
-    bg, gg = fit(bg_cells, gg_cells, s.penalizer)
+    try:
+        if bg_cells["n"].size == 0:
+            raise NotIdentified(f"no purchases ({', '.join(s.purchase_types)}) before {as_of}")
+        bg, gg = fit(bg_cells, gg_cells, s.penalizer)
+    except NotIdentified as exc:
+        summary.unpersist()
+        log.warning("clv: nothing written for %s: %s", as_of, exc)
+        return {"as_of": as_of.isoformat(), "status": f"not fitted: {exc}", "customers": customers,
+                "repeat_customers": repeat, "rows_written": 0}
     t_fit = time.time() - t0 - t_cells
     log.info("clv: BG/NBD r=%.4g alpha=%.4g a=%.4g b=%.4g; Gamma-Gamma p=%.4g q=%.4g v=%.4g (%.1fs)",
              *bg.as_tuple(), *gg.as_tuple(), time.time() - t0)
