@@ -325,8 +325,7 @@ def customer_events(spark: SparkSession, cfg: Config, *, start: date | None = No
     idmap = tables.read(spark, cfg, IDENTITY_MAP, version=identity_version)
     excluded = (tables.read(spark, cfg, IDENTITY_EXCLUDED, version=excluded_version)
                 .select("identifier_type", "identifier")
-                if tables.exists(spark, cfg, IDENTITY_EXCLUDED) and (excluded_version is None or excluded_version >= 0)
-                else None)
+                if tables.exists(spark, cfg, IDENTITY_EXCLUDED) else None)
     out = attach_customer_id(events, idmap, excluded)
     if drop_unattached:
         out = out.where(F.col("customer_id").isNotNull())

@@ -19,8 +19,8 @@ from seglake.core.contracts import (
 )
 from seglake.report.data import _latest, _read
 from seglake.report.value import (
-    PARAMETER_SCHEMA, chart_html, clv_run, customer_value_at, decile_frame, model_html, p_alive_frame, parameter_rows,
-    segment_frame, summary_frame,
+    PARAMETER_SCHEMA, chart_data, chart_html, clv_run, customer_value_at, decile_frame, model_html, p_alive_frame,
+    parameter_rows, segment_frame, summary_frame,
 )
 
 AB_ALL = "(all)"  # gold.ab_results' segment of the whole population
@@ -233,8 +233,7 @@ def value_chart(spark: SparkSession, cfg: Config, as_of: Any = None, display_htm
     shown with ``display_html`` (Databricks' ``displayHTML``) when given, else a one-line note is printed."""
     rows, day = customer_value_at(spark, cfg, as_of)
     s = summary_frame(rows).first()   # one row
-    deciles = [r.asDict() for r in decile_frame(rows).collect()]   # at most 10 rows
-    hist = {r["bucket"]: r["customers"] for r in p_alive_frame(rows).collect()}   # at most 10 rows
+    deciles, hist = chart_data(rows)
     html = model_html(cfg, s["model_run_id"]) + chart_html(day, hist, deciles, s["horizon_days"])
     if display_html is not None:
         display_html(html)

@@ -64,17 +64,20 @@ def customer_value_at(spark: SparkSession, cfg: Config, as_of: Any = None) -> tu
     return values.where(F.col("as_of_date") == F.lit(day)), day
 
 
+def _value_aggregates() -> list:
+    """The CLV aggregates the summary and the segment table share."""
+    return [F.count("clv").alias("valued"), F.sum("clv").alias("total_clv"), F.avg("clv").alias("mean_clv"),
+            F.avg("p_alive").alias("mean_p_alive"),
+            F.avg("expected_purchases_365d").alias("mean_expected_purchases_365d")]
+
+
 def summary_frame(rows: DataFrame) -> DataFrame:
     """One row: customers, repeat customers, total / mean CLV, mean P(alive), the horizon and the
     annual discount rate (min and max: one value unless several fits were mixed), the model run."""
     return rows.agg(
         F.count(F.lit(1)).alias("customers"),
         F.sum(F.when(F.col("frequency") > 0, 1).otherwise(0)).alias("repeat_customers"),
-        F.count("clv").alias("valued"),
-        F.sum("clv").alias("total_clv"),
-        F.avg("clv").alias("mean_clv"),
-        F.avg("p_alive").alias("mean_p_alive"),
-        F.avg("expected_purchases_365d").alias("mean_expected_purchases_365d"),
+        *_value_aggregates(),
         F.min("clv_horizon_days").alias("horizon_days"),
         F.max("clv_horizon_days").alias("horizon_days_max"),
         F.min("discount_rate").alias("discount_rate"),
@@ -126,14 +129,8 @@ def segment_frame(spark: SparkSession, cfg: Config, rows: DataFrame, day: Any,
         members = members.where(F.col("segment").isin(*segments))
     joined = members.select("customer_id", "segment").join(
         rows.select("customer_id", "clv", "p_alive", "expected_purchases_365d"), "customer_id", "left")
-    return (joined.groupBy("segment").agg(
-        F.count(F.lit(1)).alias("members"),
-        F.count("clv").alias("valued"),
-        F.sum("clv").alias("total_clv"),
-        F.avg("clv").alias("mean_clv"),
-        F.avg("p_alive").alias("mean_p_alive"),
-        F.avg("expected_purchases_365d").alias("mean_expected_purchases_365d"),
-    ).orderBy(F.desc("total_clv")))
+    return (joined.groupBy("segment").agg(F.count(F.lit(1)).alias("members"), *_value_aggregates())
+            .orderBy(F.desc("total_clv")))
 
 
 # --------------------------------------------------------------------------- the MLflow run
@@ -211,6 +208,14 @@ def model_html(cfg: Config, model_run_id: str | None) -> str:
 # --------------------------------------------------------------------------- html
 
 
+def chart_data(rows: DataFrame) -> tuple[list[dict], dict[int, int]]:
+    """(the CLV deciles, the P(alive) histogram {bucket: customers}) of ``rows``, collected: at most
+    DECILES and P_ALIVE_BUCKETS rows."""
+    deciles = [r.asDict() for r in decile_frame(rows).collect()]   # at most DECILES rows
+    hist = {r["bucket"]: r["customers"] for r in p_alive_frame(rows).collect()}   # at most P_ALIVE_BUCKETS rows
+    return deciles, hist
+
+
 def chart_html(day: Any, hist: dict[int, int], deciles: list[dict], horizon: Any) -> str:
     """P(alive) histogram and mean CLV per decile, side by side, as an <img>."""
     plt = _plt()
@@ -262,10 +267,7 @@ def section_value(spark: SparkSession, cfg: Config) -> str:
         parts.append("<p class='error'>the rows of this as-of date come from several model runs "
                      f"({esc(s['model_run_id'])} ... {esc(s['model_run_id_max'])}).</p>")
     parts.append("<h3>Model parameters</h3>" + model_html(cfg, None if mixed else s["model_run_id"]))
-    # at most DECILES rows
-    deciles = [r.asDict() for r in decile_frame(rows).collect()]
-    # at most P_ALIVE_BUCKETS rows
-    hist = {r["bucket"]: r["customers"] for r in p_alive_frame(rows).collect()}
+    deciles, hist = chart_data(rows)
     parts.append(chart_html(day, hist, deciles, horizon))
     parts.append(f"<h3>CLV deciles ({DECILES} = highest; cut at exact quantiles, ties kept together; mean "
                  "monetary value over customers with a repeat purchase)</h3>"

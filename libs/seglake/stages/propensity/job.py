@@ -72,12 +72,13 @@ def _record_champion(target: str, best: Candidate, out: ChampionOutcome, selecti
 
 def _calibrated(target: str, best: Candidate, calib_rows, held, method: str, summary: dict) -> Candidate:
     """``best`` with a calibrator fitted on ``calib_rows`` (method ``platt``/``isotonic``), measured
-    on ``held`` before and after (Brier, log loss, expected calibration error, reliability curve;
-    MLflow); the calibrated pipeline is the candidate that may become the champion."""
+    on ``held`` before (``best.info``: the candidate loop's reliability) and after (Brier, log
+    loss, expected calibration error, reliability curve; MLflow); the calibrated pipeline is the
+    candidate that may become the champion."""
     import mlflow
     from mlflow import MlflowClient
 
-    before_curve, ece_before = reliability(score(best.model, held))
+    before_curve, ece_before = best.info["reliability"], best.info["ece"]   # measured on ``held`` already
     if method == "none":
         mlflow.log_metric(f"{target}_ece", ece_before)
         summary[f"{target}_heldout_ece"] = round(ece_before, 4)
@@ -211,6 +212,7 @@ def run(ctx: JobContext) -> dict:
                 scored = score(model, held).cache()
                 metrics = evaluate(scored)
                 calib = [r.asDict() for r in calibration(scored).collect()]  # <= 10 rows
+                curve, ece = reliability(scored)   # on the cached scores: _calibrated's "before"
                 importances = feature_importances(model, inputs)
                 with mlflow.start_run(run_name=f"{target} {kind}", nested=True) as child:
                     mlflow.set_tags({"seglake.stage": "propensity", "seglake.target": target, "seglake.model": kind})
@@ -222,7 +224,8 @@ def run(ctx: JobContext) -> dict:
                     mlflow.log_dict(dict(sorted(importances.items(), key=lambda kv: -kv[1])),
                                     "feature_importances.json")
                 candidates.append(Candidate(kind, model, metrics, {"run_id": child.info.run_id,
-                                                                   "calibration": calib}))
+                                                                   "calibration": calib, "reliability": curve,
+                                                                   "ece": ece}))
                 scored.unpersist()
             best = max(candidates, key=lambda c: (_num(c.metrics[selection]), c.kind == "gbt"))
             for c in candidates:

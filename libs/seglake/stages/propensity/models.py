@@ -183,7 +183,7 @@ def reliability(scored: DataFrame, bins: int = 10, label_col: str = LABEL_COL,
     b = F.least(F.floor(F.col(prob_col) * bins), F.lit(bins - 1)).cast("int")
     rows = [r.asDict() for r in scored.groupBy(b.alias("bin"))
             .agg(F.count(F.lit(1)).alias("n"), F.avg(prob_col).alias("mean_predicted"),
-                 F.avg(label_col).alias("observed_rate")).orderBy("bin").collect()]
+                 F.avg(label_col).alias("observed_rate")).orderBy("bin").collect()]   # <= bins rows
     n = sum(r["n"] for r in rows)
     ece = sum(r["n"] / n * abs(r["mean_predicted"] - r["observed_rate"]) for r in rows) if n else float("nan")
     return rows, float(ece)

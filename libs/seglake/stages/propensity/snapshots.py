@@ -12,8 +12,8 @@ that carry the customer ids of one identity map. What differs is the knowledge c
   event ingested after K(D), or a merge made by a later identity run, does not change the
   snapshot at D.
 
-K(D) = max(D 00:00, T0), T0 = the end of the first ingestion (the latest ``_ingested_at`` of the
-first batch) — for the map, max(D, the commit time of its first version). For history loaded
+K(D) = max(D 00:00, T0), T0 = the end of the first ingestion (its ``_ingested_at``: one value per
+ingest write) — for the map, max(D, the commit time of its first version). For history loaded
 in one backfill after the fact, every earlier D sees that backfill (nothing was known at D;
 the backfill is the earliest knowledge there is), and what arrives after it is late; for a
 pipeline running since before D, K(D) = D. Snapshots whose cut equals "everything" use the
@@ -83,16 +83,12 @@ class Knowledge:
 
     def __init__(self, spark: SparkSession, cfg):
         self.spark = spark
-        first = (tables.read(spark, cfg, SILVER_EVENTS)
-                 .agg(F.min(F.unix_micros("_ingested_at")).alias("first"),
-                      F.max(F.unix_micros("_ingested_at")).alias("last"),
-                      F.min_by("_batch_id", "_ingested_at").alias("batch")).first())
-        self.last_us = first["last"]
-        self.first_batch_end_us = None
-        if first["batch"] is not None:
-            self.first_batch_end_us = (tables.read(spark, cfg, SILVER_EVENTS)
-                                       .where(F.col("_batch_id") == F.lit(first["batch"]))
-                                       .agg(F.max(F.unix_micros("_ingested_at"))).first()[0])
+        # ingest stamps one _ingested_at per write (current_timestamp of the batch): the first
+        # batch ends at the earliest value
+        span = (tables.read(spark, cfg, SILVER_EVENTS)
+                .agg(F.min(F.unix_micros("_ingested_at")).alias("first"),
+                     F.max(F.unix_micros("_ingested_at")).alias("last")).first())   # one row
+        self.first_batch_end_us, self.last_us = span["first"], span["last"]
         self.map_history = _history(spark, cfg, IDENTITY_MAP)
         self.excluded_history = _history(spark, cfg, IDENTITY_EXCLUDED)
 
@@ -148,8 +144,7 @@ def _events_known(ctx, cut: Cut, end: date, consent_at: date) -> DataFrame:
     if cut.ingested_before_us is not None:
         where = F.coalesce(F.unix_micros("_ingested_at"), F.lit(0)) < F.lit(cut.ingested_before_us)
     raw = customer_events(ctx.spark, ctx.cfg, end=end, columns=enriched.EVENT_COLUMNS, withdrawals=False,
-                          where=where, identity_version=cut.map_version,
-                          excluded_version=cut.excluded_version if cut.excluded_version is not None else None)
+                          where=where, identity_version=cut.map_version, excluded_version=cut.excluded_version)
     built = enriched.build(raw, ctx.cfg)
     return exclude_withdrawn(ctx.spark, ctx.cfg, built, consent_at)
 
