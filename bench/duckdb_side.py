@@ -614,6 +614,8 @@ def features(con: duckdb.DuckDBPyConnection, as_of: date | str, params: FeatureP
     revenue = "coalesce(revenue_usd, 0.0)"
     path = '$."' + params.feature_property_key.replace('"', '\\"') + '"'
     feature_name = f"json_extract_string(properties, {_q(path)})"
+    results_path = '$."' + params.search_results_key.replace('"', '\\"') + '"'
+    results = f"json_extract_string(properties, {_q(results_path)})"
 
     def count_if(cond: str) -> str:
         return f"CAST(count(*) FILTER (WHERE {cond}) AS INTEGER)"
@@ -649,6 +651,9 @@ def features(con: duckdb.DuckDBPyConnection, as_of: date | str, params: FeatureP
         count_if("device_type = 'desktop'") + " AS _n_desktop",
         f"sum(CASE WHEN {et('product_view', 30)} THEN coalesce(duration_s, 0.0) ELSE 0.0 END) "
         "AS product_page_time_s_30d",
+        f"{count_if(et('search', 30) + ' AND trim(' + results + ') = ' + _q('0'))} AS failed_searches_30d",
+        f"{count_if('event_type IN ' + _in_list(params.support_event_types) + ' AND ' + within[30])} "
+        "AS support_contacts_30d",
     ]
     aggs += [f"{count_if(purchase + ' AND ' + within[n])} AS purchases_{n}d" for n in params.windows_days]
     aggs += [f"sum(CASE WHEN {purchase} AND {within[n]} THEN {revenue} ELSE 0.0 END) AS revenue_{n}d"

@@ -91,6 +91,27 @@ def test_hand_computed_customers(spark):
     assert all(r["as_of_date"] == AS_OF for r in rows.values())
 
 
+def test_failed_searches_and_support_contacts_count_the_last_30_days(spark):
+    E = [
+        ev("e1", "E", "search", datetime(2026, 8, 25, 9, 0), props={"results": "0"}),   # failed
+        ev("e2", "E", "search", datetime(2026, 8, 25, 9, 1), props={"results": "5"}),
+        ev("e3", "E", "search", datetime(2026, 8, 25, 9, 2)),                          # no count: not failed
+        ev("e4", "E", "search", datetime(2026, 7, 1, 9, 0), props={"results": "0"}),    # before the window
+        ev("e5", "E", "page_view", datetime(2026, 8, 26, 9, 0), props={"results": "0"}),  # not a search
+        ev("e6", "E", "call_center", datetime(2026, 8, 20, 15, 0), source="crm", device=None),
+        ev("e7", "E", "call_center", datetime(2026, 7, 15, 15, 0), source="crm", device=None),
+        ev("e8", "E", "search", datetime(2026, 8, 2, 0, 0), props={"results": "0"}),    # first day of the window
+        ev("e9", "E", "search", datetime(2026, 9, 1, 0, 0), props={"results": "0"}),    # at as_of: not seen
+    ]
+    rows = {r["customer_id"]: r.asDict() for r in _features(spark, E + C).collect()}
+    assert (rows["E"]["failed_searches_30d"], rows["E"]["support_contacts_30d"]) == (2, 1)
+    assert (rows["C"]["failed_searches_30d"], rows["C"]["support_contacts_30d"]) == (0, 0)
+    # a site that calls its support events otherwise says so in the config
+    other = FeatureParams(support_event_types=("call_center", "page_view"), search_results_key="hits")
+    row = [r for r in _features(spark, E, params=other).collect() if r["customer_id"] == "E"][0]
+    assert (row["failed_searches_30d"], row["support_contacts_30d"]) == (0, 2)
+
+
 def test_contract_columns_present():
     params = FeatureParams()
     assert len(features.FEATURE_COLUMNS) == len(set(features.FEATURE_COLUMNS))
@@ -108,17 +129,19 @@ def test_events_after_as_of_change_nothing(spark):
 
 def _random_events(seed=11, customers=12):
     rng = np.random.default_rng(seed)
-    types = ["page_view", "product_view", "add_to_cart", "purchase", "email_open", "feature_use"]
+    types = ["page_view", "product_view", "add_to_cart", "purchase", "email_open", "feature_use", "search",
+             "call_center"]
     rows = []
     for c in range(customers):
         t = datetime(2026, 6, 1) + timedelta(hours=int(rng.integers(0, 800)))
         for i in range(int(rng.integers(5, 60))):
             t += timedelta(minutes=float(rng.choice([2, 10, 45, 600, 3000])))
-            et = str(rng.choice(types, p=[0.35, 0.3, 0.1, 0.1, 0.1, 0.05]))
+            et = str(rng.choice(types, p=[0.3, 0.25, 0.1, 0.1, 0.1, 0.05, 0.07, 0.03]))
             rev = float(rng.integers(5, 300)) if et == "purchase" else None
             rows.append(ev(f"r{c}-{i:03d}", f"R{c}", et, t, str(rng.choice(["web", "app"])),
                            str(rng.choice(["ios", "desktop"])), rev, float(rng.random()), float(rng.integers(1, 90)),
-                           {"feature": f"f{int(rng.integers(0, 4))}"} if et == "feature_use" else None))
+                           {"feature": f"f{int(rng.integers(0, 4))}"} if et == "feature_use" else
+                           {"results": str(rng.choice([0, 0, 3, 12]))} if et == "search" else None))
     return rows
 
 
@@ -150,6 +173,9 @@ def _pandas_features(rows, as_of):
             peak_hour=int(hours[hours == hours.max()].index.min()),
             product_views_30d=int(((g.event_type == "product_view") & (g.event_ts >= cut - pd.Timedelta(days=30))).sum()),
             share_app=float((g.source == "app").mean()),
+            failed_searches_30d=int(sum(1 for t, e, p in zip(g.event_ts, g.event_type, g.properties)
+                                        if e == "search" and t >= cut - pd.Timedelta(days=30) and p["results"] == "0")),
+            support_contacts_30d=int(((g.event_type == "call_center") & (g.event_ts >= cut - pd.Timedelta(days=30))).sum()),
         )
     return out
 

@@ -247,8 +247,12 @@ def test_archetype_facts_and_sessions(generated):
             assert purchases[pid] >= 3
         if a == "vip":
             assert purchases[pid] >= 5
-        if a == "churner":
-            assert persons.loc[pid, "last_seen"] < pd.Timestamp(START + (END - START) / 2 + timedelta(days=1))
+        if a == "churner":   # nothing after the planted churn; the decline starts 3-7 weeks before it
+            churn, onset = pd.Timestamp(persons.loc[pid, "churn_date"]), pd.Timestamp(persons.loc[pid, "decline_start"])
+            assert onset <= churn and churn - onset <= pd.Timedelta(days=50)
+            assert persons.loc[pid, "last_seen"] < churn + pd.Timedelta(days=1)
+        else:
+            assert pd.isna(persons.loc[pid, "churn_date"]) and pd.isna(persons.loc[pid, "decline_start"])
         if a == "new_user":
             assert persons.loc[pid, "first_seen"] >= pd.Timestamp(END - timedelta(days=6))
         if a == "power_user":
@@ -256,6 +260,16 @@ def test_archetype_facts_and_sessions(generated):
         if a == "email_responder":
             g = ev[(ev.person_id == pid) & (ev.event_type == "purchase")]
             assert (g.channel == "email").any()
+    # the decline is observable: searches fail far more often in it than anywhere else, and
+    # support contacts (call_center) are denser in it (per day) than in anyone's ordinary time
+    onset = ev.person_id.map(persons.decline_start).astype("datetime64[ns]")
+    declining = onset.notna() & (ev.event_ts >= onset)
+    search = ev.event_type == "search"
+    assert (ev.results[~search] == -1).all() and (ev.results[search] >= 0).all()
+    fail_in, fail_out = (ev.results[search & declining] == 0).mean(), (ev.results[search & ~declining] == 0).mean()
+    assert fail_in > 5 * fail_out, (fail_in, fail_out)
+    assert persons.failed_searches.sum() == int((ev.results[search] == 0).sum())
+    assert persons.support_contacts.sum() == int((ev.event_type == "call_center").sum())
     # sessions: 5 s .. 5 min inside, > 45 min between; all instants distinct per person
     ev = ev.sort_values(["person_id", "ts_ms"])
     gap = ev.groupby("person_id").ts_ms.diff().dropna()

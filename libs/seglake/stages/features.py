@@ -23,6 +23,9 @@ Definitions (windows are ``[as_of - N days, as_of)``; "purchase" = features.purc
   android) / share_desktop by device_type.
 - peak_hour: UTC hour with most events (ties: the earliest hour).
 - product_page_time_s_30d: summed duration_s of product_view events in 30 days.
+- failed_searches_30d: search events in 30 days whose ``properties[search_results_property_key]``
+  is "0" (the site found nothing); support_contacts_30d: events of features.support_event_types
+  (call_center) in 30 days.
 - sessions_per_week_30d = sessions_30d * 7 / 30.
 - cohort_week / cohort_month: Monday / first day of the month of first_seen_ts.
 - is_new_user: first seen within features.new_user_days; is_long_term: first to last event
@@ -57,7 +60,7 @@ FEATURE_COLUMNS = (
     "email_opens_90d", "email_clicks_90d", "email_click_rate", "push_opens_90d", "share_web", "share_app",
     "share_email", "share_mobile", "share_desktop", "peak_hour", "product_page_time_s_30d",
     "sessions_per_week_30d", "cohort_week", "cohort_month", "is_new_user", "is_long_term",
-    "is_high_frequency", "is_inactive",
+    "is_high_frequency", "is_inactive", "failed_searches_30d", "support_contacts_30d",
 )
 REQUIRED_WINDOWS = (7, 30, 90, 180)
 
@@ -75,6 +78,8 @@ class FeatureParams:
     high_frequency_sessions_per_week: float = 10.0
     inactive_days: int = 30
     model_inputs: tuple[str, ...] = field(default_factory=tuple)
+    search_results_key: str = "results"
+    support_event_types: tuple[str, ...] = ("call_center",)
 
     @classmethod
     def from_config(cls, cfg) -> "FeatureParams":
@@ -84,7 +89,8 @@ class FeatureParams:
                    tuple(cfg.get("sessions.page_event_types") or cls.page_event_types),
                    int(f["new_user_days"]), int(f["long_term_days"]),
                    float(f["high_frequency_sessions_per_week"]), int(f["inactive_days"]),
-                   tuple(f["model_inputs"]))
+                   tuple(f["model_inputs"]), str(f.get("search_results_property_key") or cls.search_results_key),
+                   tuple(f.get("support_event_types") or cls.support_event_types))
 
 
 def _ts(d: date) -> Column:
@@ -131,6 +137,7 @@ def compute_features(events: DataFrame, as_of: date, params: FeatureParams = Fea
 
     revenue = F.coalesce(F.col("revenue_usd"), F.lit(0.0))
     feature_name = F.try_element_at(F.col("properties"), F.lit(params.feature_property_key))
+    results = F.trim(F.try_element_at(F.col("properties"), F.lit(params.search_results_key)))
     aggs = [
         F.min(ts).alias("first_seen_ts"), F.max(ts).alias("last_seen_ts"),
         F.max(F.when(is_purchase, ts)).alias("_last_purchase_ts"),
@@ -157,6 +164,8 @@ def compute_features(events: DataFrame, as_of: date, params: FeatureParams = Fea
         count_if(F.col("device_type") == "desktop").alias("_n_desktop"),
         F.sum(F.when((et == "product_view") & within(30), F.coalesce(F.col("duration_s"), F.lit(0.0)))
               .otherwise(0.0)).alias("product_page_time_s_30d"),
+        count_if((et == "search") & within(30) & (results == F.lit("0"))).alias("failed_searches_30d"),
+        count_if(et.isin(list(params.support_event_types)) & within(30)).alias("support_contacts_30d"),
     ]
     for n in params.windows_days:
         aggs.append(count_if(is_purchase & within(n)).alias(f"purchases_{n}d"))
@@ -331,7 +340,9 @@ def run(ctx) -> dict:
             feats = compute_features(sev_d, d, params).persist()
             scaled, stats = build(feats, params.model_inputs)
             where = f"as_of_date = '{d.isoformat()}'"
-            tables.overwrite(scaled, cfg, "gold.customer_features", partition_by=["as_of_date"], replace_where=where)
+            # merge_schema: a table written before a feature was added gains its column (null in old rows)
+            tables.overwrite(scaled, cfg, "gold.customer_features", partition_by=["as_of_date"], replace_where=where,
+                             merge_schema=True)
             tables.overwrite(stats.withColumn("as_of_date", F.lit(d)), cfg, "gold.feature_scaling",
                              partition_by=["as_of_date"], replace_where=where)
             n_rm = cohorts.write_retention(spark, cfg, sev_d, d)

@@ -46,7 +46,7 @@ EXPERIMENT = "exp_checkout_v2"
 # the window's first EFFECT_DAYS days). Both potential outcomes of every person are in the
 # ground truth (persons.parquet: exp_converted_a/_b, exp_extra_revenue), so the true effect on
 # any population is known. Order-free archetypes (browsers, abandoners) are untouched: their
-# zero-purchase facts hold; churners are inactive in the window. Nothing happens after
+# zero-purchase facts hold; churners are left out (most decline or have left by then). Nothing happens after
 # EFFECT_DAYS, so activity in the window's later days (retention) has no effect.
 EXPERIMENT_DAYS = 28                 # window [end_date - 1 - 28 days, end_date - 1) (exclusive end)
 EXPERIMENT_END_GAP_DAYS = 2          # the window ends this many days before end_date + 1
@@ -154,7 +154,7 @@ ARCHETYPES: dict[str, dict] = {
     "high_intent_abandoner": {"share": 0.08, "activity": 0.8, "app": 0.3},
     "repeat_buyer": {"share": 0.12, "activity": 1.2, "app": 0.3},
     "vip": {"share": 0.04, "activity": 2.0, "app": 0.3},
-    "churner": {"share": 0.12, "activity": 0.6, "app": 0.3},
+    "churner": {"share": 0.12, "activity": 1.0, "app": 0.3},
     "new_user": {"share": 0.08, "activity": 0.3, "app": 0.3},
     "email_responder": {"share": 0.14, "activity": 1.0, "app": 0.1},
 }
@@ -162,11 +162,30 @@ ARCH_NAMES: tuple[str, ...] = tuple(ARCHETYPES)
 _ACTIVITY_NORM = sum(a["share"] * a["activity"] for a in ARCHETYPES.values())
 _MUST_LOG_IN = {"power_user", "repeat_buyer", "vip", "email_responder"}
 
+# Planted churn (a churner's own random stream, ``seglake:<seed>:<pid>:churn``). A churner is an
+# ordinary customer until the onset of a decline; from then on its sessions thin out (their density
+# falls linearly to CHURN_FLOOR of what it was at the churn instant), its searches fail (return no
+# results) with probability CHURN_FAILED_SEARCH_P instead of FAILED_SEARCH_P, and it contacts
+# support (a CRM call_center event) CHURN_SUPPORT_CONTACTS times; it has no event after the churn
+# instant. The onset comes CHURN_DECLINE_DAYS before the churn, which falls at a uniform share
+# CHURN_AT of the span from the person's first activity to the data's end: shares above 1 churn
+# after the data ends (still active, some already declining). The churn date and the onset are in
+# persons.parquet (churn_date, decline_start). Nobody else churns on purpose; a sparse customer
+# may still be quiet for 30 days by chance, as in real data.
+CHURN_AT = (0.3, 1.3)
+CHURN_DECLINE_DAYS = (21, 49)
+CHURN_FLOOR = 0.15
+FAILED_SEARCH_P = 0.04
+CHURN_FAILED_SEARCH_P = 0.5
+CHURN_SUPPORT_CONTACTS = (1, 3)
+SEARCH_RESULTS_MEAN = 30             # a successful search's result count: 1 + exponential(mean)
+
 _SIM_SCHEMA = (
     "pid LONG, seq INT, ts_ms LONG, etype INT, state INT, src INT, sess INT, chan INT, "
     "uid BOOLEAN, anon INT, dev INT, dev_kind INT, email INT, phone BOOLEAN, product INT, "
     "qty INT, price_c LONG, revenue_c LONG, dur_ms LONG, scroll INT, feature INT, variant INT, "
-    "arch INT, consent BOOLEAN, currency INT, has_uid BOOLEAN, exp_flags INT, exp_extra_c LONG"
+    "arch INT, consent BOOLEAN, currency INT, has_uid BOOLEAN, exp_flags INT, exp_extra_c LONG, "
+    "results INT, churn_ms LONG, decline_ms LONG"
 )
 _SIM_COLS = [part.split()[0] for part in _SIM_SCHEMA.split(", ")]
 

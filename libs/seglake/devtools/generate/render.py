@@ -84,7 +84,8 @@ def sim_to_truth(sim: DataFrame, seed: int) -> DataFrame:
         F.element_at(_arr(SOURCES), F.col("src") + 1).alias("source"),
         F.when(F.col("chan") >= 0, F.element_at(_arr(CHANNELS), F.col("chan") + 1)).alias("channel"),
         "chan", "src", "dev_kind", "product", "qty", "price_c", "revenue_c", "dur_ms", "scroll",
-        "feature", "variant", "consent", "currency", "has_uid", "exp_flags", "exp_extra_c",
+        "feature", "variant", "consent", "currency", "has_uid", "exp_flags", "exp_extra_c", "results",
+        "churn_ms", "decline_ms",
         F.element_at(_arr(ARCH_NAMES), F.col("arch") + 1).alias("archetype"),
     )
 
@@ -191,9 +192,13 @@ def truth_to_records(truth: DataFrame, seed: int) -> DataFrame:
         F.when(F.col("event_type") == "checkout_start", F.lit("/checkout")),
         F.when(F.col("event_type") == "purchase", F.lit("/checkout/confirm")),
         F.lit("/"))))
+    variant = F.element_at(_arr(("A", "B")), F.col("variant") + 1)
+    results = F.col("results").cast("string")   # a search's result count ("0": a failed search)
     props = (F.when(F.col("feature") >= 0, F.create_map(F.lit("feature"), F.element_at(_arr(FEATURES), F.col("feature") + 1)))
-             .when(F.col("variant") >= 0, F.create_map(F.lit("experiment"), F.lit(EXPERIMENT), F.lit("variant"),
-                                                       F.element_at(_arr(("A", "B")), F.col("variant") + 1))))
+             .when((F.col("variant") >= 0) & (F.col("results") >= 0),
+                   F.create_map(F.lit("experiment"), F.lit(EXPERIMENT), F.lit("variant"), variant, F.lit("results"), results))
+             .when(F.col("variant") >= 0, F.create_map(F.lit("experiment"), F.lit(EXPERIMENT), F.lit("variant"), variant))
+             .when(F.col("results") >= 0, F.create_map(F.lit("results"), results)))
     duration = F.when((F.col("dur_ms") >= 0) & (_h(seed, "dur", uid) >= MISSING_DURATION_SHARE), F.col("dur_ms"))
     day_shift = F.when(kind == "resent", F.lit(1) + F.pmod(_h(seed, "rsd", uid), F.lit(2))).otherwise(F.lit(0))
     mal_eid = _hexid(seed, "evm_", uid)

@@ -17,8 +17,9 @@ from seglake.devtools.generate.journey import (
 )
 from seglake.devtools.generate.model import (
     _ACTIVITY_NORM, _MUST_LOG_IN, _SIM_COLS, ARCH_NAMES, ARCHETYPES, CATEGORIES, CH, CHAINS,
-    DAY_MS, EFFECT_ARCHETYPES, EFFECT_DAYS, EFFECT_PROB, ET, FEATURES, KIOSK_BASE, LUXURY,
-    MIN_SESSION_GAP_MS, SRC,
+    CHURN_AT, CHURN_DECLINE_DAYS, CHURN_FAILED_SEARCH_P, CHURN_FLOOR, CHURN_SUPPORT_CONTACTS, DAY_MS,
+    EFFECT_ARCHETYPES, EFFECT_DAYS, EFFECT_PROB, ET, FAILED_SEARCH_P, FEATURES, KIOSK_BASE, LUXURY,
+    MIN_SESSION_GAP_MS, SEARCH_RESULTS_MEAN, SRC,
 )
 
 _DURATION_TYPES = (ET["page_view"], ET["product_view"], ET["search"], ET["app_open"],
@@ -28,12 +29,31 @@ _DURATION_TYPES = (ET["page_view"], ET["product_view"], ET["search"], ET["app_op
 def _active_window(r: random.Random, arch_name: str, start_ms: int, end_ms: int) -> tuple[int, int]:
     """The span in which a person of ``arch_name`` is active (one draw unless fixed)."""
     span = end_ms - start_ms
-    if arch_name == "churner":
-        return start_ms, start_ms + span // 2
-    elif arch_name == "new_user":
+    if arch_name == "new_user":
         return end_ms - 7 * DAY_MS + 3_600_000, end_ms
     else:
         return start_ms + int(r.random() * 0.25 * span), end_ms
+
+
+def _decline_warp(x: int, free: int, onset: float, length: float) -> int:
+    """A uniform offset ``x`` in [0, free] moved so that offsets thin out after ``onset``.
+
+    The density is 1 before ``onset`` and falls linearly by (1 - CHURN_FLOOR) over ``length``
+    after it (all in the free-time coordinates of :meth:`_Person._place`); ``x`` is mapped through
+    the inverse of the density's cumulative share, so the order of the offsets is kept.
+    """
+    if free <= 0 or onset >= free:
+        return x
+    a = (1.0 - CHURN_FLOOR) / (2.0 * length)
+
+    def cum(v: float) -> float:
+        return v if v <= onset else v - a * (v - onset) ** 2
+
+    u = x / free * cum(free)
+    if u <= onset:
+        return int(u)
+    d = (1.0 - (max(0.0, 1.0 - 4.0 * a * (u - onset))) ** 0.5) / (2.0 * a)
+    return min(free, int(onset + d))
 
 
 def _regular_channel(x: float) -> int:
@@ -111,6 +131,14 @@ class _Person:
         self.kiosk = (KIOSK_BASE + r.randrange(kiosks)) if (
             kiosks and self.has_uid and r.random() < kiosk_share) else -1
         self.a_start, self.a_end = _active_window(r, self.arch_name, start_ms, end_ms)
+        # planted churn (model.CHURN_AT): its own random stream, so nothing else moves with it
+        self.crng = random.Random(f"seglake:{seed}:{pid}:churn")
+        self.churn_ms = self.decline_ms = -1
+        if self.arch_name == "churner":
+            cr, (lo, hi), (dlo, dhi) = self.crng, CHURN_AT, CHURN_DECLINE_DAYS
+            self.churn_ms = self.a_start + int((lo + (hi - lo) * cr.random()) * (end_ms - self.a_start))
+            self.decline_ms = max(self.a_start, self.churn_ms - int((dlo + (dhi - dlo) * cr.random()) * DAY_MS))
+            self.a_end = min(self.a_end, self.churn_ms)
         noise = r.lognormvariate(0.0, 0.35) / 1.0632       # mean 1
         self.target = max(3.0, mean_events * a["activity"] / _ACTIVITY_NORM * noise)
 
@@ -220,7 +248,43 @@ class _Person:
         self._plant_facts(sessions)
         self._add_crm_contacts(sessions)
         sessions = [s for s in sessions if s["events"] or s["kind"] not in ("regular", "email")]
-        return self._plant_experiment(self._place(sessions))
+        rows = self._plant_support_contacts(self._place(sessions))
+        return self._search_results(self._plant_experiment(rows))
+
+    # -- planted churn (model.CHURN_AT): support contacts in the decline, failed searches -------
+    def _plant_support_contacts(self, rows: list[tuple]) -> list[tuple]:
+        """A declining churner with a user id contacts support (call_center) 1-3 times in its decline."""
+        if self.decline_ms < 0 or not self.has_uid:
+            return rows
+        cr = self.crng
+        times = [row[2] for row in rows]
+        sess = max((row[6] for row in rows), default=-1)
+        for _ in range(cr.randint(*CHURN_SUPPORT_CONTACTS)):
+            at = self._free_instant(cr, times, self.decline_ms, self.a_end)
+            if at is None:
+                break
+            times.append(at)
+            sess += 1
+            em = cr.randrange(self.n_email) if self.n_email else -1
+            rows.append((
+                self.pid, len(rows), at, ET["call_center"], -1, SRC["crm"], sess, -1,
+                self.has_uid, -1, -1, -1, em, em < 0 and self.has_phone, -1, -1, -1, -1,
+                -1, -1, -1, -1, self.arch, self.consent, self.currency, self.has_uid,
+            ))
+        return rows
+
+    def _search_results(self, rows: list[tuple]) -> list[tuple]:
+        """Every row + (results, churn_ms, decline_ms): a search's result count (0 = failed; more
+        often in a churner's decline), -1 for other events."""
+        cr, search, onset = self.crng, ET["search"], self.decline_ms
+        out = []
+        for row in rows:
+            results = -1
+            if row[3] == search:
+                p = CHURN_FAILED_SEARCH_P if 0 <= onset <= row[2] else FAILED_SEARCH_P
+                results = 0 if cr.random() < p else 1 + int(cr.expovariate(1.0 / SEARCH_RESULTS_MEAN))
+            out.append(row + (results, self.churn_ms, self.decline_ms))
+        return out
 
     # -- the planted A/B test (model.EXPERIMENT): own random stream, so nothing else changes ----
     def _plant_experiment(self, rows: list[tuple]) -> list[tuple]:
@@ -281,6 +345,10 @@ class _Person:
         free = (self.a_end - self.a_start) - sum(durations) - n * (MIN_SESSION_GAP_MS + 1000)
         free = max(0, free)
         offsets = sorted(r.randrange(free + 1) for _ in range(n))
+        if self.decline_ms >= 0:   # a churner's sessions thin out from the onset of its decline
+            scale = free / max(1, self.a_end - self.a_start)
+            offsets = [_decline_warp(o, free, (self.decline_ms - self.a_start) * scale,
+                                     max(1.0, (self.churn_ms - self.decline_ms) * scale)) for o in offsets]
         rows: list[tuple] = []
         seen_dev: set[int] = set()
         seen_cookie: set[int] = set()

@@ -34,6 +34,9 @@ def persons_truth(truth: DataFrame, end_date: date) -> DataFrame:
         F.sum((F.col("event_type") == "add_to_cart").cast("int")).alias("carts"),
         F.countDistinct(F.when(F.col("event_type") == "feature_use", F.col("feature"))).alias("distinct_features"),
         F.first("exp_flags").alias("_exp"), F.first("exp_extra_c").alias("_exp_c"),
+        F.first("churn_ms").alias("_churn"), F.first("decline_ms").alias("_decline"),
+        F.sum((F.col("results") == 0).cast("int")).alias("failed_searches"),
+        F.sum((F.col("event_type") == "call_center").cast("int")).alias("support_contacts"),
     ).withColumn("revenue", F.coalesce(F.col("_rev_c") / F.lit(100), F.lit(0.0))).drop("_rev_c")
      # the planted experiment's potential outcomes (model.EXPERIMENT): exposed in the window,
      # orders in the window under A and under B, revenue of the coupon purchase made under B
@@ -41,8 +44,11 @@ def persons_truth(truth: DataFrame, end_date: date) -> DataFrame:
      .withColumn("exp_converted_a", F.when(F.col("_exp") >= 0, (F.col("_exp") % 2) == 1))
      .withColumn("exp_converted_b", F.when(F.col("_exp") >= 0, F.col("_exp") >= 2))
      .withColumn("exp_extra_revenue", F.col("_exp_c") / F.lit(100.0)).drop("_exp", "_exp_c")
-     .withColumn("churn_date", F.when(F.col("archetype") == "churner",
-                                      F.date_add(F.to_date("last_seen"), 1)))
+     # planted churn (model.CHURN_AT): the churn instant's day (after end_date: churns later) and
+     # the onset of the decline; null for everyone who is not a churner
+     .withColumn("churn_date", F.when(F.col("_churn") >= 0, F.to_date(F.timestamp_millis("_churn"))))
+     .withColumn("decline_start", F.when(F.col("_decline") >= 0, F.to_date(F.timestamp_millis("_decline"))))
+     .drop("_churn", "_decline")
      .withColumn("is_new_user", F.col("first_seen") >= F.lit(
          datetime.combine(end_date - timedelta(days=6), datetime.min.time()))))
 
