@@ -15,8 +15,11 @@ def make_cfg(lakehouse: Path | str, **overrides):
     """A validated local config rooted at ``lakehouse`` (tests pass their own overrides)."""
     from seglake.core.config import load_config
 
+    # one JVM runs the whole suite (~70 min, tens of thousands of small jobs): a 5g heap (and the
+    # local profile's short job history), so the driver does not stall in full GCs late in the slow
+    # suite (the 5 Dec CI run lost ~8 min to 40-100 s pauses on tiny writes after ~60 min with 3g)
     base = {"paths": {"lakehouse": str(lakehouse)},
-            "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "3g"}}
+            "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "5g"}}
     for key, value in overrides.items():
         base.setdefault(key, {}).update(value)
     return load_config("local", REPO / "conf", overrides=base)

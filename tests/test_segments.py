@@ -497,19 +497,23 @@ def test_run_history_changes_health_and_threshold_edit(spark, lakehouse, tmp_pat
 
 
 # --------------------------------------------------------------------------- generated data
-#: segment -> the planted archetypes it stands for (ground truth of the generator)
+#: segment -> the planted archetypes it stands for (ground truth of the generator); "churned" is a
+#: churner whose last planted event is more than 30 days before the as-of (gone for the whole window
+#: of the inactive rule; a churner still in its decline is not inactive yet)
 ARCHETYPE_OF = {
     "cart_abandoners": {"cart_abandoner"}, "browsers": {"casual_browser"},
-    "repeat_buyers": {"repeat_buyer"}, "vip": {"vip"}, "inactive": {"churner"},
-    "lapsed_purchasers": {"churner"}, "new_users": {"new_user"}, "email_responders": {"email_responder"},
+    "repeat_buyers": {"repeat_buyer"}, "vip": {"vip"}, "inactive": {"churned"},
+    "lapsed_purchasers": {"churned"}, "new_users": {"new_user"}, "email_responders": {"email_responder"},
     "high_frequency_users": {"power_user"}, "feature_explorers": {"power_user"},
     "high_intent_abandoners": {"high_intent_abandoner"},
 }
 
 
-# (precision, recall) floors on the seed-7 test dataset; observed values are in the README
+# (precision, recall) floors on the seed-7 test dataset; observed values are in the README. inactive:
+# since churn is planted as a decline (5 Dec 2026) the sparsest customers of other archetypes are
+# sometimes quiet for 30 days by chance (5 of 24 members here), as in real data
 PR_FLOORS = {
-    "new_users": (0.95, 0.95), "email_responders": (0.95, 0.90), "inactive": (0.85, 0.95),
+    "new_users": (0.95, 0.95), "email_responders": (0.95, 0.90), "inactive": (0.65, 0.95),
     "feature_explorers": (0.90, 0.75), "browsers": (0.80, 0.60), "vip": (0.30, 0.90),
     "repeat_buyers": (0.30, 0.60), "high_intent_abandoners": (0.35, 0.50), "cart_abandoners": (0.20, 0.45),
 }
@@ -567,7 +571,10 @@ def test_generated_data_precision_recall_against_planted_archetypes(spark, pipel
     # small: one row per customer / person of the 400-person test dataset
     person_of = (votes.join(customers, "customer_id")
                  .groupBy("customer_id").agg(F.max_by("person_id", "n").alias("person_id")).toPandas())
-    persons = spark.read.parquet(str(gt / "persons.parquet")).select("person_id", "archetype").toPandas()
+    gone = (F.col("archetype") == "churner") & (
+        F.col("last_seen") < F.lit(datetime.combine(as_of - timedelta(days=30), datetime.min.time())))
+    persons = spark.read.parquet(str(gt / "persons.parquet")).select(
+        "person_id", F.when(gone, F.lit("churned")).otherwise(F.col("archetype")).alias("archetype")).toPandas()
     assert len(person_of) >= 0.9 * customers.count()
     scores = segment_scores(members.select("customer_id", "segment").toPandas(), person_of, persons)
     print(f"\nsegments vs planted archetypes (as_of {as_of}, {len(person_of)} customers):")
