@@ -8,6 +8,7 @@ the as-of date to gold.propensity_scores; :func:`add_arguments` adds ``--horizon
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from datetime import timedelta
@@ -42,26 +43,36 @@ def add_arguments(parser) -> None:
                         help="override propensity.horizon_days")
 
 
+def _log_to(run_id: str, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> None:
+    """Log ``metrics`` (NaN left out) and ``tags`` to the run ``run_id`` in one batch.
+
+    The targets are trained in parallel threads and MLflow's active run is per thread, so the
+    parent run is always addressed by its id.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(
+        run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v == v],
+        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+
+
 def _record_champion(target: str, best: Candidate, out: ChampionOutcome, selection: str,
-                     summary: dict[str, Any]) -> None:
+                     summary: dict[str, Any], parent_id: str) -> None:
     """Log ``target``'s champion decision in the parent run (metrics, a tag saying why) and the summary.
 
     The same text is tagged ``seglake.registration`` on the candidate's child run, which has no
     logged model when the candidate was not registered.
     """
-    import mlflow
-    from mlflow import MlflowClient
-
     d, new_metric = out.decision, best.metrics[selection]
-    mlflow.log_metrics({f"{target}_promoted": float(d.promote), f"{target}_registered": float(out.registered)})
-    if new_metric == new_metric:
-        mlflow.log_metric(f"{target}_heldout_{selection}", new_metric)
-    if d.champion_metric == d.champion_metric:
-        mlflow.log_metric(f"{target}_champion_heldout_{selection}", d.champion_metric)
     status = (f"registered v{out.version} as champion: {d.reason}" if out.registered
               else f"not registered, champion v{out.version} stays: {d.reason}")
-    mlflow.set_tag(f"seglake.{target}.registration", status)
-    MlflowClient().set_tag(best.info["run_id"], "seglake.registration", status)
+    _log_to(parent_id, {f"{target}_promoted": float(d.promote), f"{target}_registered": float(out.registered),
+                        f"{target}_heldout_{selection}": new_metric,
+                        f"{target}_champion_heldout_{selection}": d.champion_metric},
+            {f"seglake.{target}.registration": status})
+    _log_to(best.info["run_id"], tags={"seglake.registration": status})
     summary[f"{target}_model"] = (f"{best.kind} v{out.version} -> champion" if out.registered
                                   else f"{best.kind} (not registered; champion v{out.version} stays)")
     summary[f"{target}_heldout_{selection}"] = round(_num(new_metric), 4)
@@ -70,17 +81,17 @@ def _record_champion(target: str, best: Candidate, out: ChampionOutcome, selecti
     summary[f"{target}_heldout_brier"] = round(best.metrics["brier"], 4)
 
 
-def _calibrated(target: str, best: Candidate, calib_rows, held, method: str, summary: dict) -> Candidate:
+def _calibrated(target: str, best: Candidate, calib_rows, held, method: str, summary: dict,
+                parent_id: str) -> Candidate:
     """``best`` with a calibrator fitted on ``calib_rows`` (method ``platt``/``isotonic``), measured
     on ``held`` before (``best.info``: the candidate loop's reliability) and after (Brier, log
     loss, expected calibration error, reliability curve; MLflow); the calibrated pipeline is the
     candidate that may become the champion."""
-    import mlflow
     from mlflow import MlflowClient
 
     before_curve, ece_before = best.info["reliability"], best.info["ece"]   # measured on ``held`` already
     if method == "none":
-        mlflow.log_metric(f"{target}_ece", ece_before)
+        _log_to(parent_id, {f"{target}_ece": ece_before})
         summary[f"{target}_heldout_ece"] = round(ece_before, 4)
         return best
     model = calibrate(best.model, calib_rows, method)
@@ -94,19 +105,17 @@ def _calibrated(target: str, best: Candidate, calib_rows, held, method: str, sum
         if value == value:
             client.log_metric(run_id, key, float(value))
     client.log_dict(run_id, {"method": method, "before": before_curve, "after": after_curve}, "reliability.json")
-    mlflow.log_metrics({f"{target}_ece_uncalibrated": ece_before, f"{target}_ece": ece_after,
+    _log_to(parent_id, {f"{target}_ece_uncalibrated": ece_before, f"{target}_ece": ece_after,
                         f"{target}_brier_uncalibrated": best.metrics["brier"]})
     summary[f"{target}_calibration"] = (f"{method}: Brier {best.metrics['brier']:.4f} -> {metrics['brier']:.4f}, "
                                         f"ECE {ece_before:.4f} -> {ece_after:.4f}")
     return Candidate(f"{best.kind}+{method}", model, metrics, {**best.info, "calibration": method})
 
 
-def _recency_baseline(target: str, best: Candidate, held, active_days: int, summary: dict) -> None:
+def _recency_baseline(target: str, best: Candidate, held, active_days: int, summary: dict, parent_id: str) -> None:
     """The held-out AUC of recency alone (days since the last event: churn rises with it, a purchase
     falls with it) next to the model's, on all customers and on those active in the last
     ``active_days`` days (where recency cannot be the whole story); MLflow + summary."""
-    import mlflow
-
     sign = 1.0 if target == "churn" else -1.0
     recency = F.coalesce(F.col("recency_days").cast("double"), F.lit(1e6)) * F.lit(sign)
     active = held.where(F.col("recency_days") <= F.lit(active_days))
@@ -114,12 +123,120 @@ def _recency_baseline(target: str, best: Candidate, held, active_days: int, summ
     out = {"recency_auc_roc": score_auc(held, recency),
            f"active{active_days}_auc_roc": score_auc(scored_active, F.col(PROB_COL)),
            f"active{active_days}_recency_auc_roc": score_auc(active, recency)}
-    mlflow.log_metrics({f"{target}_{k}": v for k, v in out.items() if v == v})
+    _log_to(parent_id, {f"{target}_{k}": v for k, v in out.items()})
     summary[f"{target}_recency_baseline"] = (
         f"AUC model {best.metrics['auc_roc']:.3f} vs recency {out['recency_auc_roc']:.3f}; active in "
         f"{active_days}d: model {out[f'active{active_days}_auc_roc']:.3f} vs recency "
         f"{out[f'active{active_days}_recency_auc_roc']:.3f}")
 
+
+
+def _train_target(target: str, labelled, train_dates, eval_date, as_of, inputs: list[str], pc, seed: int,
+                  selection: str, min_improvement: float, cal_method: str, cal_share: float, active_days: int,
+                  parent_id: str) -> tuple[tuple[PipelineModel, str, int], dict[str, Any]]:
+    """Fit, evaluate, calibrate and compare one target's models (child runs of ``parent_id``);
+    ((the champion that scores, its registered name, its version), the target's summary entries).
+
+    Runs in its own thread next to the other target's: MLflow is addressed by run id, the
+    plots are drawn without pyplot, and every Spark frame it caches is its own.
+    """
+    import mlflow
+
+    summary: dict[str, Any] = {}
+    tuning, train_ratio, folds = str(pc["tuning"]), float(pc["holdout_train_ratio"]), int(pc["cv_folds"])
+    data = labelled.withColumn(LABEL_COL, F.col(f"{target}_label"))
+    # a fixed layout: the folds and GBT's split sampling draw per partition
+    train = data.filter(F.col("as_of_date").isin(train_dates))
+    counts = train.agg(F.count("*").alias("n"), F.sum(LABEL_COL).alias("pos")).first()
+    train = stable_layout(train, "customer_id", "as_of_date", rows=counts["n"]).cache()
+    held = data.filter(F.col("as_of_date") == F.lit(eval_date))
+    calib_rows = None
+    if cal_method != "none":   # the calibrator learns on some customers, the metrics on the others
+        calib_rows, held = customer_split(held, cal_share, seed + 1)
+        calib_rows = calib_rows.cache()
+    n_held = held.count()
+    held = stable_layout(held, "customer_id", "as_of_date", rows=n_held).cache()
+    if n_held == 0:
+        raise ValueError(f"propensity: no customers at the evaluation snapshot {eval_date}")
+    if not counts["pos"] or counts["pos"] == counts["n"]:
+        raise ValueError(f"propensity: the {target} training labels have a single class "
+                         f"({counts['pos']} positives of {counts['n']}): need more history or customers")
+    candidates = []
+    t_target = time.time()
+    gbt_model, cv_info = tune_gbt(train, inputs, seed, pc["grid_max_depth"], pc["grid_max_iter"],
+                                  folds, int(pc["cv_parallelism"]), tuning, train_ratio)
+    lr_model = lr_pipeline(inputs).fit(train)
+    t_fit = time.time()
+    for kind, model, info in (("gbt", gbt_model, cv_info), ("logistic_regression", lr_model, {})):
+        scored = score(model, held).cache()
+        metrics = evaluate(scored)
+        calib = [r.asDict() for r in calibration(scored).collect()]  # <= 10 rows
+        curve, ece = reliability(scored)   # on the cached scores: _calibrated's "before"
+        importances = feature_importances(model, inputs)
+        with mlflow.start_run(run_name=f"{target} {kind}", nested=True, parent_run_id=parent_id) as child:
+            mlflow.set_tags({"seglake.stage": "propensity", "seglake.target": target, "seglake.model": kind})
+            mlflow.log_params({"target": target, "model": kind, "train_rows": int(counts["n"]),
+                               "train_positives": int(counts["pos"]), **info})
+            mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})
+            mlflow.log_table({k: [r[k] for r in calib] for k in calib[0]}, "calibration.json")
+            _log_figure(_calibration_plot(calib, f"{target} {kind}"), "plots/calibration.png")
+            mlflow.log_dict(dict(sorted(importances.items(), key=lambda kv: -kv[1])),
+                            "feature_importances.json")
+        candidates.append(Candidate(kind, model, metrics, {"run_id": child.info.run_id,
+                                                           "calibration": calib, "reliability": curve,
+                                                           "ece": ece}))
+        scored.unpersist()
+    best = max(candidates, key=lambda c: (_num(c.metrics[selection]), c.kind == "gbt"))
+    for c in candidates:
+        _log_to(parent_id, {f"{target}_{c.kind}_{k}": v for k, v in c.metrics.items()})
+    t_eval = time.time()
+    best = _calibrated(target, best, calib_rows, held, cal_method, summary, parent_id)
+    _recency_baseline(target, best, held, active_days, summary, parent_id)
+    t_cal = time.time()
+
+    name = f"{pc['model_name_prefix']}-{target}"
+    # compare first: only a promoted candidate is logged (slow) and registered
+    out = promote_if_better(best, held, inputs, name, selection, min_improvement,
+                            tags={"target": target, "as_of": str(as_of)})
+    champion = (out.model, name, out.version)
+    log.info("propensity %s: %.1fs fitting (GBT %s + baseline), %.1fs evaluating and logging, %.1fs "
+             "calibration and baselines, %.1fs champion", target, t_fit - t_target,
+             cv_info.get("tuning"), t_eval - t_fit, t_cal - t_eval, time.time() - t_cal)
+    _record_champion(target, best, out, selection, summary, parent_id)
+    train.unpersist()
+    held.unpersist()
+    if calib_rows is not None:
+        calib_rows.unpersist()
+
+    return champion, summary
+
+
+def _each_target(work, parallel: bool):
+    """``(target, work(target))`` for every target in TARGETS order; both targets at once in two
+    threads when ``parallel`` (their Spark jobs are small: one target's driver-side waits are the
+    other's working time). The first failure, in TARGETS order, is raised after both have ended."""
+    if not parallel:
+        return [(t, work(t)) for t in TARGETS]
+    from pyspark import InheritableThread
+
+    results: dict[str, Any] = {}
+    errors: dict[str, BaseException] = {}
+
+    def one(target: str) -> None:
+        try:
+            results[target] = work(target)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
+            errors[target] = exc
+
+    threads = [InheritableThread(target=one, args=(t,), name=f"propensity-{t}") for t in TARGETS]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for t in TARGETS:
+        if t in errors:
+            raise errors[t]
+    return [(t, results[t]) for t in TARGETS]
 
 def run(ctx: JobContext) -> dict:
     """Build labels, train and evaluate both targets, update champions, score as_of."""
@@ -176,7 +293,6 @@ def run(ctx: JobContext) -> dict:
 
     summary: dict[str, Any] = {"as_of": as_of.isoformat(), "train_snapshots": ", ".join(map(str, train_dates)),
                                "eval_snapshot": eval_date.isoformat()}
-    champions: dict[str, tuple[PipelineModel, str, int]] = {}
     with tracking.start_run(spark, cfg, "propensity",
                             [EVENTS_TABLE, ENRICHED_EVENTS, FEATURES_TABLE, IDENTITY_MAP, CONSENT_LEDGER],
                             f"propensity {as_of}", ctx.run_id, as_of) as parent:
@@ -184,70 +300,14 @@ def run(ctx: JobContext) -> dict:
                            "eval_date": str(eval_date), "inputs": ",".join(inputs),
                            "selection_metric": selection,
                            "snapshot_knowledge": "; ".join(f"{d}: {c}" for d, c in sorted(cuts.items()))[:6000]})
-        for target in TARGETS:
-            data = labelled.withColumn(LABEL_COL, F.col(f"{target}_label"))
-            # a fixed layout: the folds and GBT's split sampling draw per partition
-            train = data.filter(F.col("as_of_date").isin(train_dates))
-            counts = train.agg(F.count("*").alias("n"), F.sum(LABEL_COL).alias("pos")).first()
-            train = stable_layout(train, "customer_id", "as_of_date", rows=counts["n"]).cache()
-            held = data.filter(F.col("as_of_date") == F.lit(eval_date))
-            calib_rows = None
-            if cal_method != "none":   # the calibrator learns on some customers, the metrics on the others
-                calib_rows, held = customer_split(held, cal_share, seed + 1)
-                calib_rows = calib_rows.cache()
-            n_held = held.count()
-            held = stable_layout(held, "customer_id", "as_of_date", rows=n_held).cache()
-            if n_held == 0:
-                raise ValueError(f"propensity: no customers at the evaluation snapshot {eval_date}")
-            if not counts["pos"] or counts["pos"] == counts["n"]:
-                raise ValueError(f"propensity: the {target} training labels have a single class "
-                                 f"({counts['pos']} positives of {counts['n']}): need more history or customers")
-            candidates = []
-            t_target = time.time()
-            gbt_model, cv_info = tune_gbt(train, inputs, seed, pc["grid_max_depth"], pc["grid_max_iter"],
-                                          folds, int(pc["cv_parallelism"]), tuning, train_ratio)
-            lr_model = lr_pipeline(inputs).fit(train)
-            t_fit = time.time()
-            for kind, model, info in (("gbt", gbt_model, cv_info), ("logistic_regression", lr_model, {})):
-                scored = score(model, held).cache()
-                metrics = evaluate(scored)
-                calib = [r.asDict() for r in calibration(scored).collect()]  # <= 10 rows
-                curve, ece = reliability(scored)   # on the cached scores: _calibrated's "before"
-                importances = feature_importances(model, inputs)
-                with mlflow.start_run(run_name=f"{target} {kind}", nested=True) as child:
-                    mlflow.set_tags({"seglake.stage": "propensity", "seglake.target": target, "seglake.model": kind})
-                    mlflow.log_params({"target": target, "model": kind, "train_rows": int(counts["n"]),
-                                       "train_positives": int(counts["pos"]), **info})
-                    mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})
-                    mlflow.log_table({k: [r[k] for r in calib] for k in calib[0]}, "calibration.json")
-                    _log_figure(_calibration_plot(calib, f"{target} {kind}"), "plots/calibration.png")
-                    mlflow.log_dict(dict(sorted(importances.items(), key=lambda kv: -kv[1])),
-                                    "feature_importances.json")
-                candidates.append(Candidate(kind, model, metrics, {"run_id": child.info.run_id,
-                                                                   "calibration": calib, "reliability": curve,
-                                                                   "ece": ece}))
-                scored.unpersist()
-            best = max(candidates, key=lambda c: (_num(c.metrics[selection]), c.kind == "gbt"))
-            for c in candidates:
-                mlflow.log_metrics({f"{target}_{c.kind}_{k}": v for k, v in c.metrics.items() if v == v})
-            t_eval = time.time()
-            best = _calibrated(target, best, calib_rows, held, cal_method, summary)
-            _recency_baseline(target, best, held, active_days, summary)
-            t_cal = time.time()
-
-            name = f"{pc['model_name_prefix']}-{target}"
-            # compare first: only a promoted candidate is logged (slow) and registered
-            out = promote_if_better(best, held, inputs, name, selection, min_improvement,
-                                    tags={"target": target, "as_of": str(as_of)})
-            champions[target] = (out.model, name, out.version)
-            log.info("propensity %s: %.1fs fitting (GBT %s + baseline), %.1fs evaluating and logging, %.1fs "
-                     "calibration and baselines, %.1fs champion", target, t_fit - t_target,
-                     cv_info.get("tuning"), t_eval - t_fit, t_cal - t_eval, time.time() - t_cal)
-            _record_champion(target, best, out, selection, summary)
-            train.unpersist()
-            held.unpersist()
-            if calib_rows is not None:
-                calib_rows.unpersist()
+        work = functools.partial(_train_target, labelled=labelled, train_dates=train_dates, eval_date=eval_date,
+                                 as_of=as_of, inputs=inputs, pc=pc, seed=seed, selection=selection,
+                                 min_improvement=min_improvement, cal_method=cal_method, cal_share=cal_share,
+                                 active_days=active_days, parent_id=parent.info.run_id)
+        champions: dict[str, tuple[PipelineModel, str, int]] = {}
+        for target, (champion, part) in _each_target(work, bool(pc.get("parallel_targets", True))):
+            champions[target] = champion
+            summary.update(part)
 
         scores = None
         for target, (model, name, v) in champions.items():

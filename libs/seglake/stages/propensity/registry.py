@@ -23,11 +23,12 @@ log = logging.getLogger(__name__)
 
 
 def _calibration_plot(rows: list[dict], title: str):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # the object-oriented API, not pyplot: the targets are trained in parallel threads and
+    # pyplot's current-figure state is global
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
     ax.plot([r["mean_predicted"] for r in rows], [r["observed_rate"] for r in rows], marker="o", label="model")
     ax.set(xlabel="mean predicted probability (decile)", ylabel="observed rate", title=title,
@@ -37,11 +38,9 @@ def _calibration_plot(rows: list[dict], title: str):
 
 
 def _log_figure(fig, path: str) -> None:
-    import matplotlib.pyplot as plt
     import mlflow
 
-    mlflow.log_figure(fig, path)
-    plt.close(fig)
+    mlflow.log_figure(fig, path)   # a Figure outside pyplot: nothing to close
 
 
 def _champion(client, name: str):
