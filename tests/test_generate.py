@@ -315,3 +315,18 @@ def test_bad_arguments(spark, tmp_path):
         gen.generate(spark, tmp_path, 0)
     with pytest.raises(ValueError, match="end_date"):
         gen.generate(spark, tmp_path, 10, 1, start_date=date(2026, 9, 1), end_date=date(2026, 8, 1))
+
+
+def test_demo_does_not_reuse_input_of_an_older_generator(spark, tmp_path):
+    """An input folder with the same size and seed but made by an earlier generator version (its
+    counts.json has no generator_version: version 1) is not silently reused: the demo stops and
+    names what differs."""
+    from seglake.cli import main
+
+    gt = tmp_path / "lake" / "_input" / "ground_truth"
+    gt.mkdir(parents=True)
+    (gt / "counts.json").write_text(json.dumps({"events_requested": 1000, "persons": 20, "seed": 7}))
+    with pytest.raises(SystemExit) as stop:
+        main(["demo", "--events", "1000", "--lakehouse", str(tmp_path / "lake")])
+    assert f"generator_version 1 there, {gen.GENERATOR_VERSION} wanted" in str(stop.value), stop.value
+    assert "make clean-lakehouse" in str(stop.value)

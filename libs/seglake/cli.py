@@ -247,15 +247,19 @@ def cmd_demo(args) -> int:
     spark = _spark(cfg, "seglake-demo")
     input_dir = lake / "_input"
     customers = args.customers or max(args.events // 50, 1)
-    wanted = {"events_requested": args.events, "persons": customers, "seed": args.seed}
+    wanted = {"events_requested": args.events, "persons": customers, "seed": args.seed,
+              "generator_version": generate.GENERATOR_VERSION}
     counts_file = input_dir / "ground_truth" / "counts.json"
     counts = json.loads(counts_file.read_text()) if counts_file.exists() else None
-    if counts and all(counts.get(k) == v for k, v in wanted.items()):
-        print(f"[0] generate    input already in {input_dir} (same size and seed) - reused")
+    # what the input folder holds (a counts.json older than the key: generator version 1)
+    held = {k: counts.get(k, 1 if k == "generator_version" else None) for k in wanted} if counts else {}
+    if counts and held == wanted:
+        print(f"[0] generate    input already in {input_dir} (same size, seed and generator) - reused")
     else:
         if counts:
-            raise SystemExit(f"error: {input_dir} holds data generated with other settings; "
-                             "choose an empty --lakehouse folder or delete it first")
+            differs = ", ".join(f"{k} {held[k]} there, {v} wanted" for k, v in wanted.items() if held[k] != v)
+            raise SystemExit(f"error: {input_dir} holds data generated with other settings ({differs}); "
+                             "choose an empty --lakehouse folder or delete it first (make clean-lakehouse)")
         print(f"[0] generate    {args.events} events for {customers} persons (seed {args.seed}) ...")
         started = time.perf_counter()
         counts = generate.generate(spark, str(input_dir), events=args.events, customers=customers, seed=args.seed)

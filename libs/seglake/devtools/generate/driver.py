@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 
 from seglake.core.contracts import RAW_FIELDS
 from seglake.devtools.generate.model import (
-    _SIM_SCHEMA, ARCH_NAMES, DUPLICATE_KINDS, EFFECT_ARCHETYPES, EFFECT_DAYS, EFFECT_PROB, EXPERIMENT,
+    _SIM_SCHEMA, ARCH_NAMES, DUPLICATE_KINDS, GENERATOR_VERSION, EFFECT_ARCHETYPES, EFFECT_DAYS, EFFECT_PROB, EXPERIMENT,
     EXPERIMENT_DAYS, EXPERIMENT_END_GAP_DAYS, MALFORMED_KINDS,
 )
 from seglake.devtools.generate.render import sim_to_truth, truth_to_records
@@ -90,6 +90,7 @@ def _counts(agg: list, *, customers: int, shared: int, files: dict, events: int,
         "files_by_format": files,
         "events_requested": events,
         "seed": seed,
+        "generator_version": GENERATOR_VERSION,
         "start_date": start_date.isoformat(),
         "end_date": end_date.isoformat(),
         "archetypes": list(ARCH_NAMES),

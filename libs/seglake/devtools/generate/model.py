@@ -7,6 +7,11 @@ column schema of the per-person simulation rows.
 """
 from __future__ import annotations
 
+#: bumped whenever the same seed and sizes give other data (written to counts.json; ``seglake demo``
+#: reuses an input folder only of the same version). 2: churn planted as a decline (5 Dec 2026);
+#: a counts.json without the key is version 1.
+GENERATOR_VERSION = 2
+
 EVENT_TYPES: tuple[str, ...] = (
     "page_view", "search", "product_view", "add_to_cart", "remove_from_cart", "wishlist_add",
     "checkout_start", "purchase", "email_open", "email_click", "push_open", "app_open",
