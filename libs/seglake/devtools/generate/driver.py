@@ -21,8 +21,8 @@ from pyspark.sql import functions as F
 
 from seglake.core.contracts import RAW_FIELDS
 from seglake.devtools.generate.model import (
-    _SIM_SCHEMA, ARCH_NAMES, DUPLICATE_KINDS, GENERATOR_VERSION, EFFECT_ARCHETYPES, EFFECT_DAYS, EFFECT_PROB, EXPERIMENT,
-    EXPERIMENT_DAYS, EXPERIMENT_END_GAP_DAYS, MALFORMED_KINDS,
+    _SIM_SCHEMA, ARCH_NAMES, DUPLICATE_KINDS, EFFECT_ARCHETYPES, EFFECT_DAYS, EFFECT_PROB, EXPERIMENT,
+    EXPERIMENT_DAYS, EXPERIMENT_END_GAP_DAYS, GENERATOR_VERSION, MALFORMED_KINDS,
 )
 from seglake.devtools.generate.render import sim_to_truth, truth_to_records
 from seglake.devtools.generate.simulation import _simulate_batches

@@ -251,6 +251,14 @@ class _Person:
         rows = self._plant_support_contacts(self._place(sessions))
         return self._search_results(self._plant_experiment(rows))
 
+    def _identified_row(self, seq: int, at: int, etype: int, src: int, sess: int, email: int, product: int = -1,
+                        qty: int = -1, price_c: int = -1, revenue_c: int = -1) -> tuple:
+        """A one-event session outside the web and app (a store purchase, a support contact) the
+        person is identified in: user id, the email ``email`` (-1: the phone when there is one)."""
+        return (self.pid, seq, at, etype, -1, src, sess, -1, self.has_uid, -1, -1, -1, email,
+                email < 0 and self.has_phone, product, qty, price_c, revenue_c, -1, -1, -1, -1,
+                self.arch, self.consent, self.currency, self.has_uid)
+
     # -- planted churn (model.CHURN_AT): support contacts in the decline, failed searches -------
     def _plant_support_contacts(self, rows: list[tuple]) -> list[tuple]:
         """A declining churner with a user id contacts support (call_center) 1-3 times in its decline."""
@@ -266,11 +274,7 @@ class _Person:
             times.append(at)
             sess += 1
             em = cr.randrange(self.n_email) if self.n_email else -1
-            rows.append((
-                self.pid, len(rows), at, ET["call_center"], -1, SRC["crm"], sess, -1,
-                self.has_uid, -1, -1, -1, em, em < 0 and self.has_phone, -1, -1, -1, -1,
-                -1, -1, -1, -1, self.arch, self.consent, self.currency, self.has_uid,
-            ))
+            rows.append(self._identified_row(len(rows), at, ET["call_center"], SRC["crm"], sess, em))
         return rows
 
     def _search_results(self, rows: list[tuple]) -> list[tuple]:
@@ -312,11 +316,8 @@ class _Person:
             em = er.randrange(self.n_email) if self.n_email else -1
             if self.variant == 1:
                 sess = max(row[6] for row in rows) + 1 if rows else 0
-                rows.append((
-                    self.pid, len(rows), at, ET["store_purchase"], -1, SRC["offline"], sess, -1,
-                    self.has_uid, -1, -1, -1, em, em < 0 and self.has_phone, prod, 1, extra_c, extra_c,
-                    -1, -1, -1, -1, self.arch, self.consent, self.currency, self.has_uid,
-                ))
+                rows.append(self._identified_row(len(rows), at, ET["store_purchase"], SRC["offline"], sess, em,
+                                                 prod, 1, extra_c, extra_c))
         flags = -1 if not exposed else (int(natural) | (int(natural or extra_c > 0) << 1))
         return [row + (flags, extra_c) for row in rows]
 

@@ -99,12 +99,11 @@ def _calibrated(target: str, best: Candidate, calib_rows, held, method: str, sum
     metrics = evaluate(scored)
     after_curve, ece_after = reliability(scored)
     scored.unpersist()
-    client, run_id = MlflowClient(), best.info["run_id"]
-    for key, value in {"ece_uncalibrated": ece_before, "ece": ece_after, "brier_uncalibrated": best.metrics["brier"],
-                       **{f"calibrated_{k}": v for k, v in metrics.items()}}.items():
-        if value == value:
-            client.log_metric(run_id, key, float(value))
-    client.log_dict(run_id, {"method": method, "before": before_curve, "after": after_curve}, "reliability.json")
+    run_id = best.info["run_id"]
+    _log_to(run_id, {"ece_uncalibrated": ece_before, "ece": ece_after, "brier_uncalibrated": best.metrics["brier"],
+                     **{f"calibrated_{k}": v for k, v in metrics.items()}})
+    MlflowClient().log_dict(run_id, {"method": method, "before": before_curve, "after": after_curve},
+                            "reliability.json")
     _log_to(parent_id, {f"{target}_ece_uncalibrated": ece_before, f"{target}_ece": ece_after,
                         f"{target}_brier_uncalibrated": best.metrics["brier"]})
     summary[f"{target}_calibration"] = (f"{method}: Brier {best.metrics['brier']:.4f} -> {metrics['brier']:.4f}, "
@@ -130,7 +129,6 @@ def _recency_baseline(target: str, best: Candidate, held, active_days: int, summ
         f"{out[f'active{active_days}_recency_auc_roc']:.3f}")
 
 
-
 def _train_target(target: str, labelled, train_dates, eval_date, as_of, inputs: list[str], pc, seed: int,
                   selection: str, min_improvement: float, cal_method: str, cal_share: float, active_days: int,
                   parent_id: str) -> tuple[tuple[PipelineModel, str, int], dict[str, Any]]:
@@ -148,19 +146,21 @@ def _train_target(target: str, labelled, train_dates, eval_date, as_of, inputs: 
     # a fixed layout: the folds and GBT's split sampling draw per partition
     train = data.filter(F.col("as_of_date").isin(train_dates))
     counts = train.agg(F.count("*").alias("n"), F.sum(LABEL_COL).alias("pos")).first()
-    train = stable_layout(train, "customer_id", "as_of_date", rows=counts["n"]).cache()
     held = data.filter(F.col("as_of_date") == F.lit(eval_date))
     calib_rows = None
     if cal_method != "none":   # the calibrator learns on some customers, the metrics on the others
         calib_rows, held = customer_split(held, cal_share, seed + 1)
-        calib_rows = calib_rows.cache()
     n_held = held.count()
-    held = stable_layout(held, "customer_id", "as_of_date", rows=n_held).cache()
     if n_held == 0:
         raise ValueError(f"propensity: no customers at the evaluation snapshot {eval_date}")
     if not counts["pos"] or counts["pos"] == counts["n"]:
         raise ValueError(f"propensity: the {target} training labels have a single class "
                          f"({counts['pos']} positives of {counts['n']}): need more history or customers")
+    # cached only once the checks passed: a failed run leaves nothing cached behind
+    train = stable_layout(train, "customer_id", "as_of_date", rows=counts["n"]).cache()
+    held = stable_layout(held, "customer_id", "as_of_date", rows=n_held).cache()
+    if calib_rows is not None:
+        calib_rows = calib_rows.cache()
     candidates = []
     t_target = time.time()
     gbt_model, cv_info = tune_gbt(train, inputs, seed, pc["grid_max_depth"], pc["grid_max_iter"],
@@ -237,6 +237,7 @@ def _each_target(work, parallel: bool):
         if t in errors:
             raise errors[t]
     return [(t, results[t]) for t in TARGETS]
+
 
 def run(ctx: JobContext) -> dict:
     """Build labels, train and evaluate both targets, update champions, score as_of."""
