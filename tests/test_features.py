@@ -190,6 +190,27 @@ def test_independent_pandas_computation_agrees(spark):
         _check(got[cid], exp)
 
 
+def test_several_as_of_dates_in_one_pass(spark):
+    """compute_features with a list of dates (the propensity snapshots' one pass) gives, per date,
+    the rows of the pandas computation and exactly the rows of a call with that date alone."""
+    rows = _random_events(seed=5, customers=14)
+    dates = [date(2026, 6, 20), date(2026, 7, 20), date(2026, 8, 15), date(2026, 9, 30)]
+    events = sessions.sessionize(spark.createDataFrame(rows, DDL), 30)
+    together = features.compute_features(events, list(reversed(dates))).collect()
+    assert len({(r["customer_id"], r["as_of_date"]) for r in together}) == len(together)
+    for d in dates:
+        got = {r["customer_id"]: r.asDict() for r in together if r["as_of_date"] == d}
+        expected = _pandas_features(rows, d)
+        assert set(got) == set(expected) and len(expected) >= 3, d
+        for cid, exp in expected.items():
+            _check(got[cid], exp)
+        alone = {r["customer_id"]: r.asDict() for r in features.compute_features(events, d).collect()}
+        assert got == alone, d
+    assert {r["as_of_date"] for r in together} == set(dates)
+    with pytest.raises(ValueError, match="as_of must be a date"):
+        features.compute_features(events, [])
+
+
 def test_scaling_matches_sklearn_and_reuses_saved_stats(spark):
     from sklearn.preprocessing import MinMaxScaler, StandardScaler
     feats = _features(spark, _random_events(seed=5, customers=15), date(2026, 8, 15)).orderBy("customer_id")

@@ -102,7 +102,8 @@ def _ratio(num: Column, den: Column) -> Column:
     return F.when(den > 0, num.cast("double") / den)
 
 
-def compute_features(events: DataFrame, as_of: date, params: FeatureParams = FeatureParams()) -> DataFrame:
+def compute_features(events: DataFrame, as_of: date | Sequence[date],
+                     params: FeatureParams = FeatureParams()) -> DataFrame:
     """Customer features as of ``as_of`` from sessionized events (no scaling columns).
 
     Args:
@@ -110,23 +111,38 @@ def compute_features(events: DataFrame, as_of: date, params: FeatureParams = Fea
             customer_id (event_type, event_ts, source, device_type, revenue_usd,
             scroll_depth, duration_s, properties, session_key). Events at or after as_of
             are ignored here, so the caller may pass everything.
-        as_of: exclusive cut-off date.
+        as_of: exclusive cut-off date, or several: the rows of every date from one pass
+            (each event is counted for every date after it: one aggregation keyed by
+            (customer, as_of_date) instead of one plan per date; the same rows as one call
+            per date).
         params: definitions' knobs.
 
     Returns:
-        One row per customer with an event before as_of; the columns of FEATURE_COLUMNS.
+        One row per customer with an event before as_of (per date); the columns of FEATURE_COLUMNS.
     """
     need = ["customer_id", "session_key", "event_type", "event_ts", "source", "device_type", "revenue_usd",
             "scroll_depth", "duration_s", "properties"]
     missing = [c for c in need if c not in events.columns]
     if missing:
         raise ValueError(f"compute_features needs column(s) {', '.join(missing)}; got {', '.join(events.columns)}")
-    if not isinstance(as_of, date):
-        raise ValueError(f"as_of must be a date, got {as_of!r}")
-    cut = {n: _ts(as_of - timedelta(days=n)) for n in set(params.windows_days) | {30, 90}}
-    ev = events.filter(F.col("customer_id").isNotNull() & (F.col("event_ts") < _ts(as_of)))
-    et = F.col("event_type")
+    dates = [as_of] if isinstance(as_of, date) else sorted(set(as_of))
+    if not dates or not all(isinstance(d, date) for d in dates):
+        raise ValueError(f"as_of must be a date or a list of dates, got {as_of!r}")
     ts = F.col("event_ts")
+    ev = events.filter(F.col("customer_id").isNotNull() & (ts < _ts(dates[-1])))
+    if len(dates) == 1:
+        ev = ev.withColumn("_as_of", F.lit(dates[0]))
+    else:   # every date after the event: the same events as one filter per date
+        ev = ev.withColumn("_as_of", F.explode(F.filter(F.array(*[F.lit(d) for d in dates]),
+                                                        lambda d: ts < d.cast("timestamp"))))
+    asof = F.col("_as_of")
+
+    def days_before(n: int) -> Column:
+        """Midnight of as_of - n days (a literal for one date)."""
+        return F.date_sub(asof, n).cast("timestamp")
+
+    cut = {n: days_before(n) for n in set(params.windows_days) | {30, 90}}
+    et = F.col("event_type")
     is_purchase = et.isin(list(params.purchase_event_types))
 
     def count_if(cond: Column) -> Column:
@@ -172,24 +188,24 @@ def compute_features(events: DataFrame, as_of: date, params: FeatureParams = Fea
     for n in params.windows_days:
         if n >= 90:
             aggs.append(F.sum(F.when(is_purchase & within(n), revenue).otherwise(0.0)).alias(f"revenue_{n}d"))
-    per_event = ev.groupBy("customer_id").agg(*aggs)
+    per_event = ev.groupBy("customer_id", "_as_of").agg(*aggs)
 
     # sessions, cut at as_of (the events after as_of were filtered above)
-    sess = ev.groupBy("customer_id", "session_key").agg(
+    sess = ev.groupBy("customer_id", "_as_of", "session_key").agg(
         F.min(ts).alias("_start"), F.max(ts).alias("_end"),
         F.sum(et.isin(list(params.page_event_types)).cast("int")).alias("_pages"))
     sess_aggs = [F.avg("_pages").cast("double").alias("pages_per_session"),
                  F.avg((F.unix_micros("_end") - F.unix_micros("_start")) / F.lit(1e6)).alias("avg_session_duration_s")]
     for n in params.windows_days:
         sess_aggs.append(F.sum(F.when(F.col("_start") >= cut[n], 1).otherwise(0)).cast("int").alias(f"sessions_{n}d"))
-    per_session = sess.groupBy("customer_id").agg(*sess_aggs)
+    per_session = sess.groupBy("customer_id", "_as_of").agg(*sess_aggs)
 
-    hours = ev.groupBy("customer_id", F.hour(ts).alias("_h")).agg(F.count(F.lit(1)).alias("_c"))
-    peak = hours.groupBy("customer_id").agg(
+    hours = ev.groupBy("customer_id", "_as_of", F.hour(ts).alias("_h")).agg(F.count(F.lit(1)).alias("_c"))
+    peak = hours.groupBy("customer_id", "_as_of").agg(
         F.max_by("_h", F.struct(F.col("_c"), (-F.col("_h")).alias("_neg"))).cast("int").alias("peak_hour"))
 
-    df = per_event.join(per_session, "customer_id", "left").join(peak, "customer_id", "left")
-    asof = F.lit(as_of)
+    keys = ["customer_id", "_as_of"]
+    df = per_event.join(per_session, keys, "left").join(peak, keys, "left")
     span_s = F.unix_seconds("last_seen_ts") - F.unix_seconds("first_seen_ts")
     df = df.select(
         "*",
@@ -209,11 +225,11 @@ def compute_features(events: DataFrame, as_of: date, params: FeatureParams = Fea
         (F.col("sessions_30d") * F.lit(7.0) / F.lit(30.0)).alias("sessions_per_week_30d"),
         F.to_date(F.date_trunc("week", "first_seen_ts")).alias("cohort_week"),
         F.to_date(F.date_trunc("month", "first_seen_ts")).alias("cohort_month"),
-        (F.col("first_seen_ts") >= _ts(as_of - timedelta(days=params.new_user_days))).alias("is_new_user"),
+        (F.col("first_seen_ts") >= days_before(params.new_user_days)).alias("is_new_user"),
         (span_s > F.lit(params.long_term_days * 86400)).alias("is_long_term"),
         (F.col("sessions_30d") * F.lit(7.0) / F.lit(30.0) > F.lit(params.high_frequency_sessions_per_week))
         .alias("is_high_frequency"),
-        (F.col("last_seen_ts") < _ts(as_of - timedelta(days=params.inactive_days))).alias("is_inactive"),
+        (F.col("last_seen_ts") < days_before(params.inactive_days)).alias("is_inactive"),
     )
     extra = [c for c in df.columns if not c.startswith("_") and c not in FEATURE_COLUMNS]
     return df.select(*FEATURE_COLUMNS, *extra)
