@@ -49,27 +49,63 @@ def test_build_labels_point_in_time(spark):
     }
 
 
-def test_evaluate_and_calibration_match_sklearn(spark):
+def test_assessment_matches_sklearn_and_pandas(spark):
+    """assess() = one Spark query: its metrics equal scikit-learn's on the same rows, its deciles
+    pandas' qcut groups, its reliability curve and ECE a numpy computation; repartitioning the
+    rows changes nothing."""
     rng = np.random.RandomState(4)
     p = rng.beta(2, 5, size=2000)
     y = (rng.rand(2000) < p).astype(float)
     df = spark.createDataFrame(pd.DataFrame({"p": p, "label": y}))
-    got = propensity.evaluate(df)
-    assert got["n"] == 2000 and got["positives"] == y.sum()
-    assert got["auc_roc"] == pytest.approx(sk_metrics.roc_auc_score(y, p), abs=1e-6)
-    assert got["auc_pr"] == pytest.approx(sk_metrics.average_precision_score(y, p), abs=0.01)
-    assert got["log_loss"] == pytest.approx(sk_metrics.log_loss(y, p), rel=1e-9)
-    assert got["brier"] == pytest.approx(sk_metrics.brier_score_loss(y, p), rel=1e-9)
+    got = propensity.assess(df)
+    m = got.metrics
+    assert m["n"] == 2000 and m["positives"] == y.sum()
+    assert m["auc_roc"] == pytest.approx(sk_metrics.roc_auc_score(y, p), abs=1e-12)
+    assert m["auc_pr"] == pytest.approx(sk_metrics.average_precision_score(y, p), abs=1e-12)
+    assert m["log_loss"] == pytest.approx(sk_metrics.log_loss(y, p), rel=1e-9)
+    assert m["brier"] == pytest.approx(sk_metrics.brier_score_loss(y, p), rel=1e-9)
+    assert propensity.evaluate(df) == m
 
-    cal = propensity.calibration(df).toPandas()
-    assert list(cal["decile"]) == list(range(10))
-    assert cal["n"].sum() == 2000 and cal["n"].between(180, 220).all()
     deciles = pd.qcut(p, 10, labels=False)
-    expected = pd.DataFrame({"p": p, "y": y, "d": deciles}).groupby("d").mean()
-    assert cal["mean_predicted"].to_numpy() == pytest.approx(expected["p"].to_numpy(), abs=0.01)
-    assert cal["observed_rate"].to_numpy() == pytest.approx(expected["y"].to_numpy(), abs=0.05)
+    expected = pd.DataFrame({"p": p, "y": y, "d": deciles}).groupby("d").agg(
+        n=("p", "size"), mean_predicted=("p", "mean"), observed_rate=("y", "mean"), lo=("p", "min"), hi=("p", "max"))
+    cal = pd.DataFrame(got.deciles)
+    assert list(cal["decile"]) == list(range(10)) and list(cal["n"]) == list(expected["n"])
+    for col, ref in (("mean_predicted", "mean_predicted"), ("observed_rate", "observed_rate"),
+                     ("min_predicted", "lo"), ("max_predicted", "hi")):
+        np.testing.assert_allclose(cal[col].to_numpy(), expected[ref].to_numpy(), rtol=1e-12)
+
+    bins = np.minimum(np.floor(p * 10), 9)
+    curve = pd.DataFrame(got.reliability)
+    assert list(curve["bin"]) == [int(b) for b in np.unique(bins)]
+    np.testing.assert_allclose(curve["observed_rate"], [y[bins == b].mean() for b in np.unique(bins)], rtol=1e-12)
+    expected_ece = sum((bins == b).mean() * abs(p[bins == b].mean() - y[bins == b].mean()) for b in np.unique(bins))
+    assert got.ece == pytest.approx(expected_ece, rel=1e-9)
+
+    again = propensity.assess(df.repartition(7, "p")).metrics
+    assert again == pytest.approx(m, rel=1e-12)
     # one-class labels: AUCs are undefined, not an error
     assert np.isnan(propensity.evaluate(df.withColumn("label", F.lit(0.0)))["auc_roc"])
+
+
+def test_auc_of_tied_and_unbounded_scores_matches_sklearn(spark):
+    """Plain scores (recency in days: ties everywhere, a 1e6 fill for "never") in several groups of
+    one query: each AUC equals scikit-learn's, ties counted one half."""
+    from seglake.stages.propensity.models import score_aucs
+
+    rng = np.random.RandomState(9)
+    recency = rng.choice([0, 1, 2, 3, 5, 8, 13, 40, 90, 1e6], size=3000).astype(float)
+    y = (rng.rand(3000) < 1 / (1 + np.exp(-(np.minimum(recency, 120) - 20) / 15))).astype(float)
+    df = spark.createDataFrame(pd.DataFrame({"r": recency, "label": y})).cache()
+    recent = df.where("r <= 8")
+    got = score_aucs({"all": (df, F.col("r")), "negated": (df, -F.col("r")), "recent": (recent, F.col("r")),
+                      "one_class": (df.where("label = 1"), F.col("r"))})
+    assert got["all"] == pytest.approx(sk_metrics.roc_auc_score(y, recency), abs=1e-12)
+    assert got["negated"] == pytest.approx(1 - got["all"], abs=1e-12)
+    keep = recency <= 8
+    assert got["recent"] == pytest.approx(sk_metrics.roc_auc_score(y[keep], recency[keep]), abs=1e-12)
+    assert np.isnan(got["one_class"])
+    df.unpersist()
 
 
 def synthetic(spark, n: int, seed: int, shuffle: bool = False):
@@ -144,7 +180,7 @@ def test_platt_and_isotonic_calibration_equal_sklearn_and_fix_a_squeezed_model(s
     from sklearn.isotonic import IsotonicRegression
     from sklearn.linear_model import LogisticRegression as SkLR
 
-    from seglake.stages.propensity.models import calibrate, reliability
+    from seglake.stages.propensity.models import assess, calibrate
 
     train, calib, test = (synthetic(spark, 3000, s).cache() for s in (1, 2, 3))
     squeezed = propensity.lr_pipeline(INPUTS, reg_param=2.0).fit(train)
@@ -156,8 +192,8 @@ def test_platt_and_isotonic_calibration_equal_sklearn_and_fix_a_squeezed_model(s
     p_t = np.array([v[1] for v in raw_t["probability"]])
     y_t = raw_t["label"].to_numpy()
 
-    before = propensity.evaluate(propensity.score(squeezed, test))
-    _, ece_before = reliability(propensity.score(squeezed, test))
+    measured = assess(propensity.score(squeezed, test))
+    before, ece_before = measured.metrics, measured.ece
     for method in ("platt", "isotonic"):
         model = calibrate(squeezed, calib, method)
         got = propensity.score(model, test).select("customer_id", "p").toPandas().set_index("customer_id")
@@ -169,8 +205,8 @@ def test_platt_and_isotonic_calibration_equal_sklearn_and_fix_a_squeezed_model(s
         else:
             ref = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(p_c, raw_c["label"])
             np.testing.assert_allclose(got, ref.predict(p_t), atol=1e-9)
-        after = propensity.evaluate(propensity.score(model, test))
-        _, ece_after = reliability(propensity.score(model, test))
+        measured = assess(propensity.score(model, test))
+        after, ece_after = measured.metrics, measured.ece
         assert after["brier"] < before["brier"] - 0.005, (method, before["brier"], after["brier"])
         assert ece_after < ece_before / 2, (method, ece_before, ece_after)
     # ECE = sum over 10 equal-width bins of n_b/n * |mean p - observed rate| (numpy)

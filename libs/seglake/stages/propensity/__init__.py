@@ -18,9 +18,11 @@
   a logistic-regression baseline (fill -> assemble -> standardize -> LogisticRegression).
   The model inputs are the RAW features (``propensity.inputs`` or ``features.model_inputs``), so
   a model scores any as-of date without that date's scaling statistics.
-- **Evaluation** on the evaluation snapshot: AUC-ROC, AUC-PR, log loss, Brier score, a
-  calibration table by decile of predicted probability (+ plot), feature importances; all in
-  MLflow (a parent run per job run, a child run per target and model).
+- **Evaluation** on the evaluation snapshot, in one Spark query per model (:func:`assess`):
+  AUC-ROC, AUC-PR (the average precision), log loss, Brier score, a calibration table by
+  decile of predicted probability (+ plot), a reliability curve and its expected calibration
+  error; feature importances; all in MLflow (a parent run per job run, a child run per target
+  and model).
 - **Registry**: the better of GBT and baseline (on ``propensity.selection_metric``) is first
   compared with the current ``champion`` of ``<propensity.model_name_prefix>-<target>``, both
   scored on the same held-out snapshot. Only when it beats it by more than
@@ -44,7 +46,7 @@ from seglake.stages.propensity.common import (CHAMPION, EVENTS_TABLE, FEATURES_T
 from seglake.stages.propensity.job import USES_AS_OF, add_arguments, run
 from seglake.stages.propensity.labels import build_labels, snapshot_dates
 from seglake.stages.propensity.snapshots import Cut, Knowledge, snapshot_features
-from seglake.stages.propensity.models import (Candidate, calibration, evaluate, feature_importances, gbt_pipeline,
+from seglake.stages.propensity.models import (Assessment, Candidate, assess, evaluate, feature_importances, gbt_pipeline,
                                               input_features, lr_pipeline, tune_gbt, with_probability)
 from seglake.stages.propensity.registry import (ChampionDecision, ChampionOutcome, decide_champion, log_and_register,
                                                 promote_if_better, score, set_champion_alias)
@@ -58,8 +60,8 @@ __all__ = [
     # labels and snapshots
     "snapshot_dates", "build_labels", "snapshot_features", "Knowledge", "Cut",
     # models
-    "input_features", "gbt_pipeline", "lr_pipeline", "tune_gbt", "with_probability", "evaluate",
-    "calibration", "feature_importances", "Candidate",
+    "input_features", "gbt_pipeline", "lr_pipeline", "tune_gbt", "with_probability", "assess", "Assessment",
+    "evaluate", "feature_importances", "Candidate",
     # MLflow registry and scoring
     "decide_champion", "ChampionDecision", "log_and_register", "set_champion_alias", "promote_if_better",
     "ChampionOutcome", "score",

@@ -2,12 +2,14 @@
 
 :func:`gbt_pipeline` and :func:`lr_pipeline` build Spark ML pipelines over the raw inputs of
 :func:`input_features` (nulls filled by :func:`_fill_stage`), :func:`tune_gbt` tunes the GBT grid
-(one holdout split or k-fold cross-validation), and :func:`evaluate`, :func:`calibration` and
-:func:`feature_importances` measure a model on held-out rows; :class:`Candidate` carries one
-trained model and its metrics.
+(one holdout split or k-fold cross-validation), :func:`assess` measures a model on held-out rows
+in one Spark query (metrics, calibration deciles, reliability curve; :func:`evaluate` = its
+metrics), :func:`score_aucs` the AUC of plain scores (baselines) and :func:`feature_importances`
+what the model uses; :class:`Candidate` carries one trained model and its metrics.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -15,14 +17,14 @@ import numpy as np
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.classification import GBTClassifier, LogisticRegression
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
-from pyspark.ml.feature import QuantileDiscretizer, SQLTransformer, StandardScaler, VectorAssembler, VectorSlicer
+from pyspark.ml.feature import SQLTransformer, StandardScaler, VectorAssembler, VectorSlicer
 from pyspark.ml.functions import vector_to_array
 from pyspark.ml.regression import IsotonicRegression
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from seglake.stages.propensity.common import _METRIC_KEYS, LABEL_COL, PROB_COL
+from seglake.stages.propensity.common import LABEL_COL, PROB_COL
 
 
 def input_features(cfg) -> list[str]:
@@ -175,71 +177,138 @@ def calibrate(model: PipelineModel, rows: DataFrame, method: str) -> PipelineMod
     return PipelineModel(stages=[*model.stages, *platt.stages])
 
 
-def reliability(scored: DataFrame, bins: int = 10, label_col: str = LABEL_COL,
-                prob_col: str = PROB_COL) -> tuple[list[dict], float]:
-    """(reliability curve on ``bins`` equal-width bins of predicted probability: bin, n, mean
-    predicted, observed rate; expected calibration error = sum over bins of n_b/n * |mean
-    predicted - observed|). One aggregation; at most ``bins`` rows reach the driver."""
-    b = F.least(F.floor(F.col(prob_col) * bins), F.lit(bins - 1)).cast("int")
-    rows = [r.asDict() for r in scored.groupBy(b.alias("bin"))
-            .agg(F.count(F.lit(1)).alias("n"), F.avg(prob_col).alias("mean_predicted"),
-                 F.avg(label_col).alias("observed_rate")).orderBy("bin").collect()]   # <= bins rows
-    n = sum(r["n"] for r in rows)
-    ece = sum(r["n"] / n * abs(r["mean_predicted"] - r["observed_rate"]) for r in rows) if n else float("nan")
-    return rows, float(ece)
+_ORDER_BUCKETS = 1024   # the running counts of a ranking are windows per bucket of the score
 
 
-def score_auc(rows: DataFrame, score_col, label_col: str = LABEL_COL) -> float:
-    """AUC-ROC of a plain score column (e.g. recency alone as a churn score); NaN with one class."""
-    df = rows.select(score_col.cast("double").alias("_s"), F.col(label_col))
-    ev = BinaryClassificationEvaluator(rawPredictionCol="_s", labelCol=label_col, metricName="areaUnderROC",
-                                       numBins=0)
-    stats = df.agg(F.count(F.lit(1)).alias("n"), F.sum(label_col).alias("pos")).first()
-    return float(ev.evaluate(df)) if stats["n"] and 0 < (stats["pos"] or 0) < stats["n"] else float("nan")
+def _ranking(rows: DataFrame) -> DataFrame:
+    """One row per (``_g``, distinct score ``_s``) of ``rows`` (``_g``, ``_s``, ``_y`` in {0, 1}): ``_n``
+    rows and ``_pos`` positives with that score, and, counting from the highest score down, ``_ge``
+    rows and ``_tp`` positives with a score >= it; ``_total`` rows of the group.
+
+    The running counts are windows partitioned by (group, bucket of the score; the bucket is a
+    monotone function of any double) plus each bucket's offset, a running sum over the buckets
+    (at most ``_ORDER_BUCKETS`` rows per group): no single-partition sort of the rows, one job
+    per stage of one query. Rows with a null or NaN score are left out.
+    """
+    from pyspark.sql import Window
+
+    base = (rows.where(F.col("_s").isNotNull() & ~F.isnan("_s"))
+            .groupBy("_g", "_s").agg(F.count(F.lit(1)).alias("_n"), F.sum("_y").alias("_pos"))
+            .withColumn("_b", F.least(F.floor((F.atan("_s") / F.lit(math.pi) + F.lit(0.5)) * _ORDER_BUCKETS),
+                                      F.lit(_ORDER_BUCKETS - 1)).cast("int")))
+    down = Window.partitionBy("_g", "_b").orderBy(F.desc("_s")).rowsBetween(Window.unboundedPreceding, 0)
+    ranked = base.select("*", F.sum("_n").over(down).alias("_ge_in"), F.sum("_pos").over(down).alias("_tp_in"))
+    above = Window.partitionBy("_g").orderBy(F.desc("_b")).rowsBetween(Window.unboundedPreceding, -1)
+    offsets = (base.groupBy("_g", "_b").agg(F.sum("_n").alias("_bn"), F.sum("_pos").alias("_bp"))
+               .select("_g", "_b", F.coalesce(F.sum("_bn").over(above), F.lit(0)).alias("_ge_off"),
+                       F.coalesce(F.sum("_bp").over(above), F.lit(0.0)).alias("_tp_off"),
+                       F.sum("_bn").over(Window.partitionBy("_g")).alias("_total")))
+    return (ranked.join(F.broadcast(offsets), ["_g", "_b"])
+            .select("_g", "_s", "_n", "_pos", (F.col("_ge_off") + F.col("_ge_in")).alias("_ge"),
+                    (F.col("_tp_off") + F.col("_tp_in")).alias("_tp"), "_total"))
+
+
+def _auc_aggs() -> list:
+    """AUC-ROC (ties count one half) and average precision of a :func:`_ranking` group; null
+    with one class."""
+    pos, n = F.col("_pos"), F.col("_n")
+    neg = n - pos
+    n_pos, n_neg = F.sum(pos), F.sum(neg)
+    return [F.when((n_pos > 0) & (n_neg > 0),
+                   F.sum(neg * (F.col("_tp") - pos / 2)) / (n_pos * n_neg)).alias("auc_roc"),
+            F.when((n_pos > 0) & (n_neg > 0), F.sum(pos * F.col("_tp") / F.col("_ge")) / n_pos).alias("auc_pr")]
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """A model's scores on labelled rows, measured in one Spark query (:func:`assess`).
+
+    ``metrics``: n, positives, log_loss, brier, auc_roc, auc_pr; ``deciles``: by decile of the
+    predicted probability (exact ranks; tied scores stay in one decile, so a decile may be
+    missing): decile, n, mean_predicted, observed_rate, min_predicted, max_predicted;
+    ``reliability``: on ``bins`` equal-width bins of the probability: bin, n, mean_predicted,
+    observed_rate; ``ece``: the expected calibration error, sum over bins of n_b / n * |mean
+    predicted - observed rate|.
+    """
+
+    metrics: dict[str, float]
+    deciles: list[dict]
+    reliability: list[dict]
+    ece: float
+
+
+def assess(scored: DataFrame, label_col: str = LABEL_COL, prob_col: str = PROB_COL, bins: int = 10) -> Assessment:
+    """Every held-out measure of ``scored`` (a probability ``prob_col`` and a 0/1 ``label_col``) from
+    ONE Spark query whose result is at most 10 x ``bins`` small rows (:class:`Assessment`).
+
+    AUC-ROC is exact (the Mann-Whitney statistic, ties counted one half: scikit-learn's
+    ``roc_auc_score``); ``auc_pr`` is the average precision, the step-wise area under the
+    precision-recall curve (scikit-learn's ``average_precision_score``); both NaN with one class.
+    The per-score table it aggregates has one row per distinct score, and its running counts
+    are computed without moving the rows to one partition (:func:`_ranking`).
+    """
+    eps = 1e-15
+    rows = scored.select(F.lit(0).alias("_g"), F.col(prob_col).cast("double").alias("_s"),
+                         F.col(label_col).cast("double").alias("_y"))
+    s, pos, n, tp = F.col("_s"), F.col("_pos"), F.col("_n"), F.col("_tp")
+    neg = n - pos
+    pc = F.least(F.greatest(s, F.lit(eps)), F.lit(1 - eps))
+    # one row per (decile, reliability bin) that holds a score: at most 10 x bins rows reach the driver
+    cells = (_ranking(rows)
+             .groupBy(F.least(F.floor((F.col("_total") - F.col("_ge")) * 10 / F.col("_total")), F.lit(9))
+                      .cast("int").alias("decile"),
+                      F.least(F.floor(s * bins), F.lit(bins - 1)).cast("int").alias("bin"))
+             .agg(F.sum(n).alias("n"), F.sum(pos).alias("pos"), F.sum(n * s).alias("p_sum"),
+                  F.min(s).alias("lo"), F.max(s).alias("hi"),
+                  F.sum(neg * (tp - pos / 2)).alias("auc_num"),          # positives ranked above, ties 1/2
+                  F.sum(pos * tp / F.col("_ge")).alias("ap_num"),         # recall step x precision
+                  F.sum(-(pos * F.log(pc) + neg * F.log(1 - pc))).alias("ll_sum"),
+                  F.sum(pos * (1 - s) * (1 - s) + neg * s * s).alias("brier_sum"))
+             .collect())
+    nan = float("nan")
+    total = sum(c["n"] for c in cells)
+    positives = float(sum(c["pos"] for c in cells))
+    negatives = total - positives
+    both = positives > 0 and negatives > 0
+    metrics = {"n": float(total), "positives": positives,
+               "log_loss": sum(c["ll_sum"] for c in cells) / total if total else nan,
+               "brier": sum(c["brier_sum"] for c in cells) / total if total else nan,
+               "auc_roc": sum(c["auc_num"] for c in cells) / (positives * negatives) if both else nan,
+               "auc_pr": sum(c["ap_num"] for c in cells) / positives if both else nan}
+
+    def by(key: str) -> list[dict]:
+        out = []
+        for k in sorted({c[key] for c in cells}):
+            part = [c for c in cells if c[key] == k]
+            m = sum(c["n"] for c in part)
+            out.append({key: k, "n": m, "mean_predicted": sum(c["p_sum"] for c in part) / m,
+                        "observed_rate": sum(c["pos"] for c in part) / m,
+                        "min_predicted": min(c["lo"] for c in part), "max_predicted": max(c["hi"] for c in part)})
+        return out
+
+    curve = [{k: r[k] for k in ("bin", "n", "mean_predicted", "observed_rate")} for r in by("bin")]
+    ece = sum(c["n"] / total * abs(c["mean_predicted"] - c["observed_rate"]) for c in curve) if total else nan
+    return Assessment(metrics, by("decile"), curve, float(ece))
 
 
 def evaluate(scored: DataFrame, label_col: str = LABEL_COL, prob_col: str = PROB_COL) -> dict[str, float]:
-    """AUC-ROC, AUC-PR, log loss, Brier score, positives and count of scored rows (in Spark).
-
-    AUCs are NaN when the labels have only one class.
-    """
-    eps = 1e-15
-    p = F.least(F.greatest(F.col(prob_col), F.lit(eps)), F.lit(1 - eps))
-    y = F.col(label_col)
-    row = scored.agg(
-        F.count("*").alias("n"), F.sum(y).alias("pos"),
-        F.avg(-(y * F.log(p) + (1 - y) * F.log(1 - p))).alias("log_loss"),
-        F.avg((F.col(prob_col) - y) * (F.col(prob_col) - y)).alias("brier")).first()
-    n, pos = int(row["n"]), float(row["pos"] or 0.0)
-    nan = float("nan")
-    out = {"n": float(n), "positives": pos,
-           "log_loss": nan if row["log_loss"] is None else float(row["log_loss"]),
-           "brier": nan if row["brier"] is None else float(row["brier"])}
-    for key, metric in _METRIC_KEYS.items():
-        if 0 < pos < n:
-            # numBins=0: the exact curve (the default 1000 bins shifts AUC in the 6th decimal)
-            ev = BinaryClassificationEvaluator(rawPredictionCol=prob_col, labelCol=label_col,
-                                               metricName=metric, numBins=0)
-            out[key] = float(ev.evaluate(scored))
-        else:
-            out[key] = float("nan")
-    return out
+    """AUC-ROC, AUC-PR (average precision), log loss, Brier score, positives and n of scored rows:
+    :func:`assess`'s metrics."""
+    return assess(scored, label_col, prob_col).metrics
 
 
-def calibration(scored: DataFrame, buckets: int = 10, label_col: str = LABEL_COL,
-                prob_col: str = PROB_COL) -> DataFrame:
-    """Calibration by decile of predicted probability: bucket, n, mean predicted, observed rate.
-
-    Buckets come from approximate quantiles (ties may merge deciles).
-    """
-    qd = QuantileDiscretizer(numBuckets=buckets, inputCol=prob_col, outputCol="_bucket",
-                             relativeError=0.001, handleInvalid="keep")
-    binned = qd.fit(scored).transform(scored)
-    return (binned.groupBy(F.col("_bucket").cast("int").alias("decile"))
-            .agg(F.count("*").alias("n"), F.avg(prob_col).alias("mean_predicted"),
-                 F.avg(label_col).alias("observed_rate"), F.min(prob_col).alias("min_predicted"),
-                 F.max(prob_col).alias("max_predicted"))
-            .orderBy("decile"))
+def score_aucs(scores: dict[str, tuple[DataFrame, Any]], label_col: str = LABEL_COL) -> dict[str, float]:
+    """AUC-ROC of several (rows, score column) pairs, e.g. recency alone as a churn score, in one
+    Spark query; NaN where the rows have one class (or none)."""
+    names = list(scores)
+    rows = None
+    for i, name in enumerate(names):
+        df, score_col = scores[name]
+        part = df.select(F.lit(i).alias("_g"), score_col.cast("double").alias("_s"),
+                         F.col(label_col).cast("double").alias("_y"))
+        rows = part if rows is None else rows.unionByName(part)
+    got = {int(r["_g"]): r["auc_roc"] for r in _ranking(rows).groupBy("_g").agg(*_auc_aggs()).collect()}  # <= len(scores) rows
+    return {name: float("nan") if got.get(i) is None else float(got[i]) for i, name in enumerate(names)}
 
 
 def feature_importances(model: PipelineModel, input_cols: Sequence[str]) -> dict[str, float]:

@@ -150,20 +150,18 @@ def _events_known(ctx, cut: Cut, end: date, consent_at: date) -> DataFrame:
 
 
 def snapshot_features(ctx, past_dates: Sequence[date], scoring_date: date, events: DataFrame,
-                      knowledge: Knowledge | None = None,
-                      cached: list[DataFrame] | None = None) -> tuple[DataFrame, dict[date, str]]:
+                      knowledge: Knowledge | None = None) -> tuple[DataFrame, dict[date, str]]:
     """Features of every past snapshot date under its knowledge cut and of ``scoring_date`` with
     everything known, in one frame (:data:`seglake.stages.features.FEATURE_COLUMNS`); and, per
     date, a description of the cut (for the MLflow run).
 
     ``events`` are the enriched events the run reads (consent judged at ``scoring_date``): the
-    source of every snapshot whose cut is "everything". The events of a cut shared by several
-    dates are persisted once; they are appended to ``cached`` (when given; the caller unpersists
-    them after it has materialized the features), else left to Spark's cache eviction.
+    source of every snapshot whose cut is "everything". The dates that share a cut are computed
+    in one pass over that cut's events (:func:`seglake.stages.features.compute_features` with a
+    list of dates).
     """
     from seglake.stages import features as feat
 
-    cached = cached if cached is not None else []
     know = knowledge or Knowledge(ctx.spark, ctx.cfg)
     params = feat.FeatureParams.from_config(ctx.cfg)
     groups: dict[Cut, list[date]] = {}
@@ -175,12 +173,10 @@ def snapshot_features(ctx, past_dates: Sequence[date], scoring_date: date, event
         end = max(days)
         source = (events.filter(F.col("event_ts") < F.lit(end).cast("timestamp")) if cut.everything
                   else _events_known(ctx, cut, end, scoring_date))
-        if len(days) > 1:   # read (and for a cut, resolve and sessionize) once for all its dates
-            source = source.persist()
-            cached.append(source)
         for d in days:
             described[d] = cut.describe()
-            frames.append(feat.compute_features(source, d, params).select(*feat.FEATURE_COLUMNS))
+        # the dates of a cut in one pass over its events (one aggregation keyed by date)
+        frames.append(feat.compute_features(source, days, params).select(*feat.FEATURE_COLUMNS))
     if len(groups) > 1:
         log.info("propensity: point-in-time snapshots: %s",
                  "; ".join(f"{d}: {described[d]}" for d in sorted(described)))
