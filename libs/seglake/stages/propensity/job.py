@@ -22,15 +22,15 @@ from seglake.core.context import JobContext
 from seglake.core.spark import stable_layout
 from seglake.core.contracts import CONSENT_LEDGER, ENRICHED_EVENTS, IDENTITY_MAP, consent_actions, exclude_withdrawn
 from seglake.stages import enriched
-from seglake.stages.propensity.common import (_METRIC_KEYS, EVENTS_TABLE, FEATURES_TABLE, LABEL_COL, PROB_COL,
-                                              SCORES_TABLE, TARGETS, _num)
+from seglake.stages.propensity.common import (_METRIC_KEYS, CHAMPION, EVENTS_TABLE, FEATURES_TABLE, LABEL_COL,
+                                              PROB_COL, SCORES_TABLE, TARGETS, _num)
 from seglake.stages.propensity.labels import build_labels, drop_censored, snapshot_dates
 from seglake.stages.propensity.snapshots import snapshot_features
 from seglake.stages.propensity.models import (CALIBRATION_METHODS, Candidate, assess, calibrate, check_tuning,
                                               customer_split, feature_importances, input_features, lr_pipeline,
                                               score_aucs, tune_gbt)
-from seglake.stages.propensity.registry import (ChampionOutcome, _calibration_plot, _log_figure, promote_if_better,
-                                                score)
+from seglake.stages.propensity.registry import (ChampionOutcome, _calibration_plot, _log_figure, current_champion,
+                                                promote_if_better, score)
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +186,16 @@ def _train_target(target: str, labelled, train_dates, eval_date, as_of, inputs: 
                                                 "reliability": measured.reliability, "ece": measured.ece,
                                                 **info})
 
-    # the GBT and the baseline at once: their Spark jobs are small, one's waits are the other's work
-    candidates = [c for _, c in _in_threads(("gbt", "logistic_regression"), candidate,
-                                            bool(pc.get("parallel_targets", True)), f"propensity-{target}")]
+    name = f"{pc['model_name_prefix']}-{target}"
+
+    def task(kind: str):
+        return current_champion(name, held) if kind == CHAMPION else candidate(kind)
+
+    # the GBT, the baseline and the current champion's scores at once: their Spark jobs are small,
+    # one's waits are the other's work
+    done = dict(_in_threads(("gbt", "logistic_regression", CHAMPION), task,
+                            bool(pc.get("parallel_targets", True)), f"propensity-{target}"))
+    candidates, current = [done["gbt"], done["logistic_regression"]], done[CHAMPION]
     t_fit = time.time()
     best = max(candidates, key=lambda c: (_num(c.metrics[selection]), c.kind == "gbt"))
     for c in candidates:
@@ -198,12 +205,12 @@ def _train_target(target: str, labelled, train_dates, eval_date, as_of, inputs: 
     _recency_baseline(target, best, held, active_days, summary, parent_id)
     t_cal = time.time()
 
-    name = f"{pc['model_name_prefix']}-{target}"
     # compare first: only a promoted candidate is logged (slow) and registered
     out = promote_if_better(best, held, inputs, name, selection, min_improvement,
-                            tags={"target": target, "as_of": str(as_of)})
+                            tags={"target": target, "as_of": str(as_of)}, current=current)
     champion = (out.model, name, out.version)
-    log.info("propensity %s: %.1fs fitting (GBT %.1fs, tuning %s; baseline %.1fs) and evaluating, %.1fs "
+    log.info("propensity %s: %.1fs fitting (GBT %.1fs, tuning %s; baseline %.1fs), evaluating and loading the "
+             "champion, %.1fs "
              "comparing, %.1fs calibration and baselines, %.1fs champion", target, t_fit - t_target, fit_s["gbt"],
              candidates[0].info.get("tuning"), fit_s["logistic_regression"], t_eval - t_fit, t_cal - t_eval,
              time.time() - t_cal)

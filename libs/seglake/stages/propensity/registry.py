@@ -127,8 +127,30 @@ def _load_scoring_champion(name: str, version: int, held: DataFrame) -> tuple[Pi
         return None, {}
 
 
+@dataclass(frozen=True)
+class CurrentChampion:
+    """The ``champion`` of a registered model as it scores the held-out rows: ``version`` None when
+    there is none yet; ``model`` None when there is none or it cannot score them."""
+
+    version: int | None
+    model: PipelineModel | None
+    metrics: dict
+
+
+def current_champion(name: str, held: DataFrame) -> CurrentChampion:
+    """Load the champion of ``name`` and measure it on ``held`` (independent of any candidate: the
+    job does it while the candidates train)."""
+    from mlflow import MlflowClient
+
+    current = _champion(MlflowClient(), name)
+    if current is None:
+        return CurrentChampion(None, None, {})
+    model, metrics = _load_scoring_champion(name, int(current.version), held)
+    return CurrentChampion(int(current.version), model, metrics)
+
+
 def decide_champion(name: str, new_metrics: float | dict, held: DataFrame, selection: str,
-                    min_improvement: float = 0.0) -> ChampionDecision:
+                    min_improvement: float = 0.0, current: CurrentChampion | None = None) -> ChampionDecision:
     """Does a candidate with held-out metrics ``new_metrics`` replace the ``champion`` of ``name``? Writes nothing.
 
     The current champion is loaded and scored on the same held-out rows. The candidate wins
@@ -138,17 +160,15 @@ def decide_champion(name: str, new_metrics: float | dict, held: DataFrame, selec
     and its Brier score is lower by more than that margin (a calibrated model ranks as its
     uncalibrated champion did but states better probabilities); or when there is no champion
     yet, or the champion cannot score these rows (e.g. other inputs). A retrain on the same data
-    ties on both and does not win.
+    ties on both and does not win. ``current``: the champion already measured on ``held``
+    (:func:`current_champion`; loaded here when not given).
     """
-    from mlflow import MlflowClient
-
     metrics = new_metrics if isinstance(new_metrics, dict) else {selection: float(new_metrics)}
     new_metric = metrics[selection]
-    current = _champion(MlflowClient(), name)
-    if current is None:
+    current = current or current_champion(name, held)
+    if current.version is None:
         return ChampionDecision(True, "no champion yet")
-    champ_v = int(current.version)
-    champ_model, champ = _load_scoring_champion(name, champ_v, held)
+    champ_v, champ_model, champ = current.version, current.model, current.metrics
     if champ_model is None:
         return ChampionDecision(True, f"champion v{champ_v} cannot score the held-out rows", champ_v)
     champ_metric = champ[selection]
@@ -179,14 +199,15 @@ def set_champion_alias(name: str, version: int) -> None:
 
 
 def promote_if_better(best: Candidate, held: DataFrame, inputs: Sequence[str], name: str, selection: str,
-                      min_improvement: float = 0.0, tags: dict[str, str] | None = None) -> ChampionOutcome:
+                      min_improvement: float = 0.0, tags: dict[str, str] | None = None,
+                      current: CurrentChampion | None = None) -> ChampionOutcome:
     """Compare ``best`` with the champion of ``name``; log, register and alias it only when it wins.
 
     A candidate that does not win is neither logged as a model nor registered: its child run
     keeps its metrics, parameters and plots, and the champion (loaded for the comparison) goes
     on scoring.
     """
-    decision = decide_champion(name, best.metrics, held, selection, min_improvement)
+    decision = decide_champion(name, best.metrics, held, selection, min_improvement, current)
     if not decision.promote:
         log.info("propensity: the %s candidate (%s) is not registered: %s; alias unchanged",
                  name, best.kind, decision.reason)
