@@ -196,6 +196,36 @@ def test_a_rerun_replaces_the_slice_and_an_other_as_of_adds_one(spark, planted):
     assert row["frequency"] == seen - 1
 
 
+@pytest.mark.slow   # three more runs of the job (~20 s)
+def test_a_crash_before_and_after_its_commit_then_a_rerun_equals_an_uninterrupted_run(spark, planted, tmp_path,
+                                                                                     monkeypatch):
+    """The job crashed before its one commit, its rerun crashed right after it, and one more run:
+    gold.customer_value equals, row for row, the planted fixture's uninterrupted run (but for the
+    columns naming the run: run_id, model_run_id, *_at)."""
+    from seglake.core import faults, tables
+    from seglake.core.contracts import CUSTOMER_VALUE
+
+    pop, summary, _, _, _, ref_cfg, events = planted
+    cfg = make_cfg(tmp_path / "lakehouse")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with faults.abort_at("before_commit:gold.customer_value"), pytest.raises(faults.Aborted):
+        _run(spark, cfg, events, pop.as_of)
+    assert not tables.exists(spark, cfg, CUSTOMER_VALUE)          # nothing half-written
+    with faults.abort_at("after_commit:gold.customer_value"), pytest.raises(faults.Aborted):
+        _run(spark, cfg, events, pop.as_of)
+    again = _run(spark, cfg, events, pop.as_of)
+    assert again["customers_valued"] == N_PLANTED and again["bgnbd"] == summary["bgnbd"]
+
+    def rows(c):
+        df = tables.read(spark, c, CUSTOMER_VALUE).where(F.col("as_of_date") == F.lit(pop.as_of))
+        keep = sorted(k for k in df.columns if k not in ("run_id", "model_run_id") and not k.endswith("_at"))
+        return sorted(tuple(str(v) for v in r) for r in df.select(*keep).collect())   # 5,000 rows
+
+    got, want = rows(cfg), rows(ref_cfg)
+    assert len(got) == len(want) == N_PLANTED      # nothing lost, nothing twice
+    assert got == want
+
+
 def test_bad_settings_and_too_many_cells_are_one_sentence(spark, planted):
     pop, _, _, _, _, cfg, events = planted
     bad = make_cfg(cfg.lakehouse, clv={"discount_rate": 12, "horizon_days": 0})
