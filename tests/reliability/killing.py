@@ -94,10 +94,18 @@ def changed_tables(before: Path, *lakes: Path) -> list[str]:
     return [t for t in names if any(_log_files(lake, t) != _log_files(before, t) for lake in lakes)]
 
 
-def rows(spark, lake: Path, table: str) -> list[tuple]:
+def rows(spark, lake: Path, table: str, ignore: tuple[str, ...] = (), root_as_text: bool = False) -> list[tuple]:
     """Every row of ``table`` as sorted text tuples, without run ids and clocks (``*_at`` but
-    ``_ingested_at``, which bronze keeps from its one commit)."""
+    ``_ingested_at``, which bronze keeps from its one commit) and the columns in ``ignore``;
+    with ``root_as_text``, the lakehouse's root folder written ``<lake>`` in the values."""
     df = tables.read(spark, make_cfg(lake), table)
     keep = sorted(c for c in df.columns
-                  if c not in RUN_COLUMNS and (not c.endswith("_at") or c == "_ingested_at"))
-    return sorted(tuple(str(v) for v in r) for r in df.select(*keep).collect())
+                  if c not in RUN_COLUMNS and c not in ignore and (not c.endswith("_at") or c == "_ingested_at"))
+    roots = sorted({str(lake), str(lake.resolve())}, key=len, reverse=True) if root_as_text else []
+
+    def text(v) -> str:
+        out = str(v)
+        for root in roots:
+            out = out.replace(root, "<lake>")
+        return out
+    return sorted(tuple(text(v) for v in r) for r in df.select(*keep).collect())

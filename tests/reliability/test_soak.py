@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, make_cfg
-from killing import RUN_COLUMNS, changed_tables, conf_dir, delta_tables
-from seglake.core import tables
+from killing import changed_tables, conf_dir, delta_tables, rows
 from seglake.core.context import JobContext
 from seglake.core.runner import run_job
 
@@ -55,17 +54,7 @@ BATCH_COLUMNS = ("_batch_id", "batch_id", "_ingested_at", "ingested_at")
 
 
 def _rows(spark, lake: Path, table: str) -> list[tuple]:
-    """:func:`killing.rows` without the batch columns, the lakehouse root written as ``<lake>``."""
-    df = tables.read(spark, make_cfg(lake), table)
-    keep = sorted(c for c in df.columns if c not in RUN_COLUMNS and c not in BATCH_COLUMNS and not c.endswith("_at"))
-    roots = sorted({str(lake), str(lake.resolve())}, key=len, reverse=True)
-
-    def text(v) -> str:
-        out = str(v)
-        for root in roots:
-            out = out.replace(root, "<lake>")
-        return out
-    return sorted(tuple(text(v) for v in r) for r in df.select(*keep).collect())
+    return rows(spark, lake, table, ignore=BATCH_COLUMNS, root_as_text=True)
 
 
 def test_random_kills_converge_to_an_uninterrupted_run(spark, tmp_path):

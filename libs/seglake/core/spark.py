@@ -130,6 +130,18 @@ def persist_events(df: "DataFrame") -> "DataFrame":
     return df.persist(StorageLevel.DISK_ONLY)
 
 
+def release_checkpoint(df: "DataFrame") -> None:
+    """Free the executor blocks of a ``localCheckpoint()``ed frame now.
+
+    ``unpersist()`` does nothing there: the data is an RDD held by the frame's plan (a
+    ``LogicalRDD``), not a cache entry, and is otherwise freed only when the JVM collects it.
+    """
+    plan = df._jdf.queryExecution().logical()
+    if plan.getClass().getSimpleName() != "LogicalRDD":
+        raise ValueError("release_checkpoint: the frame is not a localCheckpoint() result")
+    plan.rdd().unpersist(False)
+
+
 def stable_layout(df: "DataFrame", *keys: str, rows: int, rows_per_partition: int = 100_000) -> "DataFrame":
     """``df`` hash-partitioned by ``keys`` (default ``customer_id``) into
     ``ceil(rows / rows_per_partition)`` partitions and sorted by them within each.

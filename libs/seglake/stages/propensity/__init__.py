@@ -46,8 +46,8 @@ from seglake.stages.propensity.common import (CHAMPION, EVENTS_TABLE, FEATURES_T
 from seglake.stages.propensity.job import USES_AS_OF, add_arguments, run
 from seglake.stages.propensity.labels import build_labels, snapshot_dates
 from seglake.stages.propensity.snapshots import Cut, Knowledge, snapshot_features
-from seglake.stages.propensity.models import (Assessment, Candidate, assess, evaluate, feature_importances, gbt_pipeline,
-                                              input_features, lr_pipeline, tune_gbt, with_probability)
+from seglake.stages.propensity.models import (Assessment, Candidate, assess, evaluate, feature_importances,
+                                              gbt_pipeline, input_features, lr_pipeline, tune_gbt, with_probability)
 from seglake.stages.propensity.registry import (ChampionDecision, ChampionOutcome, decide_champion, log_and_register,
                                                 promote_if_better, score, set_champion_alias)
 

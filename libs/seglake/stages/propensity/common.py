@@ -16,7 +16,7 @@ SCORES_TABLE = PROPENSITY_SCORES
 CHAMPION = "champion"
 #: metric differences up to this are float noise (a retrain on the same data differs by ~1e-16)
 TIE_TOLERANCE = 1e-9
-_METRIC_KEYS = {"auc_roc": "areaUnderROC", "auc_pr": "areaUnderPR"}
+_METRIC_KEYS = ("auc_roc", "auc_pr")   # the held-out metrics a model can be selected on (models.assess)
 
 
 def _num(x: float) -> float:

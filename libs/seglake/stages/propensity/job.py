@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 
 from seglake.core import tables
 from seglake.core.context import JobContext
-from seglake.core.spark import stable_layout
+from seglake.core.spark import release_checkpoint, stable_layout
 from seglake.core.contracts import CONSENT_LEDGER, ENRICHED_EVENTS, IDENTITY_MAP, consent_actions, exclude_withdrawn
 from seglake.stages import enriched
 from seglake.stages.propensity.common import (_METRIC_KEYS, CHAMPION, EVENTS_TABLE, FEATURES_TABLE, LABEL_COL,
@@ -349,6 +349,6 @@ def run(ctx: JobContext) -> dict:
         summary["mean_churn_probability"] = round(float(stats["churn"]), 4)
         summary["mean_purchase_probability"] = round(float(stats["purchase"]), 4)
         summary["mlflow_run"] = parent.info.run_id
-    labelled.unpersist()
-    snaps.unpersist()
+    release_checkpoint(labelled)
+    release_checkpoint(snaps)
     return summary

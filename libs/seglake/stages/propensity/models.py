@@ -264,7 +264,7 @@ def assess(scored: DataFrame, label_col: str = LABEL_COL, prob_col: str = PROB_C
                   F.sum(pos * tp / F.col("_ge")).alias("ap_num"),         # recall step x precision
                   F.sum(-(pos * F.log(pc) + neg * F.log(1 - pc))).alias("ll_sum"),
                   F.sum(pos * (1 - s) * (1 - s) + neg * s * s).alias("brier_sum"))
-             .collect())
+             .collect())   # <= 10 x bins rows, whatever the number of customers
     nan = float("nan")
     total = sum(c["n"] for c in cells)
     positives = float(sum(c["pos"] for c in cells))
@@ -307,7 +307,8 @@ def score_aucs(scores: dict[str, tuple[DataFrame, Any]], label_col: str = LABEL_
         part = df.select(F.lit(i).alias("_g"), score_col.cast("double").alias("_s"),
                          F.col(label_col).cast("double").alias("_y"))
         rows = part if rows is None else rows.unionByName(part)
-    got = {int(r["_g"]): r["auc_roc"] for r in _ranking(rows).groupBy("_g").agg(*_auc_aggs()).collect()}  # <= len(scores) rows
+    per_group = _ranking(rows).groupBy("_g").agg(*_auc_aggs()).collect()   # one row per score given
+    got = {int(r["_g"]): r["auc_roc"] for r in per_group}
     return {name: float("nan") if got.get(i) is None else float(got[i]) for i, name in enumerate(names)}
 
 
