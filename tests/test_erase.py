@@ -13,6 +13,7 @@ from seglake.core import erasure, pii, tables
 from seglake.core.context import JobContext
 from seglake.stages import clean, erase, maintain
 from test_clean import NOW, SALT, bronze_df, raw
+from traces import traces
 
 EMAIL = "erase.me@example.org"
 SECOND = "Second.Mail@example.org"      # the person's second email: linked only in silver.identity_edges
@@ -20,7 +21,6 @@ PHONE = "+44 20 7946 0999"
 USER_P, ANON_P, ANON_Q, DEV_P = "user-p-0001", "anon-p-0001", "anon-q-0001", "dev-p-0001"
 CID_P, CID_O = "c_person0000000000001", "c_other00000000000002"
 USER_O, KEEP, DEV_O, KIOSK = "user-o-0001", "keep@example.org", "dev-o-0001", "kiosk-0001"
-LEDGER_DATA = Path("ops") / "erasure_requests"     # holds the person's hashes by design
 #: every value of the person in clear (SECOND lower-cased too: normalization)
 RAW = [EMAIL, SECOND, SECOND.lower(), PHONE, USER_P, ANON_P, ANON_Q, DEV_P]
 
@@ -33,30 +33,6 @@ def _hasher(spark):
 
 def _broken(line: str) -> dict:
     return {**raw(event_id=None, user_id=None), "_malformed": True, "_raw": line}
-
-
-def _traces(root: Path, raw_values: list[str], hashed: list[str]) -> list[tuple[str, str]]:
-    """(file, value) for every value found in a file under ``root``: every Parquet file decoded
-    with pyarrow (old versions and ``_delta_log`` checkpoints included), every other file
-    (``_delta_log`` JSON, .crc, results, HTML, ...) read as text. The ledger's data files may
-    hold the hashes (that is what it is for), never a value in clear."""
-    import pyarrow.parquet as pq
-    hits = []
-    for f in sorted(root.rglob("*")):
-        if not f.is_file():
-            continue
-        if f.suffix == ".parquet":
-            t = pq.read_table(f)
-            text = json.dumps({c: t.column(c).to_pylist() for c in t.column_names}, default=str)
-        else:
-            text = f.read_bytes().decode("utf-8", "replace")
-        text = text.lower()
-        rel = f.relative_to(root)
-        ledger_data = rel.parts[:2] == LEDGER_DATA.parts and "_delta_log" not in rel.parts
-        for value in raw_values + ([] if ledger_data else hashed):
-            if value.lower() in text:
-                hits.append((str(rel), value))
-    return hits
 
 
 def _build_lake(spark, lakehouse: Path):
@@ -168,10 +144,10 @@ def test_erase_by_email_removes_person_everywhere_and_history(spark, erased):
     # every file on disk: Parquet of every version decoded, _delta_log JSON and checkpoints, .crc
     lake_dir = Path(cfg.lakehouse)
     hashed = _hashes_of_person(h)
-    assert _traces(lake_dir, RAW + [CID_P], hashed) == []
+    assert traces(lake_dir, RAW + [CID_P], hashed) == []
     assert list(lake_dir.glob("silver/events/_delta_log/*.checkpoint*.parquet"))    # it was searched
     # the search can see values: the other person's raw and hashed email are found
-    assert _traces(lake_dir, [KEEP], [h(KEEP)]) != []
+    assert traces(lake_dir, [KEEP], [h(KEEP)]) != []
 
 
 @pytest.mark.slow

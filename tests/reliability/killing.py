@@ -65,10 +65,34 @@ def run_killed(lake: Path, verb: str, point: str, conf: Path, *extra: str,
     return done
 
 
-def abort_in_process(spark, lake: Path, verb: str, point: str, args: dict | None = None) -> None:
-    """Run ``verb`` in the test session with ``point`` armed; asserts the run stopped there."""
+def abort_in_process(spark, lake: Path, verb: str, point: str, args: dict | None = None,
+                     overrides: dict | None = None, as_of=None) -> None:
+    """Run ``verb`` in the test session with ``point`` armed; asserts the run stopped there.
+    ``overrides``: config sections for :func:`conftest.make_cfg`; ``as_of``: its ``--as-of``."""
     with faults.abort_at(point), pytest.raises(faults.Aborted):
-        run_job(JobContext(spark, make_cfg(lake), args=args or {}), verb)
+        run_job(JobContext(spark, make_cfg(lake, **(overrides or {})), as_of=as_of, args=args or {}), verb)
+
+
+def copy_lake(src: Path, dst: Path) -> Path:
+    """Copy a lakehouse folder; its own MLflow store (``_mlflow/*.db``) is rewritten to name the
+    copy, not ``src``, as the artifact location of its experiments, runs and model versions (a
+    copy whose runs wrote into the original's artifacts would change what the original holds)."""
+    import sqlite3
+
+    shutil.copytree(src, dst)
+    old, new = str(Path(src).resolve()), str(Path(dst).resolve())
+    for db in sorted((dst / "_mlflow").glob("*.db")) if (dst / "_mlflow").is_dir() else []:
+        con = sqlite3.connect(db)
+        try:
+            for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                for col in con.execute(f'PRAGMA table_info("{table}")').fetchall():
+                    if "CHAR" in col[2].upper() or "TEXT" in col[2].upper():
+                        con.execute(f'UPDATE "{table}" SET "{col[1]}" = replace("{col[1]}", ?, ?) '
+                                    f'WHERE instr("{col[1]}", ?) > 0', (old, new, old))
+            con.commit()
+        finally:
+            con.close()
+    return dst
 
 
 def kill_processes_everywhere() -> bool:

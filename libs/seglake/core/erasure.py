@@ -83,6 +83,16 @@ def request_key(spark: SparkSession, hashed_given: Iterable[str], key: str) -> s
 
 # --------------------------------------------------------------------------- the ledger
 
+def request_status(spark: SparkSession, cfg: Config, key_of_request: str) -> str | None:
+    """The ledger status of a request (``pending``: an earlier run of it did not finish; ``done``),
+    or None when it was never recorded."""
+    if not tables.exists(spark, cfg, ERASURE_REQUESTS):
+        return None
+    row = (tables.read(spark, cfg, ERASURE_REQUESTS).where(F.col("request_key") == F.lit(key_of_request))
+           .select("status").first())
+    return None if row is None else row["status"]
+
+
 def request_hashes(spark: SparkSession, cfg: Config, key_of_request: str) -> list[str]:
     """The hashes already recorded for a request (a crashed earlier run of it wrote them
     before deleting anything), or []."""
@@ -121,15 +131,15 @@ def record_request(spark: SparkSession, cfg: Config, *, key_of_request: str, ide
             return F.array_sort(F.array_union(F.coalesce(F.col(f"t.{c}"), F.array().cast("array<string>")),
                                               F.col(f"s.{c}")))
 
-        updates = {"identifiers_hashed": union("identifiers_hashed")}
+        updates = {"identifiers_hashed": union("identifiers_hashed"),
+                   "customer_ids_count": F.greatest(F.coalesce(F.col("t.customer_ids_count"), F.lit(0)),
+                                                    F.col("s.customer_ids_count"))}
         if done:
             updates.update({
                 "status": F.lit("done"),
                 "completed_at": F.coalesce(F.col("t.completed_at"), F.col("s.completed_at")),
                 "tables_touched": union("tables_touched"),
                 "rows_removed": F.coalesce(F.col("t.rows_removed"), F.lit(0)) + F.col("s.rows_removed"),
-                "customer_ids_count": F.greatest(F.coalesce(F.col("t.customer_ids_count"), F.lit(0)),
-                                                 F.col("s.customer_ids_count")),
                 "vacuum_retention_hours": F.col("s.vacuum_retention_hours"),
             })
         # the condition and the updates name columns only: the commitInfo holds no value

@@ -13,7 +13,7 @@ from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from seglake.core import erasure, leases, pii, tables
+from seglake.core import erasure, faults, leases, pii, tables
 from seglake.core.config import Config
 from seglake.core.context import JobContext
 from seglake.core.contracts import (ERASURE_REQUESTS, IDENTITY_EDGES, IDENTITY_MAP, JOB_LEASES, KNOWN_TABLES, LAYERS,
@@ -32,6 +32,12 @@ SKIPPED: tuple[str, ...] = (ERASURE_REQUESTS, JOB_LEASES)
 WRITTEN_OUTSIDE_LEASE: tuple[str, ...] = (RUN_LOG,)
 #: erased last, so that a run killed halfway still finds the person through them when rerun
 IDENTITY_LAST: tuple[str, ...] = (IDENTITY_EDGES, IDENTITY_MAP)
+#: userMetadata tag of erase's delete commits: {"request": request_key, "rows": n}. No identifier:
+#: the request key is a keyed hash of the request's hashes. A rerun after a crash finds there
+#: what the killed run already removed (the ledger is written only at the end)
+COMMIT_TAG = "seglake_erase"
+#: how many of a table's latest commits a resumed request searches for its own delete
+RESUME_DEPTH = 100
 
 
 def add_arguments(parser) -> None:
@@ -90,8 +96,10 @@ def _stats_columns(props: dict, fields: list[T.StructField]) -> set[str]:
     return {f.name for f in (fields if n < 0 else fields[:n])}
 
 
-def delete_rows(spark: SparkSession, cfg: Config, table: str, conds: dict[str, Column]) -> tuple[int, list[str]]:
-    """Delete the rows where any of ``conds`` (column -> predicate) holds.
+def delete_rows(spark: SparkSession, cfg: Config, table: str, conds: dict[str, Column],
+                request: str | None = None) -> tuple[int, list[str]]:
+    """Delete the rows where any of ``conds`` (column -> predicate) holds; the commit carries
+    ``{COMMIT_TAG: {"request": request, "rows": n}}`` as its userMetadata.
 
     Returns:
         (rows deleted, string columns that held the person and of which the table keeps
@@ -127,7 +135,8 @@ def delete_rows(spark: SparkSession, cfg: Config, table: str, conds: dict[str, C
         source = spark.createDataFrame(source.collect(), source.schema)
         on = " AND ".join([f"t.{quoted(c)} <=> s._k{i}" for i, c in enumerate(atomic)]
                           + [f"to_json(t.{quoted(c)}) <=> s._j{i}" for i, c in enumerate(nested)])
-        dt.alias("t").merge(source.alias("s"), on).whenMatchedDelete().execute()
+        with tables.tagged_commits(spark, {COMMIT_TAG: {"request": request, "rows": deleted}}):
+            dt.alias("t").merge(source.alias("s"), on).whenMatchedDelete().execute()
     if str(props.get("delta.enableDeletionVectors", "false")).lower() == "true":
         # deleted rows may still sit in files only masked by a deletion vector: rewrite them
         spark.sql(f"REORG TABLE delta.{quoted(path)} APPLY (PURGE)")
@@ -142,43 +151,82 @@ def _landing_note(cfg: Config) -> str:
             f"suppressed on re-ingest through {ERASURE_REQUESTS}")
 
 
+def earlier_deletes(spark: SparkSession, cfg: Config, order: list[str], request: str) -> dict[str, int]:
+    """``table -> rows`` that earlier, unfinished runs of ``request`` removed: read from the tables'
+    own delete commits (:data:`COMMIT_TAG`), which each committed atomically with its delete."""
+    import json
+
+    out: dict[str, int] = {}
+    for table in order:
+        top = tables.version(spark, cfg, table)
+        if top is None:
+            continue
+        for c in tables.commits(spark, cfg, table, since=max(-1, top - RESUME_DEPTH), until=top):
+            meta = c["userMetadata"]
+            tag = json.loads(meta).get(COMMIT_TAG) if meta and meta.startswith("{") else None
+            if tag and tag.get("request") == request:
+                out[table] = out.get(table, 0) + int(tag.get("rows") or 0)
+    return out
+
+
 def _erase(spark: SparkSession, cfg: Config, given: list[str], key: str, retention: float) -> dict:
     hashed_given = sorted(erasure.hash_values(spark, given, key).values())
     request = erasure.request_key(spark, hashed_given, key)
+    resumed = erasure.request_status(spark, cfg, request) == "pending"   # an earlier run was killed
     person: Person = expand_person(
         spark, cfg, given, key, max_identifiers=int(cfg.get("erase.max_identifiers") or 0),
         history_versions=int(cfg.get("erase.map_history_versions") or 0),
         extra_hashes=erasure.request_hashes(spark, cfg, request))
     # the hashes first: a run killed halfway leaves the person suppressed, and its rerun finds them
-    erasure.record_request(spark, cfg, key_of_request=request, identifiers_hashed=person.hashes, done=False)
+    # (and the count of customer ids, which a rerun after the map's delete can no longer count)
+    erasure.record_request(spark, cfg, key_of_request=request, identifiers_hashed=person.hashes, done=False,
+                           customer_ids_count=len(person.customer_ids))
+    faults.point("erase.after_request")
 
     found = discover_tables(spark, cfg)
     order = erasure_order(found)
-    removed: dict[str, int] = {}
+    # a killed run's deletes count too (the ledger and the VACUUM must cover them)
+    removed: dict[str, int] = earlier_deletes(spark, cfg, order, request) if resumed else {}
+    if resumed:
+        log.warning("erase: resuming a request an earlier run did not finish: it had removed %d rows from %d "
+                    "table(s)", sum(removed.values()), len(removed))
     leaked: dict[str, list[str]] = {}
-    for i, table in enumerate(order, 1):
+
+    def delete_from(table: str) -> None:
         conds = column_conditions(tables.read(spark, cfg, table).schema, person, key)
         if not conds:
-            continue
-        n, stats = delete_rows(spark, cfg, table, conds)
-        log.info("erase: [%d/%d] %s: %d rows removed", i, len(order), table, n)
+            return
+        n, stats = delete_rows(spark, cfg, table, conds, request)
+        log.info("erase: [%d/%d] %s: %d rows removed", order.index(table) + 1, len(order), table, n)
         if n:
-            removed[table] = n
+            removed[table] = removed.get(table, 0) + n
+            faults.point(f"erase.after_delete:{table}")
         if stats:
             leaked[table] = stats
             log.warning("erase: %s keeps min/max statistics of column(s) %s in its transaction log; they may "
                         "still show the person until Delta's log retention removes old commits",
                         table, ", ".join(stats))
 
-    targets = ([t for t in order if t not in WRITTEN_OUTSIDE_LEASE or t in removed]
-               if cfg.get("erase.vacuum_all_tables") else [t for t in order if t in removed])
-    for table in targets:
-        tables.vacuum(spark, cfg, table, retention)
+    for table in order:
+        if table not in IDENTITY_LAST:
+            delete_from(table)
+    # files and activation while the identity map still names the person's customer ids: a rerun
+    # after a crash past this point no longer finds them (the map and its old versions are gone)
     files = artifacts.clean_files(cfg, person.searchable)
     # activation: CRM rows, audience extracts, destinations' deletion calls (a failure stops here:
     # the request stays not done and the rerun tries again)
     from seglake.stages.export import erase_customers
     activation = erase_customers(spark, cfg, list(person.customer_ids), f"erase-{request[:12]}")
+    faults.point("erase.after_activation")
+    for table in order:
+        if table in IDENTITY_LAST:
+            delete_from(table)
+
+    targets = ([t for t in order if t not in WRITTEN_OUTSIDE_LEASE or t in removed]
+               if cfg.get("erase.vacuum_all_tables") else [t for t in order if t in removed])
+    for table in targets:
+        tables.vacuum(spark, cfg, table, retention)
+    faults.point("erase.after_vacuum")
     request_id = erasure.record_request(
         spark, cfg, key_of_request=request, identifiers_hashed=person.hashes, done=True,
         customer_ids_count=len(person.customer_ids), tables_touched=sorted(removed),
@@ -187,7 +235,7 @@ def _erase(spark: SparkSession, cfg: Config, given: list[str], key: str, retenti
     summary = {"request_id": request_id, "identifiers_given": len(given),
                "customers_matched": len(person.customer_ids),
                "identifiers_matched": len(set(person.raw) | set(person.hashes)),
-               "rows_removed": sum(removed.values()), "removed_by_table": removed,
+               "rows_removed": sum(removed.values()), "removed_by_table": removed, "resumed": resumed,
                "tables_vacuumed": len(targets), "vacuum_retention_hours": retention,
                "files_removed": files["removed"], "files_flagged": files["flagged"],
                "mlflow_runs": files["mlflow_runs"], "landing": _landing_note(cfg)}

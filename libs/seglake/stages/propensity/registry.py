@@ -9,6 +9,8 @@ leaves no model version behind. :func:`score` adds the positive-class probabilit
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from typing import Sequence
@@ -16,6 +18,7 @@ from typing import Sequence
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 
+from seglake.core import faults
 from seglake.stages.propensity.common import CHAMPION, PROB_COL, TIE_TOLERANCE, _num
 from seglake.stages.propensity.models import Candidate, evaluate, with_probability
 
@@ -56,6 +59,35 @@ def score(model: PipelineModel, features: DataFrame) -> DataFrame:
     return with_probability(model.transform(features)).select(*features.columns, PROB_COL)
 
 
+#: model version tag: what determines the candidate (see :func:`candidate_key`)
+CANDIDATE_TAG = "seglake.candidate"
+
+
+def candidate_key(best: Candidate, inputs: Sequence[str], tags: dict[str, str] | None) -> str:
+    """A fingerprint of a promoted candidate: its kind, inputs, the run's tags (target, as-of) and
+    its held-out metrics to 12 digits. A rerun on the same data trains the same model (fixed seeds
+    and layouts) and gets the same key; other data or settings give other metrics, hence another key."""
+    metrics = {k: (f"{v:.12g}" if v == v else "nan") for k, v in sorted(best.metrics.items())}
+    text = json.dumps({"kind": best.kind, "inputs": list(inputs), "tags": dict(sorted((tags or {}).items())),
+                       "metrics": metrics}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def registered_before(name: str, key: str) -> int | None:
+    """The version of ``name`` that a crashed run registered for this very candidate (tag
+    :data:`CANDIDATE_TAG` = ``key``, no alias yet), else None. One query per promotion, over the
+    model's versions (one per promotion: few)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    found = [int(v.version) for v in versions if (v.tags or {}).get(CANDIDATE_TAG) == key and not v.aliases]
+    return max(found) if found else None
+
+
 def log_and_register(best: Candidate, held: DataFrame, inputs: Sequence[str], name: str,
                      tags: dict[str, str] | None = None) -> int:
     """Log ``best.model`` (with its signature) in its own MLflow run and register it; the version.
@@ -63,6 +95,11 @@ def log_and_register(best: Candidate, held: DataFrame, inputs: Sequence[str], na
     The held-out metrics are set as ``heldout_<metric>`` tags of the model version. Logging a
     Spark model takes seconds and writes its artifacts: a run calls this (through
     :func:`promote_if_better`) only for a candidate that becomes the champion.
+
+    Idempotent across a crash: the version is tagged with :func:`candidate_key`, and when a run
+    killed after registering (before the alias moved) left a version of this same candidate, its
+    rerun takes that version instead of registering a second copy, so the numbering is that of an
+    uninterrupted run.
     """
     import mlflow
     from mlflow import MlflowClient
@@ -70,17 +107,25 @@ def log_and_register(best: Candidate, held: DataFrame, inputs: Sequence[str], na
 
     from seglake.core import tracking
 
+    key = candidate_key(best, inputs, tags)
+    earlier = registered_before(name, key)
+    if earlier is not None:
+        log.info("propensity: %s v%d was registered for this candidate by a run that did not finish: "
+                 "taken as it is (not registered again)", name, earlier)
+        return earlier
     with mlflow.start_run(run_id=best.info["run_id"], nested=True):
         sample = held.limit(20)  # 20 rows for the signature: small
         signature = infer_signature(sample.select(*inputs).toPandas(),
                                     best.model.transform(sample).select("prediction").toPandas())
         logged = mlflow.spark.log_model(best.model, artifact_path="model", signature=signature,
                                         pip_requirements=tracking.model_pip_requirements())
-    version = mlflow.register_model(logged.model_uri, name, tags={"model": best.kind, **(tags or {})})
+    version = mlflow.register_model(logged.model_uri, name,
+                                    tags={"model": best.kind, CANDIDATE_TAG: key, **(tags or {})})
     client = MlflowClient()
-    for key, value in best.metrics.items():
+    for metric, value in best.metrics.items():
         if value == value:
-            client.set_model_version_tag(name, str(version.version), f"heldout_{key}", f"{value:.6f}")
+            client.set_model_version_tag(name, str(version.version), f"heldout_{metric}", f"{value:.6f}")
+    faults.point("propensity.after_register")   # registered, no alias yet: the rerun takes this version
     return int(version.version)
 
 
