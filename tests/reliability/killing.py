@@ -32,6 +32,9 @@ from seglake.core.runner import run_job
 
 #: columns that name the run or its clock: left out of every comparison
 RUN_COLUMNS = ("_run_id", "run_id")
+#: columns that name an ingest batch: two lakehouses that ingest the same files in runs of their
+#: own differ there by construction (left out when comparing such lakehouses)
+BATCH_COLUMNS = ("_batch_id", "batch_id", "_ingested_at", "ingested_at")
 
 
 def conf_dir(root: Path, **overrides: dict) -> Path:
@@ -118,14 +121,16 @@ def changed_tables(before: Path, *lakes: Path) -> list[str]:
     return [t for t in names if any(_log_files(lake, t) != _log_files(before, t) for lake in lakes)]
 
 
-def rows(spark, lake: Path, table: str, ignore: tuple[str, ...] = (), root_as_text: bool = False) -> list[tuple]:
+def rows(spark, lake: Path, table: str, ignore: tuple[str, ...] = (), root_as_text: bool | Path = False) -> list[tuple]:
     """Every row of ``table`` as sorted text tuples, without run ids and clocks (``*_at`` but
     ``_ingested_at``, which bronze keeps from its one commit) and the columns in ``ignore``;
-    with ``root_as_text``, the lakehouse's root folder written ``<lake>`` in the values."""
+    with ``root_as_text``, the lakehouse's root folder (or the folder given: the lakehouse this
+    one was copied from) written ``<lake>`` in the values."""
     df = tables.read(spark, make_cfg(lake), table)
     keep = sorted(c for c in df.columns
                   if c not in RUN_COLUMNS and c not in ignore and (not c.endswith("_at") or c == "_ingested_at"))
-    roots = sorted({str(lake), str(lake.resolve())}, key=len, reverse=True) if root_as_text else []
+    root = root_as_text if isinstance(root_as_text, Path) else lake
+    roots = sorted({str(root), str(root.resolve())}, key=len, reverse=True) if root_as_text else []
 
     def text(v) -> str:
         out = str(v)

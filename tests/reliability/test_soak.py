@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, make_cfg
-from killing import changed_tables, conf_dir, delta_tables, rows
+from killing import BATCH_COLUMNS, changed_tables, conf_dir, delta_tables, rows
 from seglake.core.context import JobContext
 from seglake.core.runner import run_job
 
@@ -48,12 +48,9 @@ def _start(lake: Path, job: str, conf: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
-#: the two lakehouses ingest the same files in runs of their own: a batch id and an ingestion time
-#: name the run that ingested a record (and the files' paths the lakehouse root), not its data
-BATCH_COLUMNS = ("_batch_id", "batch_id", "_ingested_at", "ingested_at")
-
-
 def _rows(spark, lake: Path, table: str) -> list[tuple]:
+    # the two lakehouses ingest the same files in runs of their own: a batch id and an ingestion
+    # time name the run that ingested a record (and the files' paths the lakehouse root), not its data
     return rows(spark, lake, table, ignore=BATCH_COLUMNS, root_as_text=True)
 
 

@@ -83,6 +83,7 @@ CLEAN_BATCHES = "ops.clean_batches"
 IDENTITY_RUNS = "ops.identity_runs"
 JOB_LEASES = "ops.job_leases"   # seglake.core.leases: who runs which job now
 CLEAN_SET_ASIDE = "ops.clean_set_aside"
+CLEAN_REBUILDS = "ops.clean_rebuilds"   # bronze batches a `clean --as-of D` is re-cleaning (until it is done)
 UNREADABLE_FILES = "ops.unreadable_files"
 ERASURE_REQUESTS = "ops.erasure_requests"   # seglake.core.erasure: the erasure ledger (hashes only)
 CONSENT_LEDGER = "ops.consent"   # seglake.stages.consent: grant/withdraw per identifier, with time
@@ -103,7 +104,7 @@ KNOWN_TABLES: tuple[str, ...] = (
     ENRICHED_EVENTS, CUSTOMER_FEATURES, FEATURE_SCALING, RETENTION_MATRIX, SEGMENT_MEMBERSHIP, SEGMENT_CHANGES,
     SEGMENT_HEALTH, SEGMENT_OVERLAP, CLUSTERS, CLUSTER_PROFILES, CLUSTER_SWEEP, PROPENSITY_SCORES, CUSTOMER_VALUE,
     TRANSITION_MATRIX, JOURNEY_METRICS, JOURNEY_PATHS, RUN_LOG, INGESTED_FILES, CLEAN_BATCHES,
-    IDENTITY_RUNS, CLEAN_SET_ASIDE, UNREADABLE_FILES, JOB_LEASES,
+    IDENTITY_RUNS, CLEAN_SET_ASIDE, CLEAN_REBUILDS, UNREADABLE_FILES, JOB_LEASES,
     ERASURE_REQUESTS, CONSENT_LEDGER, SEGMENT_TRIGGERS, STREAM_TIMERS, STREAM_PROGRESS,
     OUTBOX, DEAD_LETTER, EXPORT_REMOVALS, EXPERIMENT_ASSIGNMENTS, AB_RESULTS,
 )

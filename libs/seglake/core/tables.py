@@ -367,8 +367,13 @@ def delete_matching(spark: SparkSession, cfg: Config, table: str, keys: DataFram
 
 def merge(spark: SparkSession, df: DataFrame, cfg: Config, table: str, keys: Iterable[str],
           partition_by: Sequence[str] = (), update: bool = False, extra_condition: str | None = None,
-          schema_evolution: bool = False, properties: dict | None = None) -> None:
+          schema_evolution: bool = False, properties: dict | None = None, update_condition: str | None = None,
+          delete_unmatched: str | None = None) -> None:
     """Insert rows whose ``keys`` are new (and update matches when ``update``).
+
+    ``update_condition`` (on ``t.``/``s.``): update only the matches where it holds (implies
+    ``update``). ``delete_unmatched`` (on ``t.``): delete the target rows where it holds that no
+    source row matches, in the same commit (a slice of the table replaced by the source).
 
     The first write creates the table, atomically: when two writers find it missing at once,
     one creates it and the other's create fails (a Delta conflict, or "path exists") and it
@@ -396,10 +401,15 @@ def merge(spark: SparkSession, df: DataFrame, cfg: Config, table: str, keys: Ite
     builder = DeltaTable.forPath(spark, cfg.table_path(table)).alias("t").merge(df.alias("s"), cond)
     if schema_evolution:
         builder = builder.withSchemaEvolution()
-    if update:
+    if update_condition:
+        builder = builder.whenMatchedUpdateAll(condition=update_condition)
+    elif update:
         builder = builder.whenMatchedUpdateAll()
+    builder = builder.whenNotMatchedInsertAll()
+    if delete_unmatched:
+        builder = builder.whenNotMatchedBySourceDelete(condition=delete_unmatched)
     faults.point(f"before_commit:{table}")
-    builder.whenNotMatchedInsertAll().execute()
+    builder.execute()
     faults.point(f"after_commit:{table}")
     _journal_commit(spark, cfg, table, before)
 

@@ -19,6 +19,14 @@
    (:mod:`seglake.stages.clean_batches`) and the other batches are cleaned;
 7. (the stage runner writes its ``ops.run_log`` row; a run with no new batch is a ``noop``).
 
+``--as-of D`` (a scheduler's run for the interval ending at D) also **re-cleans day D**: the
+batches holding landing files of day D-1 (:func:`seglake.stages.clean_batches.batches_of_day`) that
+were cleaned before are listed in ``ops.clean_rebuilds`` first, then cleaned again from bronze
+with the code and configuration of now; their silver rows are replaced in the one MERGE that
+inserts the new ones (rows of those batches updated, inserted, or deleted when the new
+derivation no longer has them) and their quarantine rows by a replaceWhere. A run that dies
+midway leaves the batches listed: the next clean, with or without ``--as-of``, finishes them.
+
 Consent: consent=false events stay in silver.events (audit, erasure, exact counts) but every
 downstream stage reads events through :func:`seglake.core.contracts.profiling_events`, which keeps consent=true only.
 
@@ -34,7 +42,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from seglake.core import erasure, pii, quality, tables, timezones
-from seglake.core.contracts import BRONZE_EVENTS, CLEAN_BATCHES, QUARANTINE, SILVER_EVENTS
+from seglake.core.contracts import BRONZE_EVENTS, CLEAN_BATCHES, CLEAN_REBUILDS, QUARANTINE, SILVER_EVENTS
 from seglake.core.context import JobContext
 from seglake.core.spark import persist_events
 from seglake.stages import clean_batches
@@ -90,7 +98,11 @@ def _run(ctx: JobContext, started: datetime, only: list[str] | None = None) -> d
 
     # only: the named batches (file statistics on _batch_id skip the rest of bronze)
     scope = bronze if only is None else bronze.where(F.col("_batch_id").isin(list(only)))
-    batch_ids, skipped = clean_batches.pending(spark, cfg, scope, bool(ctx.args.get("retry_set_aside")))
+    if ctx.as_of_given and only is None:
+        clean_batches.request_rebuild(spark, cfg, ctx.as_of, ctx.run_id)
+    rebuilding = frozenset(clean_batches.rebuild_requests(spark, cfg))   # this run's, or a killed run's
+    batch_ids, skipped = clean_batches.pending(spark, cfg, scope, bool(ctx.args.get("retry_set_aside")),
+                                               also=rebuilding)
     if skipped:
         log.warning("clean: %d set-aside batch(es) skipped (see %s; --retry-set-aside after a fix)",
                     len(skipped), clean_batches.CLEAN_SET_ASIDE)
@@ -108,7 +120,7 @@ def _run(ctx: JobContext, started: datetime, only: list[str] | None = None) -> d
     # records of persons erased earlier (ops.erasure_requests) never reach silver or quarantine again
     standardized = persist_events(erasure.erased_filter(spark, cfg, standardized, erasure.STANDARDIZED_COLUMNS))
     try:
-        return _write(ctx, started, standardized, batch_ids, max_ts, decimals)
+        return _write(ctx, started, standardized, batch_ids, max_ts, decimals, rebuilding=rebuilding)
     finally:
         standardized.unpersist()
 
@@ -148,8 +160,18 @@ def _culprits(ctx: JobContext, result, silver: DataFrame, batch_ids: list[str], 
     return culprits
 
 
+def _same_row() -> str:
+    """SQL: target row ``t`` equals source row ``s`` in every silver column but the run id (maps
+    compared as sorted entries: Spark cannot compare maps)."""
+    return " AND ".join(
+        "array_sort(map_entries(t.properties)) <=> array_sort(map_entries(s.properties))" if c == "properties"
+        else f"t.`{c}` <=> s.`{c}`" for c in SILVER_COLUMNS if c != "_run_id")
+
+
 def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_ids: list[str],
-           max_ts: datetime, impute_decimals: int, attempt: int = 0) -> dict:
+           max_ts: datetime, impute_decimals: int, attempt: int = 0, rebuilding: frozenset = frozenset()) -> dict:
+    """Judge, dedupe, impute, validate and write ``batch_ids``; those in ``rebuilding`` were cleaned
+    before and their rows in silver and quarantine are replaced."""
     spark, cfg = ctx.spark, ctx.cfg
     # one row per batch and reason code (<= batches x (len(REASONS) + 1)): small
     max_share = float(cfg.get("clean.max_reject_share"))
@@ -197,21 +219,32 @@ def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_id
         for df in (silver, medians, unique):
             df.unpersist()
         return _set_aside_and_clean_the_rest(ctx, started, standardized, batch_ids, max_ts, impute_decimals,
-                                             attempt, result, culprits, good, set_aside)
+                                             attempt, result, culprits, good, set_aside, rebuilding)
     try:
         q = quarantine_rows(standardized, ctx.run_id, started)
         tables.overwrite(q, cfg, QUARANTINE, replace_where="_batch_id IN ("
                          + ", ".join(_sql_quote(b) for b in batch_ids) + ")")
-        inserted = 0
-        if n_unique:
+        inserted = updated = deleted = 0
+        replacing = sorted(set(batch_ids) & rebuilding)
+        if n_unique or (replacing and tables.exists(spark, cfg, SILVER)):
             before = tables.version(spark, cfg, SILVER)
+            # rows of re-cleaned batches: replaced by their new derivation (only where it differs), in
+            # the same commit
+            theirs = ("t._batch_id IN (" + ", ".join(_sql_quote(b) for b in replacing) + ")") if replacing else None
             tables.merge(spark, silver, cfg, SILVER, keys=["event_key"], partition_by=["event_date"],
                          extra_condition=(f"t.event_date >= DATE'{stats['lo'].isoformat()}' AND "
-                                          f"t.event_date <= DATE'{stats['hi'].isoformat()}'"))
+                                          f"t.event_date <= DATE'{stats['hi'].isoformat()}'") if n_unique else None,
+                         update_condition=f"{theirs} AND NOT ({_same_row()})" if theirs else None,
+                         delete_unmatched=theirs)
             commit = tables.last_commit(spark, cfg, SILVER)
-            # a MERGE that inserts nothing (every row already in silver) makes no commit
-            inserted = (n_unique if before is None else
-                        tables.rows_written(commit) if commit["version"] > before else 0)
+            # a MERGE that changes nothing (every row already in silver) makes no commit
+            if before is None:
+                inserted = n_unique
+            elif commit["version"] > before:
+                m = commit["metrics"]
+                inserted = int(m.get("numTargetRowsInserted") or 0)
+                updated = int(m.get("numTargetRowsUpdated") or 0)
+                deleted = int(m.get("numTargetRowsDeleted") or 0)
     finally:
         for df in (silver, medians, unique):
             df.unpersist()
@@ -219,16 +252,17 @@ def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_id
     now = datetime.now(timezone.utc)
     done = spark.createDataFrame([(b, ctx.run_id, now) for b in batch_ids],
                                  "_batch_id STRING, run_id STRING, cleaned_at TIMESTAMP")
-    tables.merge(spark, done, cfg, CLEANED_BATCHES, keys=["_batch_id"])
+    tables.merge(spark, done, cfg, CLEANED_BATCHES, keys=["_batch_id"], update=bool(replacing))
     clean_batches.release(spark, cfg, batch_ids)
+    clean_batches.rebuilt(spark, cfg, replacing)
 
     summary = {
         "batches": len(batch_ids),
         "records_in": records_in,
         "valid": valid,
         "duplicates_in_batch": valid - n_unique,
-        "duplicates_vs_silver": n_unique - inserted,
-        "deduplicated": valid - inserted,
+        "duplicates_vs_silver": n_unique - inserted - updated,
+        "deduplicated": valid - inserted - updated,
         "inserted": inserted,
         "quarantined": quarantined,
         "quarantined_by_reason": dict(sorted(by_reason.items())),
@@ -238,6 +272,9 @@ def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_id
         "quality_results": result.results_path,
         "data_docs": result.docs_path,
     }
+    if replacing:
+        summary.update({"rebuilt_batches": len(replacing), "rebuilt_rows_updated": updated,
+                        "rebuilt_rows_deleted": deleted})
     if set_aside:
         summary["set_aside"] = set_aside
         ctx.status = "set_aside"
@@ -247,7 +284,7 @@ def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_id
 
 def _set_aside_and_clean_the_rest(ctx: JobContext, started: datetime, standardized: DataFrame, batch_ids: list[str],
                                   max_ts: datetime, impute_decimals: int, attempt: int, result, culprits: list[str],
-                                  good: dict, set_aside: dict) -> dict:
+                                  good: dict, set_aside: dict, rebuilding: frozenset = frozenset()) -> dict:
     """Set aside the batches that failed the suite alone, then clean the others as if the
     culprits had never been pending (their own medians, dedupe and checks)."""
     n = len(batch_ids)
@@ -262,7 +299,7 @@ def _set_aside_and_clean_the_rest(ctx: JobContext, started: datetime, standardiz
         return {"batches": 0, "records_in": 0, "set_aside": set_aside, "quality": result.headline(),
                 "note": f"every pending batch was set aside (see {clean_batches.CLEAN_SET_ASIDE})"}
     summary = _write(ctx, started, standardized.where(F.col("_batch_id").isin(rest)), rest, max_ts,
-                     impute_decimals, attempt + 1)
+                     impute_decimals, attempt + 1, rebuilding)
     summary["set_aside"] = {**set_aside, **summary.get("set_aside", {})}
     summary["quality_with_set_aside_batches"] = result.headline()
     return summary

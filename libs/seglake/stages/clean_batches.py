@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from seglake.core import tables
 from seglake.core.config import Config
-from seglake.core.contracts import CLEAN_BATCHES, CLEAN_SET_ASIDE
+from seglake.core.contracts import CLEAN_BATCHES, CLEAN_REBUILDS, CLEAN_SET_ASIDE, INGESTED_FILES
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,20 @@ def set_aside_ids(spark: SparkSession, cfg: Config) -> list[str]:
                   .collect())  # one row per set-aside batch: small
 
 
-def pending(spark: SparkSession, cfg: Config, bronze: DataFrame, retry: bool) -> tuple[list[str], list[str]]:
+REBUILDS_DDL = "_batch_id STRING, as_of_date DATE, run_id STRING, requested_at TIMESTAMP"
+
+
+def pending(spark: SparkSession, cfg: Config, bronze: DataFrame, retry: bool,
+            also: frozenset = frozenset()) -> tuple[list[str], list[str]]:
     """(batches to clean now, set-aside batches skipped): bronze batches that are neither
-    cleaned nor set aside — set-aside ones too when ``retry``. One row per ingest batch: small."""
+    cleaned nor set aside, plus the cleaned ones in ``also`` (re-cleaned) — set-aside ones too
+    when ``retry``. One row per ingest batch: small."""
     ids = bronze.select("_batch_id").distinct()
     if tables.exists(spark, cfg, CLEAN_BATCHES):
-        ids = ids.join(tables.read(spark, cfg, CLEAN_BATCHES).select("_batch_id"), "_batch_id", "left_anti")
+        done = tables.read(spark, cfg, CLEAN_BATCHES).select("_batch_id")
+        if also:
+            done = done.where(~F.col("_batch_id").isin(sorted(also)))
+        ids = ids.join(done, "_batch_id", "left_anti")
     candidates = sorted(r["_batch_id"] for r in ids.collect() if r["_batch_id"] is not None)  # per batch: small
     aside = set(set_aside_ids(spark, cfg))
     if retry:
@@ -109,3 +117,56 @@ def release(spark: SparkSession, cfg: Config, cleaned: list[str]) -> None:
         keys = spark.createDataFrame([(b,) for b in sorted(listed)], "_batch_id STRING")
         tables.delete_matching(spark, cfg, CLEAN_SET_ASIDE, keys, on="_batch_id")
         log.info("clean: %d set-aside batch(es) cleaned on retry and removed from %s", len(listed), CLEAN_SET_ASIDE)
+
+
+def batches_of_day(spark: SparkSession, cfg: Config, day) -> list[str]:
+    """The bronze batches that hold a landing file of ``day`` (the file-day rule of ingest,
+    :func:`seglake.stages.ingest.file_day`, over ``ops.ingested_files``): what a scheduler's run
+    for the interval ending the day after (``--as-of day+1``) ingested. One row per batch of the
+    day reaches the driver: small."""
+    from seglake.stages.ingest import file_day
+
+    if not tables.exists(spark, cfg, INGESTED_FILES):
+        return []
+    rows = (tables.read(spark, cfg, INGESTED_FILES)
+            .where(file_day(F.col("path"), F.col("modification_time")) == F.lit(day).cast("date"))
+            .select("batch_id").distinct().collect())
+    return sorted(r["batch_id"] for r in rows if r["batch_id"])
+
+
+def request_rebuild(spark: SparkSession, cfg: Config, as_of, run_id: str) -> list[str]:
+    """``clean --as-of D``: list in ``ops.clean_rebuilds`` the already cleaned batches holding
+    landing files of day D-1, so that they are cleaned again (by this run, or by the next one if
+    this one dies); their ids."""
+    from datetime import timedelta
+
+    day = as_of - timedelta(days=1)
+    ids = batches_of_day(spark, cfg, day)
+    if ids and tables.exists(spark, cfg, CLEAN_BATCHES):
+        cleaned = {r["_batch_id"] for r in tables.read(spark, cfg, CLEAN_BATCHES)
+                   .where(F.col("_batch_id").isin(ids)).select("_batch_id").collect()}   # the day's: small
+        ids = sorted(cleaned)
+    else:
+        ids = []
+    log.info("clean: --as-of %s: %d batch(es) of files of %s cleaned before: cleaning them again", as_of, len(ids),
+             day)
+    if ids:
+        now = datetime.now(timezone.utc)
+        rows = spark.createDataFrame([(b, as_of, run_id, now) for b in ids], REBUILDS_DDL)
+        tables.merge(spark, rows, cfg, CLEAN_REBUILDS, keys=["_batch_id"], update=True)
+    return ids
+
+
+def rebuild_requests(spark: SparkSession, cfg: Config) -> list[str]:
+    """Batches listed in ``ops.clean_rebuilds``: asked to be cleaned again, not done yet (small)."""
+    if not tables.exists(spark, cfg, CLEAN_REBUILDS):
+        return []
+    return sorted(r["_batch_id"] for r in tables.read(spark, cfg, CLEAN_REBUILDS).select("_batch_id").collect())
+
+
+def rebuilt(spark: SparkSession, cfg: Config, batch_ids: list[str]) -> None:
+    """Remove re-cleaned batches from ``ops.clean_rebuilds`` (after their silver, quarantine and
+    ledger rows were written)."""
+    if batch_ids and tables.exists(spark, cfg, CLEAN_REBUILDS):
+        keys = spark.createDataFrame([(b,) for b in batch_ids], "_batch_id STRING")
+        tables.delete_matching(spark, cfg, CLEAN_REBUILDS, keys, on="_batch_id")

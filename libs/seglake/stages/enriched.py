@@ -41,7 +41,7 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Sequence
 
 from pyspark.errors import AnalysisException
@@ -205,11 +205,15 @@ def _new_batch_customers(spark: SparkSession, cfg: Config, old_ledger_version: i
     if old_ledger_version >= 0:
         ledger = ledger.join(tables.read(spark, cfg, CLEAN_BATCHES, version=old_ledger_version)
                              .select("_batch_id"), "_batch_id", "left_anti")
-    batch_ids = [r[0] for r in ledger.distinct().collect()]  # one row per ingest batch: small
+    return batch_customers(spark, cfg, [r[0] for r in ledger.distinct().collect()])  # per ingest batch: small
+
+
+def batch_customers(spark: SparkSession, cfg: Config, batch_ids: list[str]) -> DataFrame:
+    """customer_id (current map) of the silver events of ``batch_ids``."""
     if not batch_ids:
         return spark.createDataFrame([], "customer_id string")
     return customer_events(spark, cfg, columns=("event_key",), withdrawals=False,
-                           where=F.col("_batch_id").isin(batch_ids)).select("customer_id")
+                           where=F.col("_batch_id").isin(list(batch_ids))).select("customer_id")
 
 
 def _silver_lost_rows(spark: SparkSession, cfg: Config, since: int, until: int) -> str | None:
@@ -266,8 +270,11 @@ def _full_rebuild(spark: SparkSession, cfg: Config, meta: dict, why: str, run_id
     return {"mode": "full", "reason": why, "customers_rewritten": None}
 
 
-def refresh(spark: SparkSession, cfg: Config, run_id: str = "") -> dict:
+def refresh(spark: SparkSession, cfg: Config, run_id: str = "", rebuild_batches: Sequence[str] = ()) -> dict:
     """Bring silver.enriched_events and silver.sessions up to date; what was done.
+
+    ``rebuild_batches``: the customers with events of these bronze batches are rewritten even
+    when nothing changed (``seglake run sessions --as-of D``: the day's batches).
 
     Returns:
         ``{"mode": "full"|"incremental"|"noop", "reason": str, "customers_rewritten": int|None}``.
@@ -275,7 +282,7 @@ def refresh(spark: SparkSession, cfg: Config, run_id: str = "") -> dict:
     now = current_state(spark, cfg)
     recorded = _recorded(spark, cfg, ENRICHED_EVENTS)
     old = _state_of(recorded)
-    if _up_to_date(spark, cfg, now, recorded):
+    if not rebuild_batches and _up_to_date(spark, cfg, now, recorded):
         _sync_sessions(spark, cfg, None, None, run_id)
         return {"mode": "noop", "reason": "up to date", "customers_rewritten": 0}
     meta = asdict(now)
@@ -284,6 +291,8 @@ def refresh(spark: SparkSession, cfg: Config, run_id: str = "") -> dict:
         return _full_rebuild(spark, cfg, meta, why, run_id)
     base = tables.version(spark, cfg, ENRICHED_EVENTS)
     affected = _new_batch_customers(spark, cfg, old.ledger_version)
+    if rebuild_batches:
+        affected = affected.unionByName(batch_customers(spark, cfg, list(rebuild_batches)))
     try:
         if old.identity_version != now.identity_version:
             affected = affected.unionByName(_identity_changes(spark, cfg, old.identity_version))
@@ -309,7 +318,9 @@ def refresh(spark: SparkSession, cfg: Config, run_id: str = "") -> dict:
         _write(build(_source_events(spark, cfg).limit(0), cfg), cfg, ENRICHED_EVENTS, "event_date", meta,
                full=False)
     _sync_sessions(spark, cfg, affected if n else None, base, run_id)
-    return {"mode": "incremental", "reason": "new batches or identity changes", "customers_rewritten": n}
+    reason = "new batches or identity changes" + (f"; {len(rebuild_batches)} batch(es) of the day rebuilt"
+                                                   if rebuild_batches else "")
+    return {"mode": "incremental", "reason": reason, "customers_rewritten": n}
 
 
 def _sync_sessions(spark: SparkSession, cfg: Config, affected: DataFrame | None, base: int | None,
@@ -379,7 +390,13 @@ def run(ctx) -> dict:
     """``seglake run sessions``: bring silver.enriched_events and silver.sessions up to date
     (incrementally: only customers with new events or changed identities are rewritten)."""
     spark, cfg = ctx.spark, ctx.cfg
-    done = refresh(spark, cfg, ctx.run_id)
+    day_batches: list[str] = []
+    if ctx.as_of_given:   # a scheduler's run of day D: the day's customers are rewritten
+        from seglake.stages.clean_batches import batches_of_day
+        day_batches = batches_of_day(spark, cfg, ctx.as_of - timedelta(days=1))
+        log.info("sessions: --as-of %s: rewriting the customers of %d batch(es) of files of %s", ctx.as_of,
+                 len(day_batches), ctx.as_of - timedelta(days=1))
+    done = refresh(spark, cfg, ctx.run_id, rebuild_batches=day_batches)
     out = tables.read(spark, cfg, SESSIONS).agg(
         F.count(F.lit(1)).alias("sessions"), F.countDistinct("customer_id").alias("customers"),
         F.avg("n_events").alias("events_per_session"), F.avg(F.col("converted").cast("int")).alias("conv")).first()

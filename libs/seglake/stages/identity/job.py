@@ -12,6 +12,7 @@ variable named by ``clean.pii_salt_env``), so prod refuses to run without it.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -65,7 +66,15 @@ def run(ctx) -> dict:
     summary: dict[str, Any] = {}
 
     if incremental:
-        new_events = events.filter(F.col("_ingested_at") > F.lit(last["watermark"]))
+        new_events = F.col("_ingested_at") > F.lit(last["watermark"])
+        if ctx.as_of_given:   # a scheduler's run of day D: the day's events are linked again
+            from seglake.stages.clean_batches import batches_of_day
+            day_batches = batches_of_day(spark, cfg, ctx.as_of - timedelta(days=1))
+            log.info("identity: --as-of %s: linking the events of %d batch(es) of files of %s again", ctx.as_of,
+                     len(day_batches), ctx.as_of - timedelta(days=1))
+            if day_batches:
+                new_events = new_events | F.col("_batch_id").isin(day_batches)
+        new_events = events.filter(new_events)
         tuples = identifier_tuples(new_events).localCheckpoint()
         old_edges = tables.read(spark, cfg, EDGES_TABLE)
         new_edges = identity_edges(tuples).join(old_edges, ["src_type", "src", "dst_type", "dst"], "left_anti")
