@@ -80,15 +80,17 @@ class _own_mlflow_store:
             os.environ["MLFLOW_TRACKING_URI"] = self.previous
 
 
-def _registry(lake: Path) -> dict[str, tuple[list[int], int | None]]:
-    """``model -> (its versions, the champion alias's version)`` in the lakehouse's own store."""
+def _registry(lake: Path) -> dict[str, tuple[list[tuple[int, dict]], int | None]]:
+    """``model -> ([(version, its tags)], the champion alias's version)`` in the lakehouse's own
+    store (the tags: model kind, target, as-of, candidate key, held-out metrics)."""
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{lake / '_mlflow' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     out = {}
     for model in client.search_registered_models():
-        versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{model.name}'"))
+        found = client.search_model_versions(f"name = '{model.name}'")
+        versions = sorted(((int(v.version), dict(v.tags)) for v in found), key=lambda vt: vt[0])
         out[model.name] = (versions, int(model.aliases["champion"]) if "champion" in model.aliases else None)
     return out
 
@@ -121,7 +123,8 @@ def test_a_model_stage_crashed_at_each_boundary_in_turn_then_rerun_equals_an_uni
     run_job(JobContext(spark, make_cfg(lake, **OVERRIDES)), stage)
     _assert_equal(spark, before, lake, model_lakes[stage])
     if stage == "propensity":   # the registries were equal: one version per target, the champion
-        assert _registry(lake) == {"seglake-churn": ([1], 1), "seglake-purchase": ([1], 1)}
+        assert {m: ([v for v, _ in vs], c) for m, (vs, c) in _registry(lake).items()} == {
+            "seglake-churn": ([1], 1), "seglake-purchase": ([1], 1)}
 
 
 @pytest.mark.parametrize("stage,point", KILL_CASES, ids=[f"{s}-{p}" for s, p in KILL_CASES])

@@ -83,14 +83,14 @@ def request_key(spark: SparkSession, hashed_given: Iterable[str], key: str) -> s
 
 # --------------------------------------------------------------------------- the ledger
 
-def request_status(spark: SparkSession, cfg: Config, key_of_request: str) -> str | None:
-    """The ledger status of a request (``pending``: an earlier run of it did not finish; ``done``),
-    or None when it was never recorded."""
+def request_state(spark: SparkSession, cfg: Config, key_of_request: str) -> dict | None:
+    """The ledger row of a request (``status``: ``pending`` when a run of it did not finish,
+    else ``done``; ``requested_at``, ``completed_at``), or None when it was never recorded."""
     if not tables.exists(spark, cfg, ERASURE_REQUESTS):
         return None
     row = (tables.read(spark, cfg, ERASURE_REQUESTS).where(F.col("request_key") == F.lit(key_of_request))
-           .select("status").first())
-    return None if row is None else row["status"]
+           .select("status", "requested_at", "completed_at").first())
+    return None if row is None else row.asDict()
 
 
 def request_hashes(spark: SparkSession, cfg: Config, key_of_request: str) -> list[str]:
@@ -131,7 +131,8 @@ def record_request(spark: SparkSession, cfg: Config, *, key_of_request: str, ide
             return F.array_sort(F.array_union(F.coalesce(F.col(f"t.{c}"), F.array().cast("array<string>")),
                                               F.col(f"s.{c}")))
 
-        updates = {"identifiers_hashed": union("identifiers_hashed"),
+        # a new run of a request is pending until it ends (also a repeat of a finished one)
+        updates = {"identifiers_hashed": union("identifiers_hashed"), "status": F.lit("pending"),
                    "customer_ids_count": F.greatest(F.coalesce(F.col("t.customer_ids_count"), F.lit(0)),
                                                     F.col("s.customer_ids_count"))}
         if done:

@@ -105,7 +105,7 @@ def commits(spark: SparkSession, cfg: Config, table: str, since: int = -1, until
     """The commits of ``table`` with version in ``(since, until]`` (``until`` None = the latest),
     newest first unless ``newest_first`` is False: dicts with ``version``, ``operation``,
     ``operationParameters``, ``operationMetrics`` and ``userMetadata`` (as ``DESCRIBE HISTORY``
-    shows them: values are strings).
+    shows them: values are strings), and ``timestamp`` (epoch milliseconds, or None).
 
     Read from the commit files of the Delta log on the driver, one small file per commit and
     lazily, without the Spark job (and snapshot) a ``DeltaTable.history()`` call costs. Where
@@ -132,7 +132,7 @@ def commits(spark: SparkSession, cfg: Config, table: str, since: int = -1, until
         yield {"version": v, "operation": info.get("operation"),
                "operationParameters": {k: _as_text(x) for k, x in (info.get("operationParameters") or {}).items()},
                "operationMetrics": dict(info.get("operationMetrics") or {}),
-               "userMetadata": info.get("userMetadata")}
+               "userMetadata": info.get("userMetadata"), "timestamp": info.get("timestamp")}
 
 
 def _as_text(value) -> str | None:
@@ -146,11 +146,13 @@ def _history_commits(spark: SparkSession, path: str, since: int, until: int, new
     from pyspark.sql import functions as F
     rows = (DeltaTable.forPath(spark, path).history()
             .where((F.col("version") > since) & (F.col("version") <= until))
-            .select("version", "operation", "operationParameters", "operationMetrics", "userMetadata")
+            .select("version", "operation", "operationParameters", "operationMetrics", "userMetadata",
+                    (F.unix_millis("timestamp")).alias("ts"))
             .collect())  # one small row per commit of the table (grows with runs, not with events)
     out = [{"version": int(r["version"]), "operation": r["operation"],
             "operationParameters": dict(r["operationParameters"] or {}),
-            "operationMetrics": dict(r["operationMetrics"] or {}), "userMetadata": r["userMetadata"]}
+            "operationMetrics": dict(r["operationMetrics"] or {}), "userMetadata": r["userMetadata"],
+            "timestamp": r["ts"]}
            for r in rows]
     return sorted(out, key=lambda c: c["version"], reverse=newest_first)
 

@@ -119,6 +119,14 @@ def release(spark: SparkSession, cfg: Config, cleaned: list[str]) -> None:
         log.info("clean: %d set-aside batch(es) cleaned on retry and removed from %s", len(listed), CLEAN_SET_ASIDE)
 
 
+def cleaned_since(spark: SparkSession, cfg: Config, since) -> list[str]:
+    """Batches ``ops.clean_batches`` says were cleaned (or cleaned again) after ``since`` (small)."""
+    if not tables.exists(spark, cfg, CLEAN_BATCHES):
+        return []
+    return sorted(r["_batch_id"] for r in tables.read(spark, cfg, CLEAN_BATCHES)
+                  .where(F.col("cleaned_at") > F.lit(since)).select("_batch_id").collect())
+
+
 def batches_of_day(spark: SparkSession, cfg: Config, day) -> list[str]:
     """The bronze batches that hold a landing file of ``day`` (the file-day rule of ingest,
     :func:`seglake.stages.ingest.file_day`, over ``ops.ingested_files``): what a scheduler's run

@@ -199,13 +199,15 @@ def _exclusion_changes(spark: SparkSession, cfg: Config, old: State) -> DataFram
 
 
 def _new_batch_customers(spark: SparkSession, cfg: Config, old_ledger_version: int) -> DataFrame:
-    """customer_id (current map) of silver events of the batches the clean ledger gained since
-    ``old_ledger_version`` (a diff of two small table versions: no clock is involved)."""
-    ledger = tables.read(spark, cfg, CLEAN_BATCHES).select("_batch_id")
+    """customer_id (current map) of silver events of the batches the clean ledger gained, or
+    cleaned again (``clean --as-of D``: a new run id), since ``old_ledger_version`` (a diff of two
+    small table versions: no clock is involved)."""
+    ledger = tables.read(spark, cfg, CLEAN_BATCHES).select("_batch_id", "run_id")
     if old_ledger_version >= 0:
         ledger = ledger.join(tables.read(spark, cfg, CLEAN_BATCHES, version=old_ledger_version)
-                             .select("_batch_id"), "_batch_id", "left_anti")
-    return batch_customers(spark, cfg, [r[0] for r in ledger.distinct().collect()])  # per ingest batch: small
+                             .select("_batch_id", "run_id"), ["_batch_id", "run_id"], "left_anti")
+    # per ingest batch: small
+    return batch_customers(spark, cfg, [r[0] for r in ledger.select("_batch_id").distinct().collect()])
 
 
 def batch_customers(spark: SparkSession, cfg: Config, batch_ids: list[str]) -> DataFrame:

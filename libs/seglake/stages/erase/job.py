@@ -36,8 +36,9 @@ IDENTITY_LAST: tuple[str, ...] = (IDENTITY_EDGES, IDENTITY_MAP)
 #: the request key is a keyed hash of the request's hashes. A rerun after a crash finds there
 #: what the killed run already removed (the ledger is written only at the end)
 COMMIT_TAG = "seglake_erase"
-#: how many of a table's latest commits a resumed request searches for its own delete
-RESUME_DEPTH = 100
+#: a resumed request searches the commits from this long before it was first recorded (clocks of
+#: other drivers; no delete of the request can be older than the request itself)
+RESUME_MARGIN_MS = 10 * 60 * 1000
 
 
 def add_arguments(parser) -> None:
@@ -151,9 +152,11 @@ def _landing_note(cfg: Config) -> str:
             f"suppressed on re-ingest through {ERASURE_REQUESTS}")
 
 
-def earlier_deletes(spark: SparkSession, cfg: Config, order: list[str], request: str) -> dict[str, int]:
+def earlier_deletes(spark: SparkSession, cfg: Config, order: list[str], request: str,
+                    since_ms: int) -> dict[str, int]:
     """``table -> rows`` that earlier, unfinished runs of ``request`` removed: read from the tables'
-    own delete commits (:data:`COMMIT_TAG`), which each committed atomically with its delete."""
+    own delete commits (:data:`COMMIT_TAG`, each committed atomically with its delete) newer than
+    ``since_ms`` (epoch milliseconds), newest first."""
     import json
 
     out: dict[str, int] = {}
@@ -161,7 +164,9 @@ def earlier_deletes(spark: SparkSession, cfg: Config, order: list[str], request:
         top = tables.version(spark, cfg, table)
         if top is None:
             continue
-        for c in tables.commits(spark, cfg, table, since=max(-1, top - RESUME_DEPTH), until=top):
+        for c in tables.commits(spark, cfg, table, until=top):
+            if c.get("timestamp") is not None and int(c["timestamp"]) < since_ms:
+                break
             meta = c["userMetadata"]
             tag = json.loads(meta).get(COMMIT_TAG) if meta and meta.startswith("{") else None
             if tag and tag.get("request") == request:
@@ -172,7 +177,11 @@ def earlier_deletes(spark: SparkSession, cfg: Config, order: list[str], request:
 def _erase(spark: SparkSession, cfg: Config, given: list[str], key: str, retention: float) -> dict:
     hashed_given = sorted(erasure.hash_values(spark, given, key).values())
     request = erasure.request_key(spark, hashed_given, key)
-    resumed = erasure.request_status(spark, cfg, request) == "pending"   # an earlier run was killed
+    state = erasure.request_state(spark, cfg, request)
+    resumed = state is not None and state["status"] == "pending"   # an earlier run of it was killed
+    # its deletes are newer than its start (a first request) or than the last completion (a repeat)
+    since_ms = (0 if not resumed else int(state["completed_at"].timestamp() * 1000) if state["completed_at"]
+                else int(state["requested_at"].timestamp() * 1000) - RESUME_MARGIN_MS)
     person: Person = expand_person(
         spark, cfg, given, key, max_identifiers=int(cfg.get("erase.max_identifiers") or 0),
         history_versions=int(cfg.get("erase.map_history_versions") or 0),
@@ -186,7 +195,7 @@ def _erase(spark: SparkSession, cfg: Config, given: list[str], key: str, retenti
     found = discover_tables(spark, cfg)
     order = erasure_order(found)
     # a killed run's deletes count too (the ledger and the VACUUM must cover them)
-    removed: dict[str, int] = earlier_deletes(spark, cfg, order, request) if resumed else {}
+    removed: dict[str, int] = earlier_deletes(spark, cfg, order, request, since_ms) if resumed else {}
     if resumed:
         log.warning("erase: resuming a request an earlier run did not finish: it had removed %d rows from %d "
                     "table(s)", sum(removed.values()), len(removed))

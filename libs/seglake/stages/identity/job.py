@@ -26,6 +26,10 @@ from seglake.stages.identity.graph import (_CUSTOMER_NODE, drop_excluded, exclud
 
 log = logging.getLogger(__name__)
 
+#: an incremental run also links the events of the batches cleaned from this long before the last
+#: run on (a batch cleaned again keeps its old ingest time; margin for clocks of other drivers)
+RELINK_MARGIN = timedelta(days=1)
+
 MAP_TABLE = IDENTITY_MAP
 EDGES_TABLE = IDENTITY_EDGES
 EXCLUDED_TABLE = IDENTITY_EXCLUDED
@@ -66,14 +70,19 @@ def run(ctx) -> dict:
     summary: dict[str, Any] = {}
 
     if incremental:
+        from seglake.stages.clean_batches import batches_of_day, cleaned_since
         new_events = F.col("_ingested_at") > F.lit(last["watermark"])
+        # batches cleaned again (clean --as-of D) keep their old _ingested_at: the batches cleaned
+        # since a day before the last run are linked again (linking is idempotent: known edges and
+        # identifiers change nothing)
+        again = cleaned_since(spark, cfg, last["finished_at"] - RELINK_MARGIN) if last.get("finished_at") else []
         if ctx.as_of_given:   # a scheduler's run of day D: the day's events are linked again
-            from seglake.stages.clean_batches import batches_of_day
             day_batches = batches_of_day(spark, cfg, ctx.as_of - timedelta(days=1))
             log.info("identity: --as-of %s: linking the events of %d batch(es) of files of %s again", ctx.as_of,
                      len(day_batches), ctx.as_of - timedelta(days=1))
-            if day_batches:
-                new_events = new_events | F.col("_batch_id").isin(day_batches)
+            again = sorted(set(again) | set(day_batches))
+        if again:
+            new_events = new_events | F.col("_batch_id").isin(again)
         new_events = events.filter(new_events)
         tuples = identifier_tuples(new_events).localCheckpoint()
         old_edges = tables.read(spark, cfg, EDGES_TABLE)

@@ -102,7 +102,6 @@ def log_and_register(best: Candidate, held: DataFrame, inputs: Sequence[str], na
     uninterrupted run.
     """
     import mlflow
-    from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
     from seglake.core import tracking
@@ -112,6 +111,7 @@ def log_and_register(best: Candidate, held: DataFrame, inputs: Sequence[str], na
     if earlier is not None:
         log.info("propensity: %s v%d was registered for this candidate by a run that did not finish: "
                  "taken as it is (not registered again)", name, earlier)
+        _tag_metrics(name, earlier, best.metrics)   # the killed run may have stopped before its tags
         return earlier
     with mlflow.start_run(run_id=best.info["run_id"], nested=True):
         sample = held.limit(20)  # 20 rows for the signature: small
@@ -121,12 +121,19 @@ def log_and_register(best: Candidate, held: DataFrame, inputs: Sequence[str], na
                                         pip_requirements=tracking.model_pip_requirements())
     version = mlflow.register_model(logged.model_uri, name,
                                     tags={"model": best.kind, CANDIDATE_TAG: key, **(tags or {})})
-    client = MlflowClient()
-    for metric, value in best.metrics.items():
-        if value == value:
-            client.set_model_version_tag(name, str(version.version), f"heldout_{metric}", f"{value:.6f}")
+    _tag_metrics(name, int(version.version), best.metrics)
     faults.point("propensity.after_register")   # registered, no alias yet: the rerun takes this version
     return int(version.version)
+
+
+def _tag_metrics(name: str, version: int, metrics: dict) -> None:
+    """The held-out metrics as ``heldout_<metric>`` tags of a model version."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for metric, value in metrics.items():
+        if value == value:
+            client.set_model_version_tag(name, str(version), f"heldout_{metric}", f"{value:.6f}")
 
 
 @dataclass(frozen=True)
