@@ -47,7 +47,7 @@ test-all: setup
 soak: setup
 	SEGLAKE_SOAK_ROUNDS=$(SOAK_ROUNDS) SEGLAKE_KILL_PROCESSES=1 $(BIN)/pytest \
 	  tests/reliability/test_soak.py tests/reliability/test_kill_stages.py tests/reliability/test_kill_ingest.py \
-	  tests/reliability/test_kill_stream.py
+	  tests/reliability/test_kill_models.py tests/reliability/test_kill_stream.py
 
 compare: setup
 	$(BIN)/pip install --quiet -e ".[bench]"
