@@ -14,8 +14,7 @@ Two kinds of crash (see ``killing.py``):
 Columns that name the run or its clock (``_run_id``, ``run_id``, ``*_at`` but ``_ingested_at``)
 are left out of the comparison, and so are the per-run logs (run log, lease table, identity runs).
 
-Not covered here: cluster and propensity (each one partition overwrite, plus MLflow runs and
-registry versions that a rerun numbers anew), and erase (its own tests).
+The model stages (cluster, propensity, experiments) and erase: ``test_kill_models.py``.
 """
 from __future__ import annotations
 
@@ -24,8 +23,7 @@ import shutil
 import pytest
 
 from conftest import CHAIN, CHAIN_ARGS, make_cfg
-from killing import (abort_in_process, changed_tables, conf_dir, delta_tables, kill_processes_everywhere,
-                     rows, run_killed)
+from killing import abort_in_process, assert_stage_equal, conf_dir, kill_processes_everywhere, run_killed
 from seglake.core.context import JobContext
 from seglake.core.runner import run_job
 
@@ -45,8 +43,6 @@ POINTS = {
     "journeys": ("after_commit:gold.transition_matrix", "after_commit:gold.journey_paths",
                  "after_commit:gold.journey_metrics"),
 }
-#: per-run logs: a crashed run that got as far as its own log row keeps it, and its rerun adds one
-SKIP_TABLES = {"ops.run_log", "ops.job_leases", "ops.identity_runs"}
 #: boundaries where CI kills a real process: identity's multi-table build and segments' four
 #: overwrites, mid-way (every boundary under make soak)
 KILLED = (("identity", "after_commit:silver.identity_map"), ("segments", "after_commit:gold.segment_changes"))
@@ -61,16 +57,6 @@ def _lakes(chain_lakes, stage: str, tmp_path):
     return before, lake, chain_lakes[stage]
 
 
-def _assert_equal_to_reference(spark, before, lake, reference) -> None:
-    assert delta_tables(lake) == delta_tables(reference)
-    compared = [t for t in changed_tables(before, lake, reference) if t not in SKIP_TABLES]
-    assert compared, "the stage changed no table"
-    for table in compared:
-        got, want = rows(spark, lake, table), rows(spark, reference, table)
-        assert len(got) == len(want), (table, len(got), len(want))      # nothing lost, nothing twice
-        assert got == want, table
-
-
 @pytest.mark.parametrize("stage", POINTS)
 def test_a_crash_at_each_commit_in_turn_then_a_rerun_equals_an_uninterrupted_run(spark, tmp_path, chain_lakes,
                                                                                   stage):
@@ -78,7 +64,7 @@ def test_a_crash_at_each_commit_in_turn_then_a_rerun_equals_an_uninterrupted_run
     for point in POINTS[stage]:          # each run recovers from the crash before it, then crashes
         abort_in_process(spark, lake, stage, point, CHAIN_ARGS.get(stage))
     run_job(JobContext(spark, make_cfg(lake), args=CHAIN_ARGS.get(stage, {})), stage)
-    _assert_equal_to_reference(spark, before, lake, reference)
+    assert_stage_equal(spark, before, lake, reference)
 
 
 @pytest.mark.parametrize("stage,point", KILL_CASES, ids=[f"{s}-{p}" for s, p in KILL_CASES])
@@ -88,4 +74,4 @@ def test_kill_9_of_the_process_at_a_commit_then_rerun_equals_an_uninterrupted_ru
     run_killed(lake, stage, point, conf_dir(tmp_path), *(["--skip-docs"] if stage == "clean" else []))
     # the rerun is not blocked by the dead process's lease
     run_job(JobContext(spark, make_cfg(lake), args=CHAIN_ARGS.get(stage, {})), stage)
-    _assert_equal_to_reference(spark, before, lake, reference)
+    assert_stage_equal(spark, before, lake, reference)

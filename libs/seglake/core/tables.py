@@ -331,22 +331,27 @@ def overwrite(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str
     _journal_commit(df.sparkSession, cfg, table, before)
 
 
+def commit_tag(commit: dict, tag: str):
+    """``json[tag]`` of a commit (:func:`commits`) whose userMetadata is a JSON object holding
+    ``tag`` (:func:`tagged_commits`), else None."""
+    import json
+
+    meta = commit["userMetadata"]
+    return json.loads(meta).get(tag) if meta and meta.startswith("{") else None
+
+
 def recorded_metadata(spark: SparkSession, cfg: Config, table: str, tag: str, depth: int = 50,
                       since: int = -1) -> dict | None:
     """``json[tag]`` of the newest of the table's last ``depth`` commits (and newer than version
     ``since``) whose userMetadata is a JSON object holding ``tag`` (plus ``_version``: that
     commit's version), or None."""
-    import json
-
     if not exists(spark, cfg, table):
         return None
     top = _latest_version(spark, cfg.table_path(table))
     for c in commits(spark, cfg, table, since=max(-1, top - depth, since), until=top):
-        meta = c["userMetadata"]
-        if meta and meta.startswith("{"):
-            meta = json.loads(meta)
-            if tag in meta:
-                return {**meta[tag], "_version": c["version"]}
+        value = commit_tag(c, tag)
+        if value is not None:
+            return {**value, "_version": c["version"]}
     return None
 
 

@@ -124,7 +124,8 @@ def cleaned_since(spark: SparkSession, cfg: Config, since) -> list[str]:
     if not tables.exists(spark, cfg, CLEAN_BATCHES):
         return []
     return sorted(r["_batch_id"] for r in tables.read(spark, cfg, CLEAN_BATCHES)
-                  .where(F.col("cleaned_at") > F.lit(since)).select("_batch_id").collect())
+                  .where(F.col("cleaned_at") > F.lit(since)).select("_batch_id")
+                  .collect())  # one row per ingest batch (grows with runs, not events): small
 
 
 def batches_of_day(spark: SparkSession, cfg: Config, day) -> list[str]:
@@ -138,7 +139,7 @@ def batches_of_day(spark: SparkSession, cfg: Config, day) -> list[str]:
         return []
     rows = (tables.read(spark, cfg, INGESTED_FILES)
             .where(file_day(F.col("path"), F.col("modification_time")) == F.lit(day).cast("date"))
-            .select("batch_id").distinct().collect())
+            .select("batch_id").distinct().collect())   # the day's ingest batches: small
     return sorted(r["batch_id"] for r in rows if r["batch_id"])
 
 
@@ -169,6 +170,7 @@ def rebuild_requests(spark: SparkSession, cfg: Config) -> list[str]:
     """Batches listed in ``ops.clean_rebuilds``: asked to be cleaned again, not done yet (small)."""
     if not tables.exists(spark, cfg, CLEAN_REBUILDS):
         return []
+    # one row per batch being cleaned again: small
     return sorted(r["_batch_id"] for r in tables.read(spark, cfg, CLEAN_REBUILDS).select("_batch_id").collect())
 
 

@@ -157,18 +157,12 @@ def earlier_deletes(spark: SparkSession, cfg: Config, order: list[str], request:
     """``table -> rows`` that earlier, unfinished runs of ``request`` removed: read from the tables'
     own delete commits (:data:`COMMIT_TAG`, each committed atomically with its delete) newer than
     ``since_ms`` (epoch milliseconds), newest first."""
-    import json
-
     out: dict[str, int] = {}
-    for table in order:
-        top = tables.version(spark, cfg, table)
-        if top is None:
-            continue
-        for c in tables.commits(spark, cfg, table, until=top):
+    for table in order:   # discovered tables: each exists
+        for c in tables.commits(spark, cfg, table):
             if c.get("timestamp") is not None and int(c["timestamp"]) < since_ms:
                 break
-            meta = c["userMetadata"]
-            tag = json.loads(meta).get(COMMIT_TAG) if meta and meta.startswith("{") else None
+            tag = tables.commit_tag(c, COMMIT_TAG)
             if tag and tag.get("request") == request:
                 out[table] = out.get(table, 0) + int(tag.get("rows") or 0)
     return out

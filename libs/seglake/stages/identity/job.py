@@ -71,7 +71,7 @@ def run(ctx) -> dict:
 
     if incremental:
         from seglake.stages.clean_batches import batches_of_day, cleaned_since
-        new_events = F.col("_ingested_at") > F.lit(last["watermark"])
+        is_new = F.col("_ingested_at") > F.lit(last["watermark"])
         # batches cleaned again (clean --as-of D) keep their old _ingested_at: the batches cleaned
         # since a day before the last run are linked again (linking is idempotent: known edges and
         # identifiers change nothing)
@@ -82,8 +82,8 @@ def run(ctx) -> dict:
                      len(day_batches), ctx.as_of - timedelta(days=1))
             again = sorted(set(again) | set(day_batches))
         if again:
-            new_events = new_events | F.col("_batch_id").isin(again)
-        new_events = events.filter(new_events)
+            is_new = is_new | F.col("_batch_id").isin(again)
+        new_events = events.filter(is_new)
         tuples = identifier_tuples(new_events).localCheckpoint()
         old_edges = tables.read(spark, cfg, EDGES_TABLE)
         new_edges = identity_edges(tuples).join(old_edges, ["src_type", "src", "dst_type", "dst"], "left_anti")
