@@ -1,13 +1,16 @@
-"""Concurrent runs as real processes: two ``seglake run clean`` started together, and ``erase``
-started while ``clean`` runs. Neither loses nor duplicates a record: the tables end as if the runs
-had been made one after the other (compared row for row with in-process runs in that order).
+"""Concurrent runs: a real ``seglake run clean`` process holds its lease while a second clean and
+an erase start. Nothing is lost or written twice: the tables end as if the runs had been made one
+after the other (compared row for row with in-process runs in that order).
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from pyspark.sql import functions as F
 
 from conftest import make_cfg
 from killing import changed_tables, conf_dir, rows
+from seglake.cli import main
 from seglake.core import tables
 from seglake.core.context import JobContext
 from seglake.core.runner import run_job
@@ -59,34 +63,13 @@ def _assert_same(spark, before: Path, got: Path, want: Path) -> None:
         assert rows(spark, got, table) == rows(spark, want, table), table
 
 
-def test_two_cleans_started_together_clean_every_record_once(spark, tmp_path, ingested):
-    conf, before, _ = ingested
-    lake, reference = tmp_path / "lake", tmp_path / "reference"
-    shutil.copytree(before, lake)
-    shutil.copytree(before, reference)
-    run_job(JobContext(spark, make_cfg(reference), args={"skip_docs": True}), "clean")
-
-    procs = [_start(lake, conf, "clean", "--skip-docs") for _ in range(2)]
-    try:
-        outs = [p.communicate(timeout=900)[0] for p in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    codes = sorted(p.returncode for p in procs)
-    # one holds the lease and cleans; the other is refused (exit 6, naming the holder) or, if it
-    # started after the first had finished, finds nothing to do
-    assert codes in ([0, 6], [0, 0]), (codes, [o[-2000:] for o in outs])
-    if codes == [0, 6]:
-        refused = outs[[p.returncode for p in procs].index(6)]
-        assert "already running as run" in refused
-    else:
-        assert sum("(noop)" in o for o in outs) == 1
-    _assert_same(spark, before, lake, reference)
-
-
-def test_erase_started_while_clean_runs_waits_for_it_and_both_finish(spark, tmp_path, ingested):
+def test_a_second_clean_and_an_erase_meet_a_running_clean_and_every_record_ends_once(spark, tmp_path, ingested,
+                                                                                    capsys, caplog):
+    """One real ``seglake run clean`` process holds its lease, paused after its first commit; a
+    second clean is refused (exit 6, naming it); an erase started meanwhile waits for it, naming
+    it, and runs once it ended. Tables: as an in-process clean, then erase, one after the other.
+    (Two runs racing for a free lease, and the CLI's exit 6, are in tests/test_leases.py; two
+    ingests at once in tests/test_ingest.py.)"""
     conf, before, email = ingested
     lake, reference = tmp_path / "lake", tmp_path / "reference"
     shutil.copytree(before, lake)
@@ -95,27 +78,56 @@ def test_erase_started_while_clean_runs_waits_for_it_and_both_finish(spark, tmp_
     run_job(JobContext(spark, cfg_ref, args={"skip_docs": True}), "clean")
     run_job(JobContext(spark, cfg_ref, args={"identifier": [email]}), "erase")
 
-    # clean stops after its first commit (holding its lease) until erase says that it waits
+    # clean stops after its first commit (holding its lease) until the erase says that it waits
     go = tmp_path / "go"
     clean = _start(lake, conf, "clean", "--skip-docs",
                    env={"SEGLAKE_PAUSE": f"after_commit:silver.events_quarantine={go}"})
     erase = None
+    outcome: dict = {}
     try:
         clean_out = _read_until(clean, "pausing until")
-        erase = _start(lake, conf, "erase", "--identifier", email)
-        erase_out = _read_until(erase, "waits for exclusive access")
-        assert "clean" in erase_out.splitlines()[-1]             # it names the run it waits for
-        go.touch()
-        clean_out += clean.communicate(timeout=900)[0]
-        erase_out += erase.communicate(timeout=900)[0]
+        # a second clean meanwhile: refused before doing anything, naming the running one
+        capsys.readouterr()
+        assert main(["run", "clean", "--skip-docs", "--lakehouse", str(lake), "--conf-dir", str(conf)]) == 6
+        refused = capsys.readouterr().err
+        assert "job 'clean' is already running as run" in refused and "Traceback" not in refused
+
+        def erase_now() -> None:
+            try:
+                outcome["summary"] = run_job(JobContext(spark, make_cfg(lake), args={"identifier": [email]}),
+                                             "erase").summary
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                outcome["error"] = exc
+
+        with caplog.at_level(logging.INFO, logger="seglake.core.leases"):
+            erase = threading.Thread(target=erase_now, daemon=True)
+            erase.start()
+            waiting = _wait_for_log(caplog, "waits for exclusive access", erase)
+            assert "clean (run" in waiting and f"pid {clean.pid}," in waiting   # names the run it waits for
+            assert "summary" not in outcome                   # and did not erase under a writer
+            go.touch()
+            clean_out += clean.communicate(timeout=900)[0]
+            erase.join(timeout=900)
     finally:
         go.touch()
-        for proc in (clean, erase):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        if clean.poll() is None:
+            clean.kill()
+            clean.wait()
     assert clean.returncode == 0, clean_out[-3000:]
-    assert erase.returncode == 0, erase_out[-3000:]
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["summary"]["rows_removed"] > 0 and outcome["summary"]["lease_wait_s"] > 0
     _assert_same(spark, before, lake, reference)
     cfg = make_cfg(lake)
     assert tables.read(spark, cfg, "bronze.events_raw").where(F.col("email") == email).count() == 0
+
+
+def _wait_for_log(caplog, text: str, thread: threading.Thread, timeout: float = 300) -> str:
+    """The first log message holding ``text`` (fails if ``thread`` ends first or time runs out)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in caplog.records:
+            if text in record.getMessage():
+                return record.getMessage()
+        assert thread.is_alive(), f"the thread ended before logging {text!r}"
+        time.sleep(0.2)
+    raise AssertionError(f"nothing logged {text!r} within {timeout:g} s")

@@ -5,6 +5,7 @@ See the package docstring (:mod:`seglake.stages.erase`) for what is erased where
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from functools import reduce
 from pathlib import Path
@@ -13,7 +14,7 @@ from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from seglake.core import erasure, faults, leases, pii, tables
+from seglake.core import erasure, faults, leases, parallel, pii, tables
 from seglake.core.config import Config
 from seglake.core.context import JobContext
 from seglake.core.contracts import (ERASURE_REQUESTS, IDENTITY_EDGES, IDENTITY_MAP, JOB_LEASES, KNOWN_TABLES, LAYERS,
@@ -195,24 +196,35 @@ def _erase(spark: SparkSession, cfg: Config, given: list[str], key: str, retenti
                     "table(s)", sum(removed.values()), len(removed))
     leaked: dict[str, list[str]] = {}
 
+    # tables side by side in threads (each delete is one table's own atomic commit; a crash leaves
+    # some deleted and some not, as a one-by-one run killed at that moment would): each thread has
+    # its own session, so every delete commit carries its own request tag
+    workers = max(1, int(cfg.get("erase.parallel_tables") or 1))
+    lock = threading.Lock()
+
+    def session() -> SparkSession:
+        return parallel.isolated_session(spark) if workers > 1 else spark
+
     def delete_from(table: str) -> None:
-        conds = column_conditions(tables.read(spark, cfg, table).schema, person, key)
+        own = session()
+        conds = column_conditions(tables.read(own, cfg, table).schema, person, key)
         if not conds:
             return
-        n, stats = delete_rows(spark, cfg, table, conds, request)
+        n, stats = delete_rows(own, cfg, table, conds, request)
         log.info("erase: [%d/%d] %s: %d rows removed", order.index(table) + 1, len(order), table, n)
+        with lock:
+            if n:
+                removed[table] = removed.get(table, 0) + n
+            if stats:
+                leaked[table] = stats
         if n:
-            removed[table] = removed.get(table, 0) + n
             faults.point(f"erase.after_delete:{table}")
         if stats:
-            leaked[table] = stats
             log.warning("erase: %s keeps min/max statistics of column(s) %s in its transaction log; they may "
                         "still show the person until Delta's log retention removes old commits",
                         table, ", ".join(stats))
 
-    for table in order:
-        if table not in IDENTITY_LAST:
-            delete_from(table)
+    parallel.map_in_threads([t for t in order if t not in IDENTITY_LAST], delete_from, workers, "erase-delete")
     # files and activation while the identity map still names the person's customer ids: a rerun
     # after a crash past this point no longer finds them (the map and its old versions are gone)
     files = artifacts.clean_files(cfg, person.searchable)
@@ -221,14 +233,13 @@ def _erase(spark: SparkSession, cfg: Config, given: list[str], key: str, retenti
     from seglake.stages.export import erase_customers
     activation = erase_customers(spark, cfg, list(person.customer_ids), f"erase-{request[:12]}")
     faults.point("erase.after_activation")
-    for table in order:
+    for table in order:   # the edges, then the map: one by one (a crash between them is repaired)
         if table in IDENTITY_LAST:
             delete_from(table)
 
     targets = ([t for t in order if t not in WRITTEN_OUTSIDE_LEASE or t in removed]
                if cfg.get("erase.vacuum_all_tables") else [t for t in order if t in removed])
-    for table in targets:
-        tables.vacuum(spark, cfg, table, retention)
+    parallel.map_in_threads(targets, lambda t: tables.vacuum(session(), cfg, t, retention), workers, "erase-vacuum")
     faults.point("erase.after_vacuum")
     request_id = erasure.record_request(
         spark, cfg, key_of_request=request, identifiers_hashed=person.hashes, done=True,

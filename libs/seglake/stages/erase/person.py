@@ -116,9 +116,11 @@ def _earlier_customer_ids(spark: SparkSession, cfg: Config, identifiers: list[st
     # scans up to ``versions`` old versions of the map once each: erase is rare, the map bounded
     for v in range(top - 1, max(-1, top - 1 - versions), -1):
         try:
-            rows = (tables.read(spark, cfg, IDENTITY_MAP, version=v).where(F.col("identifier").isin(identifiers))
-                    .select("customer_id").distinct().collect())
-        except Exception:  # noqa: BLE001 - an older version whose files were vacuumed: none further back
+            old = tables.read(spark, cfg, IDENTITY_MAP, version=v)
+            if not tables.version_readable(old, spark):   # its files were vacuumed: none further back
+                break
+            rows = old.where(F.col("identifier").isin(identifiers)).select("customer_id").distinct().collect()
+        except Exception:  # noqa: BLE001 - a version Delta can no longer reconstruct: none further back
             break
         earlier |= {r["customer_id"] for r in rows if r["customer_id"]}
     earlier -= cids

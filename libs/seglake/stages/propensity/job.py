@@ -17,7 +17,7 @@ from typing import Any
 from pyspark.ml import PipelineModel
 from pyspark.sql import functions as F
 
-from seglake.core import tables
+from seglake.core import parallel, tables
 from seglake.core.context import JobContext
 from seglake.core.spark import release_checkpoint, stable_layout
 from seglake.core.contracts import CONSENT_LEDGER, ENRICHED_EVENTS, IDENTITY_MAP, consent_actions, exclude_withdrawn
@@ -223,32 +223,12 @@ def _train_target(target: str, labelled, train_dates, eval_date, as_of, inputs: 
     return champion, summary
 
 
-def _in_threads(names, work, parallel: bool, label: str = "propensity") -> list[tuple[str, Any]]:
+def _in_threads(names, work, side_by_side: bool, label: str = "propensity") -> list[tuple[str, Any]]:
     """``(name, work(name))`` for every name, in the order given; all at once in threads when
-    ``parallel`` (their Spark jobs are small: one's driver-side waits are the other's working
+    ``side_by_side`` (their Spark jobs are small: one's driver-side waits are the other's working
     time). The first failure, in the order given, is raised after all have ended."""
-    if not parallel:
-        return [(n, work(n)) for n in names]
-    from pyspark import InheritableThread
-
-    results: dict[str, Any] = {}
-    errors: dict[str, BaseException] = {}
-
-    def one(name: str) -> None:
-        try:
-            results[name] = work(name)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
-            errors[name] = exc
-
-    threads = [InheritableThread(target=one, args=(n,), name=f"{label}-{n}") for n in names]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    for n in names:
-        if n in errors:
-            raise errors[n]
-    return [(n, results[n]) for n in names]
+    names = list(names)
+    return list(zip(names, parallel.map_in_threads(names, work, len(names) if side_by_side else 1, label)))
 
 
 def run(ctx: JobContext) -> dict:
