@@ -80,19 +80,6 @@ def _latest_version(spark: SparkSession, path: str) -> int:
         return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
 
 
-def version_readable(df: DataFrame, spark: SparkSession) -> bool:
-    """Whether every data file of ``df`` (a read of a Delta table version) is still on storage: a
-    version older than a VACUUM lost some. Asked on the driver before reading it, so the read does
-    not fail in a task (each logging an executor ERROR with its stack trace)."""
-    jvm = spark._jvm
-    conf = spark._jsc.hadoopConfiguration()
-    for name in df.inputFiles():
-        file = jvm.org.apache.hadoop.fs.Path(name)
-        if not file.getFileSystem(conf).exists(file):
-            return False
-    return True
-
-
 def _read_commit_file(spark: SparkSession, path: str, version: int) -> dict | None:
     """The ``commitInfo`` action of ``_delta_log/<version>.json`` (the Delta protocol's commit
     file; a few KB read on the driver), or None when the file is not there."""

@@ -22,7 +22,7 @@ import logging
 from functools import reduce
 from typing import Iterable
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from seglake.core import tables
@@ -104,6 +104,19 @@ def _owned_by_others(spark: SparkSession, cfg: Config, candidates: Iterable[str]
     return {r["identifier"] for r in rows if r["customer_id"] not in cids}
 
 
+def _version_readable(df: DataFrame, spark: SparkSession) -> bool:
+    """Whether every data file of ``df`` (a read of a Delta table version) is still on storage: a
+    version older than a VACUUM lost some. Asked on the driver before reading it, so the read does
+    not fail in a task (each logging an executor ERROR with its stack trace)."""
+    jvm = spark._jvm
+    conf = spark._jsc.hadoopConfiguration()
+    for name in df.inputFiles():
+        file = jvm.org.apache.hadoop.fs.Path(name)
+        if not file.getFileSystem(conf).exists(file):
+            return False
+    return True
+
+
 def _earlier_customer_ids(spark: SparkSession, cfg: Config, identifiers: list[str], cids: set[str],
                           versions: int) -> set[str]:
     """Customer ids the person held in the last ``versions`` older versions of the identity map
@@ -117,7 +130,7 @@ def _earlier_customer_ids(spark: SparkSession, cfg: Config, identifiers: list[st
     for v in range(top - 1, max(-1, top - 1 - versions), -1):
         try:
             old = tables.read(spark, cfg, IDENTITY_MAP, version=v)
-            if not tables.version_readable(old, spark):   # its files were vacuumed: none further back
+            if not _version_readable(old, spark):   # its files were vacuumed: none further back
                 break
             rows = old.where(F.col("identifier").isin(identifiers)).select("customer_id").distinct().collect()
         except Exception:  # noqa: BLE001 - a version Delta can no longer reconstruct: none further back
