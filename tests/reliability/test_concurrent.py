@@ -82,7 +82,6 @@ def test_a_second_clean_and_an_erase_meet_a_running_clean_and_every_record_ends_
     go = tmp_path / "go"
     clean = _start(lake, conf, "clean", "--skip-docs",
                    env={"SEGLAKE_PAUSE": f"after_commit:silver.events_quarantine={go}"})
-    erase = None
     outcome: dict = {}
     try:
         clean_out = _read_until(clean, "pausing until")

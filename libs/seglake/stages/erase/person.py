@@ -109,12 +109,9 @@ def _version_readable(df: DataFrame, spark: SparkSession) -> bool:
     version older than a VACUUM lost some. Asked on the driver before reading it, so the read does
     not fail in a task (each logging an executor ERROR with its stack trace)."""
     jvm = spark._jvm
-    conf = spark._jsc.hadoopConfiguration()
-    for name in df.inputFiles():
-        file = jvm.org.apache.hadoop.fs.Path(name)
-        if not file.getFileSystem(conf).exists(file):
-            return False
-    return True
+    files = [jvm.org.apache.hadoop.fs.Path(name) for name in df.inputFiles()]   # one table's files
+    fs = files[0].getFileSystem(spark._jsc.hadoopConfiguration()) if files else None
+    return all(fs.exists(f) for f in files)
 
 
 def _earlier_customer_ids(spark: SparkSession, cfg: Config, identifiers: list[str], cids: set[str],
@@ -132,6 +129,7 @@ def _earlier_customer_ids(spark: SparkSession, cfg: Config, identifiers: list[st
             old = tables.read(spark, cfg, IDENTITY_MAP, version=v)
             if not _version_readable(old, spark):   # its files were vacuumed: none further back
                 break
+            # the customer ids of the person's identifiers (at most erase.max_identifiers): small
             rows = old.where(F.col("identifier").isin(identifiers)).select("customer_id").distinct().collect()
         except Exception:  # noqa: BLE001 - a version Delta can no longer reconstruct: none further back
             break
