@@ -27,7 +27,7 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -97,10 +97,26 @@ def seglake_counts(spark, cfg, summaries: dict, as_of) -> dict:
             "first_order": first, "transitions_by_order": by_order}
 
 
-def run_duckdb(cfg, data: Path, workdir: Path, as_of, threads: int, max_event_ts: datetime) -> tuple[dict, dict]:
+def duckdb_memory(driver_memory: str, headroom_gib: float = 4.0) -> str:
+    """DuckDB's ``memory_limit``: the machine's memory less the Spark driver's heap (its JVM stays up
+    beside DuckDB in this run) and ``headroom_gib`` for both processes' other memory, at least 2 GB.
+    DuckDB's own default (80% of the machine) got the 10M run killed by the kernel's OOM killer."""
+    total_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    units = {"k": 2**-20, "m": 2**-10, "g": 1.0, "t": 2**10}
+    text = driver_memory.strip().lower()
+    heap_gib = float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text) / 2**30
+    return f"{max(2, int(total_gib - heap_gib - headroom_gib))}GB"
+
+
+def run_duckdb(cfg, data: Path, workdir: Path, as_of, threads: int, max_event_ts: datetime,
+               memory_limit: str) -> tuple[dict, dict]:
     import duckdb_side as D
 
-    con = D.connect(threads=threads)
+    con = D.connect(threads=threads, memory_limit=memory_limit)
+    spill = workdir / "duckdb_spill"                         # what does not fit goes to disk, not the OOM killer
+    spill.mkdir(exist_ok=True)
+    con.execute(f"SET temp_directory = '{spill}'")
+    print(f"[duckdb] memory_limit {memory_limit}, {threads} threads, spilling to {spill}", flush=True)
     seconds: dict[str, float] = {}
     out: dict[str, dict] = {}
     steps = (
@@ -174,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle-load", type=float, default=1.5,
                         help="before each timed side, wait until the 1-minute load is under this (0 = no wait)")
     parser.add_argument("--settle-max", type=float, default=300, help="wait at most this many seconds")
+    parser.add_argument("--duckdb-memory", default=None,
+                        help="DuckDB memory_limit (default: the machine's memory less the driver heap less 4 GiB)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the seglake side of an earlier run of this size that ended before its "
+                             "DuckDB side (its times, counts and lakehouse, kept in the workdir)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -199,25 +220,37 @@ def main(argv: list[str] | None = None) -> int:
     spark = get_spark(spark_cfg, app_name="seglake-compare")
     data, planted = ensure_data(spark, workdir, args.events)
     lake = workdir / "lake"
-    shutil.rmtree(lake, ignore_errors=True)
     cfg = config_for(lake, data)
-
-    waited = {"seglake": _settle(args.settle_load, args.settle_max, "seglake")}
-    load_seglake = _load()
-    started = datetime.now(timezone.utc)
-    seglake_s, summaries, meta = run_seglake(spark, cfg)
-    load_seglake_after = _load()
-    as_of = meta["as_of"]
-    ours = seglake_counts(spark, cfg, summaries, as_of)
-    for table in ("silver.identity_map", "silver.identity_excluded"):   # DuckDB's input, untimed
-        from seglake.core import tables
-        target = workdir / f"{table.split('.')[1]}.parquet"
-        tables.read(spark, cfg, table).write.mode("overwrite").parquet(str(target))
+    side_file = workdir / "seglake_side.json"        # the seglake side, kept until the whole run ends
+    if args.resume:
+        if not side_file.exists():
+            raise SystemExit(f"--resume: no seglake side of an earlier run in {workdir}; run without --resume")
+        side = json.loads(side_file.read_text(encoding="utf-8"))
+        print(f"[seglake] resumed from {side_file} (run of {side['finished_at']})", flush=True)
+    else:
+        side_file.unlink(missing_ok=True)
+        shutil.rmtree(lake, ignore_errors=True)
+        side = {"waited": {"seglake": _settle(args.settle_load, args.settle_max, "seglake")}, "load_before": _load(),
+                "started": datetime.now(timezone.utc).isoformat()}
+        seglake_s, summaries, meta = run_seglake(spark, cfg)
+        side.update(load_after=_load(), seconds=seglake_s, as_of=meta["as_of"].isoformat())
+        side["counts"] = seglake_counts(spark, cfg, summaries, meta["as_of"])
+        for table in ("silver.identity_map", "silver.identity_excluded"):   # DuckDB's input, untimed
+            from seglake.core import tables
+            target = workdir / f"{table.split('.')[1]}.parquet"
+            tables.read(spark, cfg, table).write.mode("overwrite").parquet(str(target))
+        side["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        side_file.write_text(json.dumps(side, indent=2, default=str) + "\n", encoding="utf-8")
+    seglake_s, ours, waited = side["seconds"], side["counts"], side["waited"]
+    load_seglake, load_seglake_after = side["load_before"], side["load_after"]
+    as_of = date.fromisoformat(side["as_of"])
+    started = datetime.fromisoformat(side["started"])
 
     max_ts = started + timedelta(minutes=float(cfg.get("clean.max_future_skew_minutes")))
     waited["duckdb"] = _settle(args.settle_load, args.settle_max, "duckdb")
     load_duckdb = _load()
-    duck_s, theirs = run_duckdb(cfg, data, workdir, as_of, args.threads, max_ts)
+    memory = args.duckdb_memory or duckdb_memory(args.driver_memory)
+    duck_s, theirs = run_duckdb(cfg, data, workdir, as_of, args.threads, max_ts, memory)
     load_duckdb_after = _load()
     ours["feature_sums"] = feature_sums(spark, cfg, as_of, [k for k in theirs["features"] if k.startswith("sum_")])
     checks = compare(ours, theirs)
@@ -231,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         "checks": checks, "all_counts_equal": equal,
         "seglake_counts": {k: v for k, v in ours.items() if k != "first_order"},
         "duckdb_counts": {k: {kk: vv for kk, vv in v.items() if kk != "first_order"} for k, v in theirs.items()},
-        "duckdb_threads": args.threads,
+        "duckdb_threads": args.threads, "duckdb_memory_limit": memory,
+        "seglake_side": {"resumed": bool(args.resume), "started": side["started"], "finished_at": side["finished_at"]},
         "load_average": {"seglake_before": load_seglake, "seglake_after": load_seglake_after,
                          "duckdb_before": load_duckdb, "duckdb_after": load_duckdb_after,
                          "settle_below": args.settle_load, "waited_s": waited},
@@ -242,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     out = results / f"compare-{args.events}{'-' + args.label if args.label else ''}.json"
     out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    side_file.unlink(missing_ok=True)
 
     print(f"\n{'stage':<14}{'seglake s':>11}{'duckdb s':>10}{'ratio':>8}")
     for stage, _ in STAGES:
