@@ -177,3 +177,32 @@ def test_silver_commits_missing_from_the_log_force_a_full_rebuild(spark, cfg, mo
     monkeypatch.setattr(tables, "commits", commits)
     assert enriched._silver_lost_rows(spark, cfg, since=0, until=2) is None
     assert "3..3 are no longer in the Delta log" in enriched._silver_lost_rows(spark, cfg, since=0, until=4)
+
+
+def test_two_readers_at_once_refresh_it_once(spark, chain_lakes, tmp_path):
+    """Jobs of a chain side by side (runner.parallel_stages) both read through enriched.read: the
+    stale table is brought up to date by one of them, the other finds it done; the table equals
+    a build from scratch."""
+    import threading
+
+    lake = tmp_path / "lake"
+    shutil.copytree(chain_lakes["identity"], lake)          # identity done, sessions never ran
+    cfg = make_cfg(lake)
+    start = threading.Barrier(2)
+    modes: list[str] = []
+
+    def reader() -> None:
+        start.wait()
+        modes.append(enriched.refresh(spark, cfg)["mode"])
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(modes) == ["full", "noop"]
+    cols = enriched.build(customer_events(spark, cfg, columns=enriched.EVENT_COLUMNS), cfg).columns
+    want, _ = _from_scratch(spark, cfg)
+    got = tables.read(spark, cfg, ENRICHED_EVENTS)
+    assert got.count() == want.count() > 0
+    assert _rows(got, cols) == _rows(want, cols)

@@ -122,3 +122,149 @@ def test_every_pipeline_job_leaves_one_run_log_row(spark, pipeline_through):
     assert rows["features"]["rows_in"]["silver.events"] == counts["valid_events"]
     for job, r in rows.items():
         assert r["error"] is None and r["duration_s"] > 0 and r["rows_out"], job
+
+
+def _ancestors(job: str) -> set[str]:
+    out: set[str] = set()
+    todo = list(registry.AFTER[job])
+    while todo:
+        dep = todo.pop()
+        if dep not in out:
+            out.add(dep)
+            todo.extend(registry.AFTER[dep])
+    return out
+
+
+def test_after_names_earlier_pipeline_jobs_only():
+    assert sorted(registry.AFTER) == sorted(registry.PIPELINE)
+    order = {job: i for i, job in enumerate(registry.PIPELINE)}
+    for job, deps in registry.AFTER.items():
+        assert all(order[d] < order[job] for d in deps), f"{job} follows {deps}: only earlier jobs (no cycle)"
+    for group in registry.ONE_AT_A_TIME:
+        assert group <= set(registry.PIPELINE)
+
+
+def _fake_chain(monkeypatch, fail: str | None = None):
+    """runner.run_job replaced by a job that sleeps and logs (start/end, job); ``fail`` raises."""
+    import threading
+    import time
+
+    from seglake.core import runner
+
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    pause = {job: 0.02 + 0.03 * (i % 4) for i, job in enumerate(registry.PIPELINE)}
+
+    def fake_run_job(ctx, job):
+        with lock:
+            events.append(("start", job))
+        time.sleep(pause[job])
+        if job == "features":
+            ctx.as_of = ctx.as_of or __import__("datetime").date(2026, 10, 1)
+        with lock:
+            events.append(("end", job))
+        if job == fail:
+            raise runner.JobFailed(job, ValueError("planted"))
+        return runner.StageResult(job, pause[job], {"as_of": str(ctx.as_of)})
+
+    monkeypatch.setattr(runner, "run_job", fake_run_job)
+    return events
+
+
+def _check_order(events: list[tuple[str, str]], workers: int) -> int:
+    """Every job starts after the jobs it reads from ended, at most ``workers`` and never two of a
+    ONE_AT_A_TIME group at once; returns the most jobs seen running at once."""
+    running: set[str] = set()
+    ended: set[str] = set()
+    most = 0
+    for kind, job in events:
+        if kind == "end":
+            running.remove(job)
+            ended.add(job)
+            continue
+        missing = set(registry.AFTER[job]) - ended
+        assert not missing, f"{job} started before {missing} ended"
+        for group in registry.ONE_AT_A_TIME:
+            assert not (job in group and running & group), f"{job} started beside {running & group}"
+        running.add(job)
+        most = max(most, len(running))
+        assert most <= workers
+    return most
+
+
+def test_a_chain_runs_jobs_side_by_side_once_what_they_read_is_done(spark, cfg, monkeypatch):
+    from seglake.core import runner
+
+    events = _fake_chain(monkeypatch)
+    lines: list[str] = []
+    ctx = JobContext(spark, cfg)
+    results = runner.run_chain(ctx, echo=lines.append, workers=2)
+    assert [r.job for r in results] == list(registry.PIPELINE)
+    assert _check_order(events, 2) == 2                    # some jobs did run side by side
+    assert {e[1] for e in events if e[0] == "end"} == set(registry.PIPELINE)
+    assert any("(beside " in line for line in lines)
+    assert sum("done in" in line for line in lines) == len(registry.PIPELINE)
+    # the as-of features resolved reaches the jobs started after it, and the chain's context
+    assert ctx.as_of.isoformat() == "2026-10-01"
+    for job in ("segments", "journeys", "experiments"):
+        assert results[registry.PIPELINE.index(job)].summary["as_of"] == "2026-10-01", job
+    # one by one: exactly the order given
+    events.clear()
+    runner.run_chain(JobContext(spark, cfg), echo=lines.append, workers=1)
+    assert events == [(k, j) for j in registry.PIPELINE for k in ("start", "end")]
+
+
+def test_a_failed_job_stops_the_chain_after_the_running_jobs_end(spark, cfg, monkeypatch):
+    from seglake.core import runner
+
+    events = _fake_chain(monkeypatch, fail="features")
+    lines: list[str] = []
+    with pytest.raises(runner.JobFailed, match="features"):
+        runner.run_chain(JobContext(spark, cfg), echo=lines.append, workers=2)
+    _check_order(events, 2)
+    failed_at = next(i for i, line in enumerate(lines) if "features" in line and "failed (JobFailed)" in line)
+    assert not any("running ..." in line for line in lines[failed_at:]), "no job starts after the failure"
+    started = [j for k, j in events if k == "start"]
+    assert sorted(started) == sorted(j for k, j in events if k == "end")   # the running ones ended
+    assert not {"segments", "cluster", "journeys", "experiments"} & set(started)
+
+
+def test_a_job_not_in_after_runs_alone_in_its_place():
+    from seglake.core.runner import ready
+
+    chain = ["ingest", "export", "clean"]
+    assert not ready("export", chain, set(), [])
+    assert ready("export", chain, {"ingest"}, [])
+    assert not ready("export", chain, {"ingest"}, ["clean"])
+    assert not ready("clean", chain, {"ingest"}, ["export"])      # may read what export wrote
+    assert ready("clean", chain, {"ingest", "export"}, [])
+    assert ready("clv", list(registry.PIPELINE), {"ingest", "clean", "identity", "consent", "sessions"}, ["features"])
+    assert not ready("clv", list(registry.PIPELINE), {"ingest", "clean", "identity", "consent", "sessions"},
+                     ["propensity"])                               # one MLflow job at a time
+
+
+def test_parallel_stages_must_be_a_whole_number(cfg):
+    from seglake.core.config import ConfigError
+    from seglake.core.runner import parallel_stages
+
+    assert parallel_stages(cfg) == 2
+    for bad in (0, 1.5, "2", True):
+        with pytest.raises(ConfigError, match="runner.parallel_stages"):
+            parallel_stages(cfg.with_overrides({"runner": {"parallel_stages": bad}}))
+
+
+@pytest.mark.slow
+def test_a_job_follows_every_pipeline_job_whose_tables_it_reads(spark, pipeline_through):
+    """registry.AFTER against what each job of a real chain read and wrote (ops.run_log)."""
+    cfg, _ = pipeline_through(registry.PIPELINE[-1])
+    run_id = pipeline_through.pipeline.ctx.run_id
+    rows = {r["job"]: r for r in tables.read(spark, cfg, "ops.run_log").where(F.col("run_id") == run_id).collect()}
+    writer = {t: job for job, r in rows.items() for t in (r["rows_out"] or {})}
+    checked = 0
+    for job, r in rows.items():
+        for table in r["rows_in"] or {}:
+            if writer.get(table, job) != job:
+                assert writer[table] in _ancestors(job), (
+                    f"{job} reads {table}, written by {writer[table]}, but registry.AFTER does not order them")
+                checked += 1
+    assert checked >= 20

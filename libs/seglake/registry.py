@@ -35,6 +35,28 @@ PIPELINE: tuple[str, ...] = (
     "propensity", "journeys", "experiments",
 )
 
+#: the pipeline jobs whose tables each pipeline job reads (its inputs' writers; see DESIGN.md's flow
+#: of tables). A chain (`seglake run all`, `seglake demo`) starts a job once these have finished,
+#: so jobs that read nothing of each other run side by side (``runner.parallel_stages``).
+AFTER: dict[str, tuple[str, ...]] = {
+    "ingest": (),
+    "clean": ("ingest",),                                       # bronze.events_raw
+    "identity": ("clean",),                                     # silver.events
+    "consent": ("clean", "identity"),                           # silver.events, silver.identity_map
+    "sessions": ("clean", "identity"),                          # silver.events, the identity map and exclusions
+    "features": ("clean", "consent", "sessions"),               # silver.events, ops.consent, enriched events
+    "clv": ("consent", "sessions"),                             # ops.consent, silver.enriched_events
+    "segments": ("clean", "consent", "sessions", "features", "clv"),   # + gold.customer_features, customer_value
+    "cluster": ("consent", "features"),                         # gold.customer_features
+    "propensity": ("clean", "identity", "consent", "sessions"),  # its own point-in-time features
+    "journeys": ("consent", "sessions", "segments"),            # gold.segment_membership
+    "experiments": ("consent", "sessions", "clv", "segments"),  # gold.customer_value, gold.segment_membership
+}
+
+#: pipeline jobs that never run side by side with each other: they log to the one MLflow store
+#: (a local SQLite file allows one writer at a time) through MLflow's process-wide active experiment
+ONE_AT_A_TIME: tuple[frozenset[str], ...] = (frozenset({"clv", "cluster", "propensity"}),)
+
 
 class JobNotAvailable(LookupError):
     pass

@@ -69,8 +69,9 @@ _PROPERTIES = {"delta.enableRowTracking": "true", **tables.BOOKKEEPING_PROPERTIE
 LOG_EVERY_SECONDS = 15.0
 _LAPSE = ("(A lease of a run killed on another host lapses leases.ttl_minutes after it was taken; "
           "one of this host lapses as soon as its process is gone.)")
-#: run_id -> job of the write leases this process holds (names an exclusive lease's job)
-_held: dict[str, str] = {}
+#: run_id -> jobs of the write leases this process holds (names an exclusive lease's job; the jobs
+#: of one chain may hold theirs side by side)
+_held: dict[str, list[str]] = {}
 
 
 class LeaseBusy(RuntimeError):
@@ -288,11 +289,13 @@ def hold(spark: SparkSession, cfg: Config, job: str, run_id: str) -> Iterator[No
             break
         _release(spark, cfg, mine)   # withdraw, so the exclusive holder does not wait for this run
         _wait_for_exclusive(spark, cfg, job, run_id, blocking, started, deadline, wait)
-    _held[run_id] = job
+    _held.setdefault(run_id, []).append(job)
     try:
         yield
     finally:
-        _held.pop(run_id, None)
+        _held[run_id].remove(job)
+        if not _held[run_id]:
+            del _held[run_id]
         _release(spark, cfg, mine)
 
 
@@ -326,7 +329,7 @@ def exclusive(spark: SparkSession, cfg: Config, run_id: str, wait_seconds: float
         yield
         return
     wait = wait if wait_seconds is None else float(wait_seconds)
-    job = _held.get(run_id, "exclusive")
+    job = (_held.get(run_id) or ["exclusive"])[0]
     me_label = _label(job, "exclusive")
     started = time.monotonic()
     deadline = started + wait

@@ -20,6 +20,7 @@ caller's session time zone comes back afterwards.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -118,20 +119,154 @@ def _record(ctx: JobContext, job: str, journal: tables.Journal, metrics: dict, s
 
 
 def run_chain(ctx: JobContext, jobs: Iterable[str] = registry.PIPELINE,
-              echo: Callable[[str], None] = print, skip_unavailable: bool = True) -> list[StageResult]:
-    """Run ``jobs`` in order. Unavailable jobs are skipped (and said so) when allowed."""
+              echo: Callable[[str], None] = print, skip_unavailable: bool = True,
+              workers: int | None = None) -> list[StageResult]:
+    """Run ``jobs`` (unavailable ones are skipped, and said so, when allowed); results in ``jobs`` order.
+
+    With ``workers`` (default ``runner.parallel_stages``) above 1, a job starts as soon as the jobs
+    it reads from (:data:`seglake.registry.AFTER`, those of them in this chain) have finished, up to
+    ``workers`` at once and never two of one :data:`seglake.registry.ONE_AT_A_TIME` group: each
+    in a thread of this driver with its own context and session (:func:`_stage_context`). The
+    first failure stops new jobs from starting; the running ones end, then it is raised (JobFailed,
+    or LeaseBusy as it is). With 1, the jobs run one by one in the order given.
+    """
     jobs = list(jobs)
-    results: list[StageResult] = []
-    for index, job in enumerate(jobs, start=1):
+    workers = parallel_stages(ctx.cfg) if workers is None else int(workers)
+    if workers > 1 and not _classic(ctx.spark):
+        log.info("chain: a Spark Connect session has no per-thread sessions; running the jobs one by one")
+        workers = 1
+    results: dict[str, StageResult] = {}
+    tag = {job: f"[{i}/{len(jobs)}] {job:<11}" for i, job in enumerate(jobs, start=1)}
+    if workers <= 1:
+        for job in jobs:
+            if skip_unavailable and not registry.available(job):
+                echo(f"{tag[job]} not available yet in this version - skipped")
+                results[job] = StageResult(job, 0.0, skipped="not available yet")
+                continue
+            echo(f"{tag[job]} running ...")
+            results[job] = run_job(ctx, job)
+            echo(f"{tag[job]} done in {results[job].seconds:6.1f} s  {format_summary(results[job].summary)}")
+        return [results[j] for j in jobs]
+    for job in jobs:
         if skip_unavailable and not registry.available(job):
-            echo(f"[{index}/{len(jobs)}] {job:<11} not available yet in this version - skipped")
-            results.append(StageResult(job, 0.0, skipped="not available yet"))
+            echo(f"{tag[job]} not available yet in this version - skipped")
+            results[job] = StageResult(job, 0.0, skipped="not available yet")
+    _run_side_by_side(ctx, [j for j in jobs if j not in results], jobs, workers, results, echo, tag)
+    return [results[j] for j in jobs]
+
+
+def parallel_stages(cfg) -> int:
+    """``runner.parallel_stages`` (a whole number >= 1; anything else is a ConfigError)."""
+    from seglake.core.config import ConfigError
+
+    value = cfg.get("runner.parallel_stages", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"runner.parallel_stages must be a whole number >= 1, got {value!r}.")
+    return value
+
+
+def ready(job: str, chain: list[str], finished: set[str], running: Iterable[str]) -> bool:
+    """Whether ``job`` may start: every job it reads from that is in ``chain`` has finished, and no
+    running job is in one of its :data:`seglake.registry.ONE_AT_A_TIME` groups. A job that
+    :data:`seglake.registry.AFTER` does not list waits for every job before it, runs alone, and
+    every later job waits for it."""
+    running = list(running)
+    earlier = chain[: chain.index(job)]
+    deps = (registry.AFTER[job] + tuple(j for j in earlier if j not in registry.AFTER)   # its outputs unknown
+            if job in registry.AFTER else earlier)
+    if any(dep in chain and dep not in finished for dep in deps):
+        return False
+    if job not in registry.AFTER and running:
+        return False                                    # nor beside anything
+    return not any(job in group and other in group for group in registry.ONE_AT_A_TIME for other in running)
+
+
+def _classic(spark) -> bool:
+    """Whether ``spark`` is a classic (py4j) session, which has per-thread sessions; not Spark Connect."""
+    try:
+        from pyspark.sql.utils import is_remote
+        if is_remote():
+            return False
+    except ImportError:   # an older PySpark: classic only
+        pass
+    return hasattr(spark, "newSession") and getattr(spark, "_jsparkSession", None) is not None
+
+
+def _stage_context(ctx: JobContext) -> JobContext:
+    """A copy of the chain's context for one job in its own thread: its own session (SQL settings
+    such as the job's time zone stay its own), status and as-of; the same run id, arguments and
+    record of written run-log rows."""
+    sub = dataclasses.replace(ctx, spark=parallel.isolated_session(ctx.spark))
+    sub.as_of_given = ctx.as_of_given      # replace() would take a resolved as-of for a given one
+    return sub
+
+
+def _resolve_as_of(ctx: JobContext) -> None:
+    """The chain's as-of, once, before its first as-of job starts (as that job would resolve it one
+    by one), so that jobs side by side share it; when it cannot be resolved (no events yet) the
+    job itself fails on it, recorded in ``ops.run_log``."""
+    try:
+        ctx.resolve_as_of()
+    except Exception as exc:  # noqa: BLE001 - the job reports it in its own run
+        log.debug("chain: as-of not resolved before the jobs start: %s", exc)
+
+
+def _run_side_by_side(ctx: JobContext, todo: list[str], chain: list[str], workers: int,
+                      results: dict[str, StageResult], echo: Callable[[str], None], tag: dict[str, str]) -> None:
+    import queue
+
+    from pyspark import InheritableThread
+
+    finished = set(chain) - set(todo)                   # skipped as unavailable
+    running: dict[str, float] = {}
+    done: "queue.Queue[tuple]" = queue.Queue()
+    failure: BaseException | None = None
+
+    def work(job: str) -> None:
+        sub = None
+        try:
+            sub = _stage_context(ctx)
+            done.put((job, sub, run_job(sub, job), None))
+        except BaseException as exc:  # noqa: BLE001 - raised in the chain's thread
+            done.put((job, sub, None, exc))
+
+    while True:
+        try:
+            for job in list(todo) if failure is None else []:
+                if len(running) >= workers:
+                    break
+                if ready(job, chain, finished, running):
+                    if ctx.as_of is None and getattr(registry.load(job), "USES_AS_OF", False):
+                        _resolve_as_of(ctx)
+                    todo.remove(job)
+                    beside = f" (beside {', '.join(running)})" if running else ""
+                    echo(f"{tag[job]} running ...{beside}")
+                    running[job] = time.perf_counter()
+                    # a daemon: Ctrl-C ends the process at once, as it would one job (every write is atomic)
+                    InheritableThread(target=work, args=(job,), name=f"stage-{job}", daemon=True).start()
+        except BaseException as exc:  # noqa: BLE001 - starting failed: wait for the running jobs first
+            failure = failure or exc
+        if not running:
+            break
+        job, sub, result, exc = done.get()
+        running.pop(job)
+        if exc is not None:
+            if failure is None:
+                failure = exc
+            elif failure is not exc:
+                failure.add_note(f"while the chain waited, {job} failed too: {type(exc).__name__}: {exc}")
+            waits = f"; no further job starts, waiting for {', '.join(running)} to end" if running else ""
+            echo(f"{tag[job]} failed ({type(exc).__name__}){waits}")
             continue
-        echo(f"[{index}/{len(jobs)}] {job:<11} running ...")
-        result = run_job(ctx, job)
-        echo(f"[{index}/{len(jobs)}] {job:<11} done in {result.seconds:6.1f} s  {format_summary(result.summary)}")
-        results.append(result)
-    return results
+        results[job] = result
+        finished.add(job)
+        if ctx.as_of is None and sub.as_of is not None:
+            ctx.as_of = sub.as_of                       # later jobs start from it, as one by one
+        echo(f"{tag[job]} done in {result.seconds:6.1f} s  {format_summary(result.summary)}")
+    if failure is not None:
+        raise failure
+    if todo:    # cannot happen with registry.AFTER naming earlier jobs only; never loop or drop a job
+        raise RuntimeError(f"chain: no job could start of {', '.join(todo)} (registry.AFTER has a cycle?)")
 
 
 def format_summary(summary: dict, limit: int = 6) -> str:

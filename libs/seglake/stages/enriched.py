@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from dataclasses import asdict, dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Sequence
@@ -55,6 +56,8 @@ from seglake.core.contracts import (CLEAN_BATCHES, CONSENT_RULE, ENRICHED_EVENTS
 from seglake.stages import sessions as S
 
 log = logging.getLogger(__name__)
+#: one refresh at a time in this process (two would append the same customers twice)
+_REFRESHING = threading.RLock()
 
 #: silver.events columns carried into the enriched table (besides customer_id and sessions).
 EVENT_COLUMNS: tuple[str, ...] = (
@@ -276,11 +279,18 @@ def refresh(spark: SparkSession, cfg: Config, run_id: str = "", rebuild_batches:
     """Bring silver.enriched_events and silver.sessions up to date; what was done.
 
     ``rebuild_batches``: the customers with events of these bronze batches are rewritten even
-    when nothing changed (``seglake run sessions --as-of D``: the day's batches).
+    when nothing changed (``seglake run sessions --as-of D``: the day's batches). Jobs of one
+    chain running side by side (:func:`seglake.core.runner.run_chain`) refresh one at a time:
+    the second finds the table up to date.
 
     Returns:
         ``{"mode": "full"|"incremental"|"noop", "reason": str, "customers_rewritten": int|None}``.
     """
+    with _REFRESHING:
+        return _refresh(spark, cfg, run_id, rebuild_batches)
+
+
+def _refresh(spark: SparkSession, cfg: Config, run_id: str, rebuild_batches: Sequence[str]) -> dict:
     now = current_state(spark, cfg)
     recorded = _recorded(spark, cfg, ENRICHED_EVENTS)
     old = _state_of(recorded)

@@ -22,7 +22,7 @@ from seglake.core.context import JobContext
 from seglake.core.spark import release_checkpoint, stable_layout
 from seglake.core.contracts import CONSENT_LEDGER, ENRICHED_EVENTS, IDENTITY_MAP, consent_actions, exclude_withdrawn
 from seglake.stages import enriched
-from seglake.stages.propensity.common import (_METRIC_KEYS, CHAMPION, EVENTS_TABLE, FEATURES_TABLE, LABEL_COL,
+from seglake.stages.propensity.common import (_METRIC_KEYS, CHAMPION, EVENTS_TABLE, LABEL_COL,
                                               PROB_COL, SCORES_TABLE, TARGETS, _num)
 from seglake.stages.propensity.labels import build_labels, drop_censored, snapshot_dates
 from seglake.stages.propensity.snapshots import snapshot_features
@@ -291,7 +291,7 @@ def run(ctx: JobContext) -> dict:
     summary: dict[str, Any] = {"as_of": as_of.isoformat(), "train_snapshots": ", ".join(map(str, train_dates)),
                                "eval_snapshot": eval_date.isoformat()}
     with tracking.start_run(spark, cfg, "propensity",
-                            [EVENTS_TABLE, ENRICHED_EVENTS, FEATURES_TABLE, IDENTITY_MAP, CONSENT_LEDGER],
+                            [EVENTS_TABLE, ENRICHED_EVENTS, IDENTITY_MAP, CONSENT_LEDGER],
                             f"propensity {as_of}", ctx.run_id, as_of) as parent:
         mlflow.log_params({"horizon_days": horizon, "train_dates": ",".join(map(str, train_dates)),
                            "eval_date": str(eval_date), "inputs": ",".join(inputs),
