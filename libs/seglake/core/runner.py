@@ -137,21 +137,23 @@ def run_chain(ctx: JobContext, jobs: Iterable[str] = registry.PIPELINE,
         workers = 1
     results: dict[str, StageResult] = {}
     tag = {job: f"[{i}/{len(jobs)}] {job:<11}" for i, job in enumerate(jobs, start=1)}
-    if workers <= 1:
-        for job in jobs:
-            if skip_unavailable and not registry.available(job):
-                echo(f"{tag[job]} not available yet in this version - skipped")
-                results[job] = StageResult(job, 0.0, skipped="not available yet")
-                continue
-            echo(f"{tag[job]} running ...")
-            results[job] = run_job(ctx, job)
-            echo(f"{tag[job]} done in {results[job].seconds:6.1f} s  {format_summary(results[job].summary)}")
-        return [results[j] for j in jobs]
-    for job in jobs:
+
+    def skipped(job: str) -> bool:
         if skip_unavailable and not registry.available(job):
             echo(f"{tag[job]} not available yet in this version - skipped")
             results[job] = StageResult(job, 0.0, skipped="not available yet")
-    _run_side_by_side(ctx, [j for j in jobs if j not in results], jobs, workers, results, echo, tag)
+            return True
+        return False
+
+    if workers <= 1:
+        for job in jobs:
+            if not skipped(job):
+                echo(f"{tag[job]} running ...")
+                results[job] = run_job(ctx, job)
+                echo(f"{tag[job]} done in {results[job].seconds:6.1f} s  {format_summary(results[job].summary)}")
+    else:
+        todo = [job for job in jobs if not skipped(job)]
+        _run_side_by_side(ctx, todo, jobs, workers, results, echo, tag)
     return [results[j] for j in jobs]
 
 
@@ -218,7 +220,7 @@ def _run_side_by_side(ctx: JobContext, todo: list[str], chain: list[str], worker
     from pyspark import InheritableThread
 
     finished = set(chain) - set(todo)                   # skipped as unavailable
-    running: dict[str, float] = {}
+    running: list[str] = []                             # in start order, for the console
     done: "queue.Queue[tuple]" = queue.Queue()
     failure: BaseException | None = None
 
@@ -241,7 +243,7 @@ def _run_side_by_side(ctx: JobContext, todo: list[str], chain: list[str], worker
                     todo.remove(job)
                     beside = f" (beside {', '.join(running)})" if running else ""
                     echo(f"{tag[job]} running ...{beside}")
-                    running[job] = time.perf_counter()
+                    running.append(job)
                     # a daemon: Ctrl-C ends the process at once, as it would one job (every write is atomic)
                     InheritableThread(target=work, args=(job,), name=f"stage-{job}", daemon=True).start()
         except BaseException as exc:  # noqa: BLE001 - starting failed: wait for the running jobs first
@@ -249,7 +251,7 @@ def _run_side_by_side(ctx: JobContext, todo: list[str], chain: list[str], worker
         if not running:
             break
         job, sub, result, exc = done.get()
-        running.pop(job)
+        running.remove(job)
         if exc is not None:
             if failure is None:
                 failure = exc
