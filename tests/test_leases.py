@@ -38,7 +38,8 @@ def _planted(spark, cfg, job: str, run_id: str, *, kind: str = "write", host: st
     """A lease row as another process would have written it."""
     acquired = datetime.now(timezone.utc) - timedelta(minutes=age_minutes)
     leases._append(spark, cfg, leases._row(uuid.uuid4().hex, job, run_id, kind, host or socket.gethostname(),
-                                           pid or os.getpid(), acquired, acquired + timedelta(minutes=ttl_minutes)))
+                                           pid or os.getpid(), acquired, acquired + timedelta(minutes=ttl_minutes)),
+                   acquisition=True)
 
 
 def _in_thread(fn):
@@ -113,6 +114,21 @@ def test_the_lease_is_released_when_the_job_fails(spark, cfg):
     assert leases.live(spark, cfg) == []
     with leases.hold(spark, cfg, "ingest", "r2"):
         pass
+
+
+def test_a_leases_version_is_the_first_table_version_that_holds_its_row(spark, cfg):
+    # three acquisitions and a release in between; each version checked against time travel
+    _planted(spark, cfg, "ingest", "r1")
+    with leases.hold(spark, cfg, "clean", "r2"):
+        _planted(spark, cfg, "erase", "r3", kind="exclusive")
+        held = leases.live(spark, cfg)
+    assert sorted(d["run_id"] for d in held) == ["r1", "r2", "r3"]
+    path = cfg.table_path(JOB_LEASES)
+    for lease in held:
+        first = next(v for v in range(tables.version(spark, cfg, JOB_LEASES) + 1)
+                     if spark.read.format("delta").option("versionAsOf", v).load(path)
+                     .where(f"lease_id = '{lease['lease_id']}'").count() > 0)
+        assert lease["version"] == first, lease
 
 
 def test_a_lease_of_a_dead_process_on_this_host_is_not_live(spark, cfg):

@@ -12,8 +12,14 @@ included): an acquisition (``released`` false) and, later, a release of the same
 (``released`` true, the other columns copied). A lease is *live* when it has no release row,
 ``expires_at`` (acquisition + ``leases.ttl_minutes``) is in the future, and it is not a lease of
 this host whose process is gone (``kill -9`` and a rerun on the same machine is not blocked).
-A lease of another host outlives its crashed process until it expires. Row tracking is on, so
-every row carries the Delta version of the commit that added it (``_metadata.row_commit_version``).
+A lease of another host outlives its crashed process until it expires. The commit of each
+acquisition carries its ``lease_id`` in its ``userMetadata`` (``{"lease": id}``), so the Delta version
+that added a lease can be read from the log: it is looked up only when it decides something
+(another run's lease of the same job, or an exclusive lease, is live), newest commit first,
+so the common case (nobody else there) costs no log read at all. (Row tracking's
+``_metadata.row_commit_version`` would give the same version for every row, but on this append-only
+table it made Delta reconstruct the snapshot before each one-row append: three Spark jobs, about
+half a second, per append.)
 
 **Why it is race-free (Dekker's rule).** Both sides register before they look: an acquirer
 appends its row, *then* reads the table. Of two acquirers whose rows committed at versions
@@ -30,8 +36,9 @@ sees the first.
   never proceeds, so the exclusive holder is alone once that wait ends. Of two exclusive leases
   the later waits for the earlier.
 
-Where row versions cannot be read (a lease table without row tracking) every other lease counts
-as earlier: still safe, but two racing runs of one job may then both back off.
+Where the version of a lease cannot be found (its commit carries no lease id: a row written by an
+older seglake; or the commit is gone) it counts as earlier: still safe, but two racing runs of one
+job may then both back off.
 
 Delta must make commits mutually exclusive for this (local disks, HDFS, ADLS, GCS do; on S3 with
 several clusters that needs Delta's DynamoDB log store), and machines that run jobs must have
@@ -43,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import logging
 import os
 import socket
@@ -64,8 +72,11 @@ log = logging.getLogger(__name__)
 
 LEASES_DDL = ("lease_id STRING, job STRING, run_id STRING, kind STRING, host STRING, pid BIGINT, "
               "acquired_at TIMESTAMP, expires_at TIMESTAMP, released BOOLEAN")
-#: row tracking gives every row the Delta version of the commit that added it
-_PROPERTIES = {"delta.enableRowTracking": "true", **tables.BOOKKEEPING_PROPERTIES}
+_PROPERTIES = dict(tables.BOOKKEEPING_PROPERTIES)
+#: the userMetadata key naming the lease an acquisition commit added
+_TAG = "lease"
+#: lease_id -> Delta version of its acquisition commit (a fact that never changes, found once)
+_versions_found: dict[str, int] = {}
 LOG_EVERY_SECONDS = 15.0
 _LAPSE = ("(A lease of a run killed on another host lapses leases.ttl_minutes after it was taken; "
           "one of this host lapses as soon as its process is gone.)")
@@ -137,19 +148,23 @@ def _row(lease_id: str, job: str, run_id: str, kind: str, host: str, pid: int, a
     return (lease_id, job, run_id, kind, host, int(pid), acquired_at, expires_at, released)
 
 
-def _append(spark: SparkSession, cfg: Config, row: tuple) -> None:
-    """Blind-append one lease row. Two processes creating the table with their first append at the
-    same time make one of them fail with a commit conflict: that one retries once (the table
-    exists then, and appends to an existing table never conflict)."""
+def _append(spark: SparkSession, cfg: Config, row: tuple, acquisition: bool = False) -> None:
+    """Blind-append one lease row (an acquisition's commit names its lease in ``userMetadata``).
+    Two processes creating the table with their first append at the same time make one of them
+    fail with a commit conflict: that one retries once (the table exists then, and appends to an
+    existing table never conflict)."""
     tables.conflict_types()     # imports delta.exceptions: PySpark then converts the JVM conflicts
     df = literal_row(spark, row, LEASES_DDL)
-    try:
-        _unjournaled(tables.append, df, cfg, JOB_LEASES, properties=_PROPERTIES)
-    except Exception as exc:  # noqa: BLE001 - only a commit conflict is retried
-        if not is_conflict(exc):
-            raise
-        log.info("leases: another process created %s at the same time; appending again", JOB_LEASES)
-        _unjournaled(tables.append, df, cfg, JOB_LEASES, properties=_PROPERTIES)
+    meta = json.dumps({_TAG: row[0]}) if acquisition else None
+    for attempt in (1, 2):
+        try:
+            _unjournaled(tables.append, df, cfg, JOB_LEASES, properties=_PROPERTIES, user_metadata=meta,
+                         never_empty=True)
+            return
+        except Exception as exc:  # noqa: BLE001 - only a commit conflict is retried
+            if attempt == 2 or not is_conflict(exc):
+                raise
+            log.info("leases: another process created %s at the same time; appending again", JOB_LEASES)
 
 
 def _register(spark: SparkSession, cfg: Config, job: str, run_id: str, kind: str) -> tuple:
@@ -157,7 +172,7 @@ def _register(spark: SparkSession, cfg: Config, job: str, run_id: str, kind: str
     now = datetime.now(timezone.utc)
     row = _row(uuid.uuid4().hex, job, run_id, kind, socket.gethostname(), os.getpid(), now,
                now + timedelta(minutes=ttl))
-    _append(spark, cfg, row)
+    _append(spark, cfg, row, acquisition=True)
     return row
 
 
@@ -173,27 +188,51 @@ def _release(spark: SparkSession, cfg: Config, row: tuple) -> None:
 
 def _read(spark: SparkSession, cfg: Config) -> list[dict]:
     """Every lease with a row not yet expired, with its state: one small scan, no shuffle (rows of
-    the last ``ttl_minutes`` only; a release row carries its lease's ``expires_at``)."""
+    the last ``ttl_minutes`` only; a release row carries its lease's ``expires_at``); ``version``
+    as far as already known (:func:`_with_versions` finds the others)."""
     if not _unjournaled(tables.exists, spark, cfg, JOB_LEASES):
         return []
-    from pyspark.errors import AnalysisException
-
     now = datetime.fromtimestamp(_now_us() / 1e6, timezone.utc)
     cols = [F.col(c) for c in ("lease_id", "job", "run_id", "kind", "host", "pid", "released")] + [
         F.unix_micros("acquired_at").alias("acquired_us"), F.unix_micros("expires_at").alias("expires_us")]
     # a literal bound on the column itself: Delta skips the files of expired leases by their statistics
     # (one row per file), so the scan stays small however long the table grows between compactions
     df = _unjournaled(tables.read, spark, cfg, JOB_LEASES).where(F.col("expires_at") > F.lit(now))
-    try:
-        got = df.select(*cols, F.col("_metadata.row_commit_version").alias("version")).collect()  # small
-    except AnalysisException:  # a lease table without row tracking: versions unknown (module doc)
-        got = df.select(*cols, F.lit(None).cast("bigint").alias("version")).collect()  # live leases: small
+    got = df.select(*cols).collect()  # the rows of unexpired leases: small
     released = {r["lease_id"] for r in got if r["released"]}
     out: dict[str, dict] = {}
     for r in got:
         if not r["released"] and r["lease_id"] not in released:
-            out[r["lease_id"]] = r.asDict()
-    return sorted(out.values(), key=lambda d: (d["version"] is None, d["version"] or 0, d["acquired_us"]))
+            out[r["lease_id"]] = {**r.asDict(), "version": _versions_found.get(r["lease_id"])}
+    return sorted(out.values(), key=lambda d: (d["acquired_us"], d["lease_id"]))
+
+
+def _with_versions(spark: SparkSession, cfg: Config, leases: list[dict]) -> list[dict]:
+    """Fill in ``version`` (the Delta version of the acquisition commit) of ``leases`` from the
+    ``userMetadata`` of the table's commits, read newest first and only as far back as the oldest
+    of them was taken (its commit is later than its ``acquired_at``: both are read from the clock
+    of the host that took it; a minute of slack). A lease whose commit is not found keeps None."""
+    missing = {d["lease_id"] for d in leases if d["version"] is None}
+    if missing:
+        oldest_ms = min(d["acquired_us"] for d in leases if d["lease_id"] in missing) // 1000 - 60_000
+        for commit in _unjournaled(lambda: list(_commits_back_to(spark, cfg, oldest_ms, missing))):
+            _versions_found[commit[0]] = commit[1]
+        for d in leases:
+            d["version"] = _versions_found.get(d["lease_id"])
+    return leases
+
+
+def _commits_back_to(spark: SparkSession, cfg: Config, oldest_ms: int, wanted: set[str]) -> Iterator[tuple[str, int]]:
+    """(lease_id, version) of the acquisition commits of the ``wanted`` leases, newest first, until
+    all are found or the commits are older than ``oldest_ms`` (epoch milliseconds)."""
+    wanted = set(wanted)
+    for c in tables.commits(spark, cfg, JOB_LEASES):
+        lease_id = tables.commit_tag(c, _TAG)
+        if lease_id in wanted:
+            wanted.discard(lease_id)
+            yield lease_id, c["version"]
+        if not wanted or (c.get("timestamp") is not None and int(c["timestamp"]) < oldest_ms):
+            return
 
 
 def _alive(lease: dict, host: str) -> bool:
@@ -215,7 +254,7 @@ def live(spark: SparkSession, cfg: Config) -> list[dict]:
     """The live leases (for logs and tests), oldest first: ``lease_id``, ``job``, ``run_id``,
     ``kind`` (write | exclusive), ``host``, ``pid``, ``acquired_at`` and ``expires_at`` (UTC text)
     and ``version`` (Delta version of the acquisition, None when unknown)."""
-    return _public(_live(spark, cfg))
+    return _public(_with_versions(spark, cfg, _live(spark, cfg)))
 
 
 def _before(other: dict, mine: dict | None) -> bool:
@@ -272,7 +311,10 @@ def hold(spark: SparkSession, cfg: Config, job: str, run_id: str) -> Iterator[No
             leases = _live(spark, cfg)
             me = next((d for d in leases if d["lease_id"] == mine[0]), None)
             others = [d for d in leases if d["run_id"] != run_id]
-            same = [d for d in others if d["job"] == job and d["kind"] == "write" and _before(d, me)]
+            same = [d for d in others if d["job"] == job and d["kind"] == "write"]
+            if same:   # which was first decides: the commit versions (read only now)
+                _with_versions(spark, cfg, same + ([me] if me else []))
+                same = [d for d in same if _before(d, me)]
             if same:
                 h = same[0]
                 raise LeaseBusy(
@@ -339,7 +381,10 @@ def exclusive(spark: SparkSession, cfg: Config, run_id: str, wait_seconds: float
         while True:
             leases = _live(spark, cfg)
             me = next((d for d in leases if d["lease_id"] == mine[0]), None)
-            blocking = [d for d in leases if d["run_id"] != run_id and _before(d, me)]
+            others = [d for d in leases if d["run_id"] != run_id]
+            if others:
+                _with_versions(spark, cfg, others + ([me] if me else []))
+            blocking = [d for d in others if _before(d, me)]
             if not blocking:
                 break
             last_log = _poll(deadline, started, last_log, lambda waited: (   # logs the first wait at once

@@ -164,8 +164,10 @@ def literal_row(spark: SparkSession, values: tuple, ddl: str) -> "DataFrame":
 
     For bookkeeping rows (a lease, a run-log row): ``spark.createDataFrame([row])`` plans a scan of
     a parallelized RDD of pickled rows, which took twice as long to append to Delta (0.65 s vs
-    0.32 s per one-row append, local[2]). A literal projection is a local plan of one row. ``None``
-    gives a typed null; a ``dict`` for a map column a map of its items.
+    0.32 s per one-row append, local[2]). A literal projection is a local plan of one row, in one
+    partition (``spark.range(1)`` has one per core: each append then also wrote an empty Parquet
+    file in a task of its own). ``None`` gives a typed null; a ``dict`` for a map column a map of
+    its items.
     """
     from pyspark.sql import functions as F
     from pyspark.sql.types import MapType, _parse_datatype_string
@@ -180,4 +182,4 @@ def literal_row(spark: SparkSession, values: tuple, ddl: str) -> "DataFrame":
         else:
             col = F.lit(value)
         cols.append(col.cast(f.dataType).alias(f.name))
-    return spark.range(1).select(*cols)
+    return spark.range(0, 1, 1, 1).select(*cols)
