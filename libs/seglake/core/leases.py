@@ -158,8 +158,7 @@ def _append(spark: SparkSession, cfg: Config, row: tuple, acquisition: bool = Fa
     meta = json.dumps({_TAG: row[0]}) if acquisition else None
     for attempt in (1, 2):
         try:
-            _unjournaled(tables.append, df, cfg, JOB_LEASES, properties=_PROPERTIES, user_metadata=meta,
-                         never_empty=True)
+            _unjournaled(tables.append, df, cfg, JOB_LEASES, properties=_PROPERTIES, user_metadata=meta)
             return
         except Exception as exc:  # noqa: BLE001 - only a commit conflict is retried
             if attempt == 2 or not is_conflict(exc):

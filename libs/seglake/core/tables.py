@@ -283,17 +283,13 @@ def _partitioned(writer, partition_by: Sequence[str]):
 
 def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] = (),
            user_metadata: str | None = None, properties: dict | None = None,
-           txn: tuple[str, int] | None = None, merge_schema: bool = False, create_only: bool = False,
-           never_empty: bool = False) -> None:
+           txn: tuple[str, int] | None = None, merge_schema: bool = False, create_only: bool = False) -> None:
     """Append ``df`` (creating the table on the first write, with ``properties``; ``merge_schema``
     adds ``df``'s new columns to an existing table; ``create_only`` fails instead of appending
     when the table exists, or comes to exist before this commit: Delta's create conflicts);
     ``user_metadata`` goes into the commit's ``userMetadata`` (see :func:`recorded_metadata`);
     ``txn`` = (app id, version) makes it a Delta idempotent write (``txnAppId``/``txnVersion``):
-    skipped when the table already holds a commit of that app id with that version or a newer one.
-    ``never_empty``: the caller guarantees ``df`` has rows, so ``user_metadata`` needs no change of the
-    session's settings (an empty append with metadata must turn off Delta's skipping of empty
-    commits for its write; two threads doing that on one session could leave it turned off)."""
+    skipped when the table already holds a commit of that app id with that version or a newer one."""
     before = _version_before(df.sparkSession, cfg, table)
     writer = df.write.format("delta").mode("errorifexists" if create_only else "append").options(
         **_creation_options(df, cfg, table, partition_by, properties))
@@ -304,8 +300,6 @@ def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] =
     faults.point(f"before_commit:{table}")
     if user_metadata is None:
         _partitioned(writer, partition_by).save(cfg.table_path(table))
-    elif never_empty:
-        _partitioned(writer.option("userMetadata", user_metadata), partition_by).save(cfg.table_path(table))
     else:  # the metadata must be committed even when there are no rows to add
         with _session_conf(df.sparkSession, {"spark.databricks.delta.skipRecordingEmptyCommits": "false"}):
             _partitioned(writer.option("userMetadata", user_metadata), partition_by).save(cfg.table_path(table))
