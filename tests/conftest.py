@@ -93,7 +93,7 @@ class _Pipeline:
 
     def through(self, stage: str):
         from seglake import registry
-        from seglake.core.runner import run_job
+        from seglake.core.runner import run_chain
 
         order = list(registry.PIPELINE)
         if stage not in order:
@@ -105,10 +105,11 @@ class _Pipeline:
         previous = os.environ.get("MLFLOW_TRACKING_URI")
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
         try:
-            for job in order[: order.index(stage) + 1]:
-                if job not in self.done:
-                    self.summaries[job] = run_job(self.ctx, job).summary
-                    self.done.append(job)
+            # the missing jobs as `seglake run all` runs them: side by side where they may be
+            missing = [job for job in order[: order.index(stage) + 1] if job not in self.done]
+            for result in run_chain(self.ctx, missing, echo=lambda _: None, skip_unavailable=False):
+                self.summaries[result.job] = result.summary
+                self.done.append(result.job)
         finally:
             if previous is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)

@@ -33,7 +33,7 @@ from conftest import E2E_PROPENSITY, make_cfg
 from seglake import registry
 from seglake.core import pii, tables
 from seglake.core.context import JobContext
-from seglake.core.runner import run_job
+from seglake.core.runner import run_chain, run_job
 from traces import chosen_person, hash_all, traces
 
 pytestmark = pytest.mark.slow
@@ -71,8 +71,7 @@ def test_erasure_leaves_no_trace_after_a_full_pipeline_and_reruns(spark, pipelin
     # rebuild identity from what is left, rerun every later stage, build the report again
     chain = list(registry.PIPELINE)
     run_job(JobContext(spark, cfg, args={"full": True}), "identity")
-    for job in chain[chain.index("identity") + 1:]:
-        run_job(JobContext(spark, cfg), job)
+    run_chain(JobContext(spark, cfg), chain[chain.index("identity") + 1:], echo=lambda _: None)   # as `run all`
     build_report(spark, cfg)
     idmap = tables.read(spark, cfg, "silver.identity_map")
     assert idmap.where(F.col("customer_id") == customer_id).count() == 0

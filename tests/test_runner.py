@@ -119,7 +119,9 @@ def test_every_pipeline_job_leaves_one_run_log_row(spark, pipeline_through):
         assert rows[job]["as_of_date"] == as_of, job
     features = tables.read(spark, cfg, "gold.customer_features").where(F.col("as_of_date") == as_of).count()
     assert rows["features"]["rows_out"]["gold.customer_features"] == features
-    assert rows["features"]["rows_in"]["silver.events"] == counts["valid_events"]
+    # (in a chain the as-of is resolved once, before the first as-of job: features itself reads enriched events)
+    assert rows["identity"]["rows_in"]["silver.events"] == counts["valid_events"]
+    assert rows["features"]["rows_in"]["silver.enriched_events"] == tables.read(spark, cfg, "silver.enriched_events").count()
     for job, r in rows.items():
         assert r["error"] is None and r["duration_s"] > 0 and r["rows_out"], job
 
