@@ -197,7 +197,8 @@ def _read(spark: SparkSession, cfg: Config) -> list[dict]:
     # a literal bound on the column itself: Delta skips the files of expired leases by their statistics
     # (one row per file), so the scan stays small however long the table grows between compactions
     df = _unjournaled(tables.read, spark, cfg, JOB_LEASES).where(F.col("expires_at") > F.lit(now))
-    got = df.select(*cols).collect()  # the rows of unexpired leases: small
+    # bounded by job runs of the last ttl_minutes (two rows each), never by events or customers
+    got = df.select(*cols).collect()
     released = {r["lease_id"] for r in got if r["released"]}
     out: dict[str, dict] = {}
     for r in got:
@@ -214,8 +215,7 @@ def _with_versions(spark: SparkSession, cfg: Config, leases: list[dict]) -> list
     missing = {d["lease_id"] for d in leases if d["version"] is None}
     if missing:
         oldest_ms = min(d["acquired_us"] for d in leases if d["lease_id"] in missing) // 1000 - 60_000
-        for commit in _unjournaled(lambda: list(_commits_back_to(spark, cfg, oldest_ms, missing))):
-            _versions_found[commit[0]] = commit[1]
+        _versions_found.update(_commits_back_to(spark, cfg, oldest_ms, missing))   # commit files: not journaled
         for d in leases:
             d["version"] = _versions_found.get(d["lease_id"])
     return leases
