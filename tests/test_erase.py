@@ -270,3 +270,28 @@ def test_erase_needs_identifiers_and_reads_a_file(tmp_path):
     assert erase.identifiers_from_args({"identifier": ["x"], "file": str(f)}) == ["+1 555", "a@b.c", "x"]
     with pytest.raises(FileNotFoundError, match="identifier file not found"):
         erase.identifiers_from_args({"file": str(tmp_path / "nope.txt")})
+
+
+def test_erase_vacuums_a_table_only_when_it_holds_a_file_its_current_version_does_not_reference(spark, cfg):
+    """The check erase runs before each VACUUM: every case a file is left behind says yes (an old
+    version's file, a killed writer's orphan in a partition folder), a table holding only the
+    files of its current version says no; Delta's own folder is not a data file."""
+    from seglake.stages.erase.vacuuming import has_unreferenced_files, vacuum_if_needed
+
+    table = "gold.t_vacuum_check"
+    rows = spark.createDataFrame([(1, "2026-09-01"), (2, "2026-09-02")], "n INT, d STRING")
+    tables.overwrite(rows, cfg, table, partition_by=["d"])
+    assert has_unreferenced_files(spark, cfg, table) is False
+    tables.overwrite(rows.where("n = 1"), cfg, table, partition_by=["d"])       # 2026-09-02's file: old
+    assert has_unreferenced_files(spark, cfg, table) is True
+    assert vacuum_if_needed(spark, cfg, table, 0) is True
+    assert has_unreferenced_files(spark, cfg, table) is False
+    assert vacuum_if_needed(spark, cfg, table, 0) is False
+    # no VACUUM START / END commits: the erasure ledger records erase's VACUUMs
+    assert not [c for c in tables.commits(spark, cfg, table) if "VACUUM" in str(c.get("operation"))]
+    folder = Path(cfg.table_path(table)) / "d=2026-09-01"
+    (folder / "part-99999-orphan.c000.snappy.parquet").write_bytes(b"PAR1 a killed writer's file")
+    assert has_unreferenced_files(spark, cfg, table) is True
+    assert vacuum_if_needed(spark, cfg, table, 0) is True
+    assert not (folder / "part-99999-orphan.c000.snappy.parquet").exists()
+    assert sorted(r.n for r in tables.read(spark, cfg, table).collect()) == [1]

@@ -24,10 +24,10 @@
    (CRM rows, audiences, destinations' deletion calls).
 6. **The identity tables** last (edges, then the map): until then a rerun after a crash finds the
    person's customer ids in them (and in the map's older versions).
-7. **VACUUM** (:func:`seglake.core.tables.vacuum`) with ``erase.retention_hours`` every table
+7. **VACUUM** (:mod:`.vacuuming`) with ``erase.retention_hours`` every table
    (``erase.vacuum_all_tables``; else only those changed, by this run or a killed earlier run of
-   the same request): with 0, the files of older versions are gone at once, so time travel
-   cannot bring the person back.
+   the same request) that holds a file its current version does not reference: with 0, the
+   files of older versions are gone at once, so time travel cannot bring the person back.
 8. **Ledger done**: the row gets tables touched, rows removed (by every run of the request),
    customer count (recorded with the pending row), retention.
 

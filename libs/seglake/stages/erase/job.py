@@ -19,7 +19,7 @@ from seglake.core.config import Config
 from seglake.core.context import JobContext
 from seglake.core.contracts import (ERASURE_REQUESTS, IDENTITY_EDGES, IDENTITY_MAP, JOB_LEASES, KNOWN_TABLES, LAYERS,
                                     RUN_LOG)
-from seglake.stages.erase import artifacts
+from seglake.stages.erase import artifacts, vacuuming
 from seglake.stages.erase.match import Person, column_conditions, quoted
 from seglake.stages.erase.person import expand_person
 
@@ -99,9 +99,10 @@ def _stats_columns(props: dict, fields: list[T.StructField]) -> set[str]:
 
 
 def delete_rows(spark: SparkSession, cfg: Config, table: str, conds: dict[str, Column],
-                request: str | None = None) -> tuple[int, list[str]]:
+                request: str | None = None, purge: bool = False) -> tuple[int, list[str]]:
     """Delete the rows where any of ``conds`` (column -> predicate) holds; the commit carries
-    ``{COMMIT_TAG: {"request": request, "rows": n}}`` as its userMetadata.
+    ``{COMMIT_TAG: {"request": request, "rows": n}}`` as its userMetadata. ``purge``: an earlier,
+    killed run of the request deleted from this table (its deletion vectors are purged too).
 
     Returns:
         (rows deleted, string columns that held the person and of which the table keeps
@@ -111,31 +112,42 @@ def delete_rows(spark: SparkSession, cfg: Config, table: str, conds: dict[str, C
 
     path = cfg.table_path(table)
     dt = DeltaTable.forPath(spark, path)
+    frame = dt.toDF()
+    fields = frame.schema.fields
+    atomic = [f.name for f in fields if not _is_complex(f.dataType)]
+    nested = [f.name for f in fields if _is_complex(f.dataType)]
     cond = reduce(lambda a, b: a | b, conds.values())
-    # one person's rows (a handful), materialized once: counted, inspected and used as the source
-    matched = dt.toDF().where(cond).localCheckpoint()
-    deleted = matched.count()
+    # one person's rows (a handful), read once, in one Spark job: the row's values in fresh column
+    # names (the MERGE source must not share attributes with its target; complex columns through
+    # to_json) and which of the conditions it met
+    # (timestamps as epoch microseconds: a local-time round trip through Python could shift one)
+    kinds = {f.name: f.dataType for f in fields}
+    instant = {c for c in atomic if isinstance(kinds[c], T.TimestampType)}
+
+    def key(c: str, t: str = "") -> str:
+        return f"unix_micros({t}{quoted(c)})" if c in instant else f"{t}{quoted(c)}"
+    found = frame.where(cond).select(
+        *[F.expr(key(c)).alias(f"_k{i}") for i, c in enumerate(atomic)],
+        *[F.to_json(F.col(quoted(c))).alias(f"_j{i}") for i, c in enumerate(nested)],
+        *[F.coalesce(c, F.lit(False)).alias(f"_m{i}") for i, c in enumerate(conds.values())]).collect()
+    deleted = len(found)
     leaked: list[str] = []
-    props = dt.detail().first()["properties"] or {}
+    props = (dt.detail().first()["properties"] or {}) if deleted or purge else {}
     if deleted:
-        flags = matched.select(*[F.max(c.cast("int")).alias(f"_m{i}") for i, c in enumerate(conds.values())]).first()
-        held = [name for i, name in enumerate(conds) if flags[f"_m{i}"]]
-        fields = matched.schema.fields
+        held = [name for i, name in enumerate(conds) if any(r[f"_m{i}"] for r in found)]
         strings = {f.name for f in fields if isinstance(f.dataType, T.StringType)}
         leaked = sorted(c for c in held if c in strings and c in _stats_columns(props, fields))
         # A DELETE would write its predicate -- the identifiers, and the key inside the hash
         # expression -- into the commit's commitInfo, which VACUUM never removes. Instead the
         # person's rows are removed by a MERGE whose condition names only columns (complex
         # ones through to_json), so the transaction log keeps no trace of whom was erased.
-        atomic = [f.name for f in fields if not _is_complex(f.dataType)]
-        nested = [f.name for f in fields if _is_complex(f.dataType)]
-        # fresh column names: the source must not share attributes with the target it came from
-        source = matched.select(*[F.col(quoted(c)).alias(f"_k{i}") for i, c in enumerate(atomic)],
-                                *[F.to_json(F.col(quoted(c))).alias(f"_j{i}") for i, c in enumerate(nested)]
-                                ).distinct()
-        # one person's rows: brought to the driver and back, so the MERGE source has no lineage
-        source = spark.createDataFrame(source.collect(), source.schema)
-        on = " AND ".join([f"t.{quoted(c)} <=> s._k{i}" for i, c in enumerate(atomic)]
+        width = len(atomic) + len(nested)
+        distinct = {repr(tuple(r)[:width]): tuple(r)[:width] for r in found}   # a MERGE source row
+        source = spark.createDataFrame(list(distinct.values()),          # matches one target row at most
+                                       T.StructType([T.StructField(f"_k{i}", T.LongType() if c in instant else kinds[c])
+                                                     for i, c in enumerate(atomic)]
+                                                    + [T.StructField(f"_j{i}", T.StringType()) for i in range(len(nested))]))
+        on = " AND ".join([f"{key(c, 't.')} <=> s._k{i}" for i, c in enumerate(atomic)]
                           + [f"to_json(t.{quoted(c)}) <=> s._j{i}" for i, c in enumerate(nested)])
         with tables.tagged_commits(spark, {COMMIT_TAG: {"request": request, "rows": deleted}}):
             dt.alias("t").merge(source.alias("s"), on).whenMatchedDelete().execute()
@@ -191,6 +203,7 @@ def _erase(spark: SparkSession, cfg: Config, given: list[str], key: str, retenti
     order = erasure_order(found)
     # a killed run's deletes count too (the ledger and the VACUUM must cover them)
     removed: dict[str, int] = earlier_deletes(spark, cfg, order, request, since_ms) if resumed else {}
+    earlier = set(removed)
     if resumed:
         log.warning("erase: resuming a request an earlier run did not finish: it had removed %d rows from %d "
                     "table(s)", sum(removed.values()), len(removed))
@@ -210,7 +223,7 @@ def _erase(spark: SparkSession, cfg: Config, given: list[str], key: str, retenti
         conds = column_conditions(tables.read(own, cfg, table).schema, person, key)
         if not conds:
             return
-        n, stats = delete_rows(own, cfg, table, conds, request)
+        n, stats = delete_rows(own, cfg, table, conds, request, purge=table in earlier)
         log.info("erase: [%d/%d] %s: %d rows removed", order.index(table) + 1, len(order), table, n)
         with lock:
             if n:
@@ -239,7 +252,11 @@ def _erase(spark: SparkSession, cfg: Config, given: list[str], key: str, retenti
 
     targets = ([t for t in order if t not in WRITTEN_OUTSIDE_LEASE or t in removed]
                if cfg.get("erase.vacuum_all_tables") else [t for t in order if t in removed])
-    parallel.map_in_threads(targets, lambda t: tables.vacuum(session(), cfg, t, retention), workers, "erase-vacuum")
+    # only tables that hold a file no current version references (an old version's, an orphan's)
+    done = parallel.map_in_threads(targets, lambda t: vacuuming.vacuum_if_needed(session(), cfg, t, retention),
+                                   workers, "erase-vacuum")
+    log.info("erase: VACUUMed %d of %d table(s) (the others hold no file an older version or a failed "
+             "write left)", sum(done), len(targets))
     faults.point("erase.after_vacuum")
     request_id = erasure.record_request(
         spark, cfg, key_of_request=request, identifiers_hashed=person.hashes, done=True,
@@ -250,7 +267,8 @@ def _erase(spark: SparkSession, cfg: Config, given: list[str], key: str, retenti
                "customers_matched": len(person.customer_ids),
                "identifiers_matched": len(set(person.raw) | set(person.hashes)),
                "rows_removed": sum(removed.values()), "removed_by_table": removed, "resumed": resumed,
-               "tables_vacuumed": len(targets), "vacuum_retention_hours": retention,
+               "tables_vacuumed": sum(done), "tables_checked_for_vacuum": len(targets),
+               "vacuum_retention_hours": retention,
                "files_removed": files["removed"], "files_flagged": files["flagged"],
                "mlflow_runs": files["mlflow_runs"], "landing": _landing_note(cfg)}
     if activation:
