@@ -168,6 +168,42 @@ def chain_lakes(spark, tmp_path_factory):
     return out
 
 
+def known_identities(chain_lakes, lake):
+    """The stream lakehouse starts with the identity map a batch identity run built from the same
+    persons' history (as in production: the stream looks known identifiers up)."""
+    import shutil
+
+    for table in ("identity_map", "identity_excluded"):
+        src = chain_lakes["identity"] / "silver" / table
+        if src.exists():
+            shutil.copytree(src, lake / "silver" / table)
+
+
+#: the trigger stream's micro-batch size: 1,500 generated events in 4 micro-batches
+TRIGGER_STREAM = {"max_offsets_per_trigger": 400}
+
+
+@pytest.fixture(scope="session")
+def stream_triggered(spark, kafka_broker, chain_lakes, tmp_path_factory):
+    """The chain's generated events produced into a one-partition topic and streamed once,
+    uninterrupted, into a lakehouse that starts with the batch identity map: read by the trigger
+    test (test_stream.py) and, as the reference of a killed stream, by test_kill_stream.py.
+    ``{"cfg", "topic", "sent", "summary"}``; nobody writes to it."""
+    from seglake.core.context import JobContext
+    from seglake.core.runner import run_job
+    from seglake.stages.stream import produce
+
+    lake = tmp_path_factory.mktemp("stream-triggers") / "lake"
+    known_identities(chain_lakes, lake)
+    topic = "stream-triggers"
+    sent = produce.produce(spark, str(chain_lakes["generated"] / "_input" / "landing"),
+                           kafka_broker.bootstrap_servers, topic, partitions=1)
+    cfg = make_cfg(lake, stream=TRIGGER_STREAM)
+    summary = run_job(JobContext(spark, cfg, args={"bootstrap_servers": kafka_broker.bootstrap_servers,
+                                                   "topic": topic}), "stream").summary
+    return {"cfg": cfg, "topic": topic, "sent": sent, "summary": summary}
+
+
 # --- one real Kafka broker per test run, for the tests that need one ------------------------
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory):

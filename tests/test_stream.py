@@ -93,15 +93,6 @@ def test_poison_messages_are_kept_in_bronze_and_set_aside_and_the_stream_goes_on
 
 
 # --------------------------------------------------------------------------- triggers
-def known_identities(chain_lakes, lake):
-    """The stream lakehouse starts with the identity map a batch identity run built from the same
-    persons' history (as in production: the stream looks known identifiers up)."""
-    for table in ("identity_map", "identity_excluded"):
-        src = chain_lakes["identity"] / "silver" / table
-        if src.exists():
-            shutil.copytree(src, lake / "silver" / table)
-
-
 def _firings(spark, cfg):
     rows = tables.read(spark, cfg, "gold.segment_triggers").collect()
     return sorted((r["trigger"], r["customer_id"], r["event_key"]) for r in rows)
@@ -151,8 +142,7 @@ def _expected_firings(events, wm, rules):
 
 
 @pytest.mark.slow
-def test_stream_triggers_fire_exactly_what_the_rules_and_the_batch_segments_say(spark, kafka_broker, chain_lakes,
-                                                                                 tmp_path):
+def test_stream_triggers_fire_exactly_what_the_rules_and_the_batch_segments_say(spark, stream_triggered):
     from datetime import date, datetime, timedelta, timezone
 
     from seglake.core.contracts import customer_events
@@ -160,14 +150,7 @@ def test_stream_triggers_fire_exactly_what_the_rules_and_the_batch_segments_say(
     from seglake.stages.segments.triggers import load_triggers
     from seglake.stages.stream import triggers as T
 
-    landing = chain_lakes["generated"] / "_input" / "landing"
-    lake = tmp_path / "lake"
-    known_identities(chain_lakes, lake)
-    cfg = make_cfg(lake, stream={"max_offsets_per_trigger": 400})
-    topic = "stream-triggers"
-    sent = produce.produce(spark, str(landing), kafka_broker.bootstrap_servers, topic, partitions=1)
-    args = {"bootstrap_servers": kafka_broker.bootstrap_servers, "topic": topic}
-    out = run_job(JobContext(spark, cfg, args=args), "stream").summary
+    cfg, topic, sent, out = (stream_triggered[k] for k in ("cfg", "topic", "sent", "summary"))
     assert out["records_in"] == sent["sent"] and out["micro_batches"] == -(-sent["sent"] // 400)
     assert out["late_events"] == 0                     # one partition, in event-time order
     rules = load_triggers(REPO_YAML)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import make_cfg
+from conftest import TRIGGER_STREAM, known_identities, make_cfg
 from killing import conf_dir, kill_processes_everywhere, run_killed
 from seglake.core import tables
 from seglake.core.context import JobContext
@@ -57,21 +57,6 @@ def test_a_stream_killed_mid_batch_and_restarted_writes_everything_once(spark, k
     assert tables.read(spark, cfg, "silver.events_quarantine").count() == 1
 
 
-@pytest.fixture(scope="module")
-def triggered(spark, kafka_broker, chain_lakes, tmp_path_factory):
-    """The generated 1,500 events in a topic, and the lakehouse of one uninterrupted stream run."""
-    from test_stream import known_identities
-    root = tmp_path_factory.mktemp("kill-triggers")
-    topic = "kill-triggers"
-    produce.produce(spark, str(chain_lakes["generated"] / "_input" / "landing"), kafka_broker.bootstrap_servers,
-                    topic, partitions=1)
-    known_identities(chain_lakes, root / "ref")
-    ref = make_cfg(root / "ref", stream={"max_offsets_per_trigger": 400})
-    run_job(JobContext(spark, ref, args={"bootstrap_servers": kafka_broker.bootstrap_servers, "topic": topic}),
-            "stream")
-    return root, ref, topic
-
-
 def _trigger_state(spark, cfg):
     """Firings (without their clock and micro-batch), pending timers, and the final watermark."""
     from pyspark.sql import functions as F
@@ -89,14 +74,15 @@ TRIGGER_POINTS = ["after_commit:gold.segment_triggers@2",      # fired, timers n
 
 
 @pytest.mark.parametrize("point", TRIGGER_POINTS if kill_processes_everywhere() else TRIGGER_POINTS[:1])
-def test_a_stream_killed_while_firing_triggers_fires_each_once(spark, kafka_broker, triggered, chain_lakes, point):
-    from test_stream import known_identities
-    root, ref, topic = triggered
-    lake = root / point.replace(":", "-").replace("@", "-")
+def test_a_stream_killed_while_firing_triggers_fires_each_once(spark, kafka_broker, stream_triggered, chain_lakes,
+                                                               tmp_path, point):
+    # the reference: the same topic streamed once, uninterrupted (conftest.stream_triggered)
+    ref, topic = stream_triggered["cfg"], stream_triggered["topic"]
+    lake = tmp_path / "lake"
     known_identities(chain_lakes, lake)
-    conf = conf_dir(lake.parent / f"conf-{lake.name}", stream={"max_offsets_per_trigger": 400})
+    conf = conf_dir(tmp_path / "conf", stream=TRIGGER_STREAM)
     run_killed(lake, "stream", point, conf, "--bootstrap-servers", kafka_broker.bootstrap_servers, "--topic", topic)
-    cfg = make_cfg(lake, stream={"max_offsets_per_trigger": 400})
+    cfg = make_cfg(lake, stream=TRIGGER_STREAM)
     run_job(JobContext(spark, cfg, args={"bootstrap_servers": kafka_broker.bootstrap_servers, "topic": topic}),
             "stream")
     fired, timers, wm = _trigger_state(spark, cfg)
