@@ -162,6 +162,7 @@ def generate(spark: SparkSession, out_dir: str | os.PathLike, events: int, custo
         persons_truth(truth, end_date).coalesce(1).write.mode("overwrite").parquet(str(gt / "persons.parquet"))
         identifiers_truth(truth).coalesce(1).write.mode("overwrite").parquet(str(gt / "identifiers.parquet"))
         transitions_truth(spark).coalesce(1).write.mode("overwrite").parquet(str(gt / "transitions.parquet"))
+        log.info("wrote the ground-truth tables (%.1fs)", time.time() - t0)
 
         records = truth_to_records(truth, seed)
         bucket = F.pmod(F.col("event_uid"), F.lit(files_per_day))
