@@ -464,15 +464,15 @@ BOOKKEEPING_PROPERTIES = {"delta.checkpointInterval": "50"}
 DELTA_RETENTION_HOURS = 168
 
 
-def vacuum(spark: SparkSession, cfg: Config, table: str, retention_hours: float) -> None:
+def vacuum(spark: SparkSession, cfg: Config, table: str, retention_hours: float, logged: bool = True) -> None:
     """VACUUM ``table``, keeping the files table versions of the last ``retention_hours`` need.
 
     The session keeps Delta's retention check on; only this call switches it off, when the
     caller chose a retention below :data:`DELTA_RETENTION_HOURS` (callers decide when that is
     safe: maintain's ``--allow-short-retention``, erase under an exclusive lease). VACUUM lists
     files with ``spark.sql.sources.parallelPartitionDiscovery.parallelism`` tasks (default 10000,
-    far too many for our tables): bounded here by the shuffle setting. Both settings are restored.
-    """
+    far too many for our tables): bounded by the shuffle setting. ``logged=False``: no VACUUM
+    START/END commits (erase records its VACUUMs in its ledger). Every setting is restored."""
     from delta.tables import DeltaTable
 
     hours = float(retention_hours)
@@ -482,9 +482,9 @@ def vacuum(spark: SparkSession, cfg: Config, table: str, retention_hours: float)
         tasks = max(2, int(spark.conf.get("spark.sql.shuffle.partitions")))
     except (TypeError, ValueError):  # "auto" on Databricks
         tasks = 200
-    settings = {"spark.sql.sources.parallelPartitionDiscovery.parallelism": str(tasks)}
-    if hours < DELTA_RETENTION_HOURS:
-        settings["spark.databricks.delta.retentionDurationCheck.enabled"] = "false"
+    settings = {"spark.sql.sources.parallelPartitionDiscovery.parallelism": str(tasks),
+                **({"spark.databricks.delta.retentionDurationCheck.enabled": "false"} if hours < DELTA_RETENTION_HOURS else {}),
+                **({} if logged else {"spark.databricks.delta.vacuum.logging.enabled": "false"})}
     with _session_conf(spark, settings):
         DeltaTable.forPath(spark, cfg.table_path(table)).vacuum(hours)
 

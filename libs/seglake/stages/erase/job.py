@@ -117,10 +117,10 @@ def delete_rows(spark: SparkSession, cfg: Config, table: str, conds: dict[str, C
     atomic = [f.name for f in fields if not _is_complex(f.dataType)]
     nested = [f.name for f in fields if _is_complex(f.dataType)]
     cond = reduce(lambda a, b: a | b, conds.values())
-    # one person's rows (a handful), read once, in one Spark job: the row's values in fresh column
-    # names (the MERGE source must not share attributes with its target; complex columns through
-    # to_json) and which of the conditions it met
-    # (timestamps as epoch microseconds: a local-time round trip through Python could shift one)
+    # one person's rows, read once, in one Spark job: the row's values in fresh column names (the
+    # MERGE source must not share attributes with its target; complex columns through to_json;
+    # timestamps as epoch microseconds: a local-time round trip through Python could shift one)
+    # and which of the conditions it met
     kinds = {f.name: f.dataType for f in fields}
     instant = {c for c in atomic if isinstance(kinds[c], T.TimestampType)}
 
@@ -129,7 +129,8 @@ def delete_rows(spark: SparkSession, cfg: Config, table: str, conds: dict[str, C
     found = frame.where(cond).select(
         *[F.expr(key(c)).alias(f"_k{i}") for i, c in enumerate(atomic)],
         *[F.to_json(F.col(quoted(c))).alias(f"_j{i}") for i, c in enumerate(nested)],
-        *[F.coalesce(c, F.lit(False)).alias(f"_m{i}") for i, c in enumerate(conds.values())]).collect()
+        *[F.coalesce(c, F.lit(False)).alias(f"_m{i}") for i, c in enumerate(conds.values())]
+    ).collect()   # bounded by one erased person's rows, never by the table's events or customers
     deleted = len(found)
     leaked: list[str] = []
     props = (dt.detail().first()["properties"] or {}) if deleted or purge else {}

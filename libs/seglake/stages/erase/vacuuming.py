@@ -10,10 +10,8 @@ which tables were VACUUMed, with which retention, and when the request completed
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import unquote
 
 from pyspark.sql import SparkSession
@@ -21,8 +19,7 @@ from pyspark.sql import SparkSession
 from seglake.core import tables
 from seglake.core.config import Config
 
-#: Delta's own folders and files Delta never VACUUMs (``_delta_log``, ``_staged_commits`` ...):
-#: names starting with ``_`` or ``.`` that are not partition folders (``name=value``)
+#: a hidden folder that holds data (change data feed files): VACUUM removes its unreferenced files
 _CHANGE_DATA = "_change_data"
 
 
@@ -35,6 +32,8 @@ def _norm(uri: str) -> str:
 
 
 def _hidden(name: str) -> bool:
+    """Delta's own folders and files, which VACUUM never touches (``_delta_log`` ...): names starting
+    with ``_`` or ``.`` that are not partition folders (``name=value``)."""
     return (name.startswith("_") or name.startswith(".")) and "=" not in name
 
 
@@ -47,37 +46,22 @@ def has_unreferenced_files(spark: SparkSession, cfg: Config, table: str) -> bool
     root = Path(_norm(path))
     referenced = {_norm(u) for u in spark.read.format("delta").load(path).inputFiles()}
     for folder, dirs, files in os.walk(root):
-        if _CHANGE_DATA in dirs and Path(folder) == root:
+        at_root = Path(folder) == root
+        if at_root and _CHANGE_DATA in dirs:
             return True
         dirs[:] = [d for d in dirs if not _hidden(d)]
         for name in files:
-            if name.startswith("."):          # the local file system's checksums (.crc)
-                continue
-            if _hidden(name) and Path(folder) == root:
+            # the local file system's checksums (.crc); Delta's own files at the table's root
+            if name.startswith(".") or (at_root and _hidden(name)):
                 continue
             if os.path.normpath(os.path.join(folder, name)) not in referenced:
                 return True
     return False
 
 
-@contextlib.contextmanager
-def _unlogged(spark: SparkSession) -> Iterator[None]:
-    key = "spark.databricks.delta.vacuum.logging.enabled"
-    previous = spark.conf.get(key, None)
-    spark.conf.set(key, "false")
-    try:
-        yield
-    finally:
-        if previous is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, previous)
-
-
 def vacuum_if_needed(spark: SparkSession, cfg: Config, table: str, retention_hours: float) -> bool:
     """VACUUM ``table`` (not logged as commits) when it holds unreferenced files; whether it did."""
     if not has_unreferenced_files(spark, cfg, table):
         return False
-    with _unlogged(spark):
-        tables.vacuum(spark, cfg, table, retention_hours)
+    tables.vacuum(spark, cfg, table, retention_hours, logged=False)
     return True
