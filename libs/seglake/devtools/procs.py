@@ -31,17 +31,34 @@ def free_port(preferred: int | None = None) -> int:
     raise RuntimeError("no free TCP port on 127.0.0.1")
 
 
-def is_ours(pid: int, marker: str) -> bool:
-    """True when ``pid`` still runs and its command line holds ``marker`` (guards against pid reuse)."""
+def _cmdline_and_state(pid: int) -> tuple[str | None, str]:
+    """The pid's command line (None when it does not run) and its state letter."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
-        return False
+        return None, "?"
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         state = "?"
-    return marker in cmdline and state != "Z"
+    return cmdline, state
+
+
+def is_ours(pid: int, marker: str, exec_grace: float = 1.0) -> bool:
+    """True when ``pid`` still runs and its command line holds ``marker`` (guards against pid reuse).
+
+    A process in the middle of ``execve`` (``spark-class`` execs java, which a start-up check can
+    meet) shows an empty command line for a moment: an empty one is read again for up to
+    ``exec_grace`` seconds before the pid counts as not ours.
+    """
+    deadline = time.monotonic() + exec_grace
+    while True:
+        cmdline, state = _cmdline_and_state(pid)
+        if cmdline is None or state == "Z":
+            return False
+        if cmdline or time.monotonic() >= deadline:
+            return marker in cmdline
+        time.sleep(0.02)
 
 
 def reap(pid: int) -> None:
