@@ -162,8 +162,6 @@ def compute_features(events: DataFrame, as_of: date | Sequence[date],
         count_if(et == "purchase").alias("_online_purchases"),
         F.sum(F.when(is_purchase, revenue).otherwise(0.0)).alias("revenue_total"),
         F.avg("scroll_depth").alias("avg_scroll_depth"),
-        F.countDistinct(F.when((et == "feature_use") & within(30), feature_name)).cast("int")
-        .alias("distinct_features_30d"),
         count_if((et == "product_view") & within(30)).alias("product_views_30d"),
         count_if((et == "add_to_cart") & within(30)).alias("carts_30d"),
         count_if((et == "checkout_start") & within(30)).alias("checkouts_30d"),
@@ -188,7 +186,18 @@ def compute_features(events: DataFrame, as_of: date | Sequence[date],
     for n in params.windows_days:
         if n >= 90:
             aggs.append(F.sum(F.when(is_purchase & within(n), revenue).otherwise(0.0)).alias(f"revenue_{n}d"))
+    # the peak hour from 24 counters in the same pass (most events; a tie goes to the earliest hour):
+    # a separate group by (customer, hour) would read the events again
+    hour = F.hour(ts)
+    aggs += [count_if(hour == h).alias(f"_h{h}") for h in range(24)]
     per_event = ev.groupBy("customer_id", "_as_of").agg(*aggs)
+    counts = F.array(*[F.col(f"_h{h}") for h in range(24)])
+    per_event = per_event.withColumn("peak_hour", (F.array_position(counts, F.array_max(counts)) - 1).cast("int"))
+    # distinct features: only the feature_use events of the last 30 days (a distinct count inside the
+    # main aggregation would make Spark shuffle every event by (customer, feature) first)
+    used = ev.where((et == "feature_use") & within(30) & feature_name.isNotNull())
+    distinct_features = used.groupBy("customer_id", "_as_of").agg(
+        F.countDistinct(feature_name).cast("int").alias("distinct_features_30d"))
 
     # sessions, cut at as_of (the events after as_of were filtered above)
     sess = ev.groupBy("customer_id", "_as_of", "session_key").agg(
@@ -200,12 +209,9 @@ def compute_features(events: DataFrame, as_of: date | Sequence[date],
         sess_aggs.append(F.sum(F.when(F.col("_start") >= cut[n], 1).otherwise(0)).cast("int").alias(f"sessions_{n}d"))
     per_session = sess.groupBy("customer_id", "_as_of").agg(*sess_aggs)
 
-    hours = ev.groupBy("customer_id", "_as_of", F.hour(ts).alias("_h")).agg(F.count(F.lit(1)).alias("_c"))
-    peak = hours.groupBy("customer_id", "_as_of").agg(
-        F.max_by("_h", F.struct(F.col("_c"), (-F.col("_h")).alias("_neg"))).cast("int").alias("peak_hour"))
-
     keys = ["customer_id", "_as_of"]
-    df = per_event.join(per_session, keys, "left").join(peak, keys, "left")
+    df = (per_event.join(per_session, keys, "left").join(distinct_features, keys, "left")
+          .fillna(0, ["distinct_features_30d"]))
     span_s = F.unix_seconds("last_seen_ts") - F.unix_seconds("first_seen_ts")
     df = df.select(
         "*",
