@@ -95,13 +95,16 @@ def pagerank(edges: DataFrame, damping: float = 0.85, max_iter: int = 50, tol: f
              .groupBy(F.col("src").cast("string").alias("src"), F.col("dst").cast("string").alias("dst"))
              .agg(F.sum("weight").cast("double").alias("weight")))
     if driver_max_edges > 0:
-        rows = edges.limit(driver_max_edges + 1).collect()  # bounded: at most driver_max_edges + 1 rows
-        if len(rows) <= driver_max_edges:
-            # sorted: collect() returns the edges in partition order, and the float sums of the
-            # power iteration follow the edge order, so unsorted edges could change the last
-            # bits of a rank (and the order of two nearly equal ranks) from run to run
-            ranked, iterations = _pagerank_driver(sorted((r["src"], r["dst"], r["weight"]) for r in rows),
-                                                  damping, max_iter, tol)
+        # bounded: at most driver_max_edges + 1 rows, fetched as Arrow columns (a collect() of Row
+        # objects cost 15 s for 500k edges at 10M events)
+        table = edges.limit(driver_max_edges + 1).toArrow()
+        if table.num_rows <= driver_max_edges:
+            # sorted: the edges arrive in partition order, and the float sums of the power
+            # iteration follow the edge order, so unsorted edges could change the last bits of a
+            # rank (and the order of two nearly equal ranks) from run to run
+            rows = sorted(zip(table.column("src").to_pylist(), table.column("dst").to_pylist(),
+                              table.column("weight").to_pylist()))
+            ranked, iterations = _pagerank_driver(rows, damping, max_iter, tol)
             log.info("pagerank: %d edges, %d vertices, %d iterations on the driver",
                      len(rows), len(ranked), iterations)
             return edges.sparkSession.createDataFrame(ranked, _RANKS_SCHEMA)
