@@ -56,7 +56,7 @@ def _matrix(spark, sessionized, out: Path) -> dict:
 
     spec = J.load_states(REPO / "conf" / "states.yaml")
     states = J.assign_states(sessionized, spec, keep_unmapped=True)
-    counts = J.customer_transition_counts(J.journey_transitions(J.build_journeys(states, spec), spec, 3))
+    counts = J.transition_counts(J.journey_transitions(J.build_journeys(states, spec), spec, 3))
     matrix = J.transition_matrix(counts)
     matrix.write.format("delta").mode("overwrite").save(str(out))
     written = spark.read.format("delta").load(str(out))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pyspark.sql import functions as F
 
 from seglake.stages import journeys as J
 from seglake.stages.journeys import graph as G
@@ -79,10 +80,16 @@ TIE_EDGES = [("a", "b", 3), ("a", "b", 2), ("a", "c", 1), ("b", "c", 4), ("c", "
              ("d", "x", 1), ("d", "y", 2), ("d", "x", 1), ("b", "z", 2), ("e", "a", 1)]
 
 
+def _rows(table):
+    """A pyarrow (vertex, pagerank, rank) table as a list of tuples."""
+    return list(zip(*(table.column(c).to_pylist() for c in ("vertex", "pagerank", "rank"))))
+
+
 def test_pagerank_driver_needs_no_spark_and_breaks_ties_by_vertex():
-    ranked, iterations = G._pagerank_driver(
+    table, iterations = G._pagerank_driver(
         [("a", "b", 5.0), ("a", "c", 1.0), ("b", "c", 4.0), ("c", "a", 2.0), ("c", "d", 1.0), ("d", "x", 2.0),
          ("d", "y", 2.0), ("b", "z", 2.0), ("e", "a", 1.0)], 0.85, 1000, 1e-14)
+    ranked = _rows(table)
     want = _numpy_pagerank(TIE_EDGES, damping=0.85)
     assert 0 < iterations < 1000
     assert {v: p for v, p, _ in ranked} == pytest.approx(want, abs=1e-12)
@@ -90,7 +97,8 @@ def test_pagerank_driver_needs_no_spark_and_breaks_ties_by_vertex():
     assert [(-p, v) for v, p, _ in ranked] == sorted((-p, v) for v, p, _ in ranked)
     pos = {v: k for v, _, k in ranked}
     assert pos["y"] == pos["x"] + 1  # equal PageRank: vertex ascending
-    assert G._pagerank_driver([], 0.85, 10, 1e-8) == ([], 0)
+    empty, iterations = G._pagerank_driver([], 0.85, 10, 1e-8)
+    assert (_rows(empty), iterations) == ([], 0)
 
 
 def test_pagerank_driver_and_spark_paths_agree(spark, monkeypatch):
@@ -144,21 +152,23 @@ def _journeys(spark, spec, sessions):
 
 
 def _python_motif(sessions, pattern):
-    """Plain-Python count of consecutive (state) triples, journeys ending in exit."""
+    """Plain-Python count of the pattern as consecutive states of the journeys' full paths
+    (start, the states, exit unless the journey converted)."""
     state_of = {"page_view": "browse", "search": "search", "product_view": "product_view",
                 "add_to_cart": "cart", "checkout_start": "checkout", "purchase": "conversion"}
     per_customer = {}
     for customer, _, types in sessions:
         states = [state_of[t] for t in types if t in state_of]
-        journeys, cur = [], []
+        journeys, cur = [], ["start"]
         for s in states:
             cur.append(s)
             if s == "conversion":
                 journeys.append(cur)
-                cur = []
-        if cur:
+                cur = ["start"]
+        if len(cur) > 1:
             journeys.append(cur + ["exit"])
-        n = sum(1 for j in journeys for i in range(len(j) - 2) if tuple(j[i:i + 3]) == tuple(pattern))
+        k = len(pattern)
+        n = sum(1 for j in journeys for i in range(len(j) - k + 1) if tuple(j[i:i + k]) == tuple(pattern))
         per_customer[customer] = per_customer.get(customer, 0) + n
     return per_customer
 
@@ -183,6 +193,31 @@ def test_chain_motif_matches_python_count_per_segment(spark):
     assert counts["all"] == (sum(want.values()), sum(1 for v in want.values() if v))
     assert counts["low"] == (sum(low), sum(1 for v in low if v))
     assert counts.get("high", (0, 0)) == (sum(high), sum(1 for v in high if v)) or sum(high) == 0
+    # the job's way: the same matches counted from the journey summaries' collected states
+    summaries = J.journey_summaries(_journeys(spark, spec, sessions), spec, motif=spec.motif)
+    per_customer = summaries.where("motif_matches > 0").groupBy("customer_id").agg(F.sum("motif_matches").alias("n"))
+    assert {r["customer_id"]: r["n"] for r in per_customer.collect()} == got
+    assert {row["segment"]: (row["matches"], row["customers"]) for row in
+            G.motif_totals(per_customer, ">".join(spec.motif), members).collect()} == counts
+
+
+@pytest.mark.parametrize("pattern", [("start", "product_view", "cart"), ("cart", "exit"),
+                                     ("cart", "cart", "checkout", "conversion")])
+def test_motif_from_summaries_and_find_chain_agree_with_python(spark, pattern):
+    spec = J.load_states(REPO / "conf" / "states.yaml")
+    r = random.Random(4)
+    types = ["page_view", "product_view", "add_to_cart", "checkout_start", "purchase", "email_open"]
+    sessions = [(f"c{i % 9}", f"s{i}", [r.choice(types) for _ in range(r.randint(1, 8))]) for i in range(120)]
+    sessions += [("c1", "s-a", ["product_view", "add_to_cart"]),
+                 ("c2", "s-b", ["add_to_cart", "add_to_cart", "checkout_start", "purchase"])]
+    want = {c: n for c, n in _python_motif(sessions, pattern).items() if n}
+    assert want  # the fixed sessions plant at least one match of each pattern
+    journeys = _journeys(spark, spec, sessions)
+    chain = G.find_chain(G.event_edges(journeys, spec), list(pattern))
+    assert {row["customer_id"]: row["count"] for row in chain.groupBy("customer_id").count().collect()} == want
+    summaries = J.journey_summaries(journeys, spec, motif=list(pattern))
+    got = summaries.groupBy("customer_id").agg(F.sum("motif_matches").alias("n")).where("n > 0")
+    assert {row["customer_id"]: row["n"] for row in got.collect()} == want
 
 
 def test_find_chain_needs_two_states(spark):

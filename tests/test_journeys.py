@@ -85,8 +85,8 @@ def _reference_counts(sessions, max_order, spec, collapse=False):
 def _matrix(spark, spec, sessions, max_order=3, membership=None):
     events = J.assign_states(_events(spark, sessions), spec, keep_unmapped=True)
     journeys = J.build_journeys(events, spec)
-    counts = J.customer_transition_counts(J.journey_transitions(journeys, spec, max_order))
-    return J.transition_matrix(counts, membership)
+    counts = J.transition_counts(J.journey_transitions(journeys, spec, max_order, membership))
+    return J.transition_matrix(counts)
 
 
 # --------------------------------------------------------------------------- spec
@@ -371,7 +371,7 @@ def _layouts(spark, rows, schema):
 def _journey_tables(events, spec):
     """(every transition_matrix row of orders 1..3, every top_paths row), sorted."""
     journeys = J.build_journeys(J.assign_states(events, spec, keep_unmapped=True), spec)
-    matrix = J.transition_matrix(J.customer_transition_counts(J.journey_transitions(journeys, spec, 3)))
+    matrix = J.transition_matrix(J.transition_counts(J.journey_transitions(journeys, spec, 3)))
     rows = sorted(tuple(r) for r in matrix.select("order", "segment", "channel", "from_state", "to_state", "count",
                                                   "probability").collect())
     paths = sorted(tuple(r) for r in J.top_paths(J.journey_summaries(journeys, spec), 20).collect())
@@ -444,8 +444,9 @@ def test_end_to_end_recovers_planted_transitions(spark, pipeline_through):
     last = tables.read(spark, cfg, "silver.events").agg(F.max("event_date")).first()[0]
     as_of = last + timedelta(days=1)
     events = J.assign_states(J.sessionized_events(spark, cfg, as_of - timedelta(days=400), as_of), spec)
-    counts = J.customer_transition_counts(J.journey_transitions(J.build_journeys(events, spec), spec, 1))
-    arch = J.transition_matrix(counts, _customer_archetypes(spark, cfg, gen_dir)).where(
+    counts = J.transition_counts(J.journey_transitions(J.build_journeys(events, spec), spec, 1,
+                                                       _customer_archetypes(spark, cfg, gen_dir)))
+    arch = J.transition_matrix(counts).where(
         "order = 1 and channel = 'all' and segment != 'all'")
     est = {(r["segment"], r["from_state"], r["to_state"]): (r["count"], r["probability"]) for r in arch.collect()}
     truth = spark.read.parquet(str(Path(gen_dir) / "ground_truth" / "transitions.parquet")).collect()
@@ -557,10 +558,10 @@ def test_generated_truth_events_recover_planted_chains(spark, pipeline_through):
     truth_events = spark.read.parquet(str(Path(gen_dir) / "ground_truth" / "events.parquet")).where("consent")
     ev = sessionize(truth_events.select(F.col("person_id").alias("customer_id"), "event_ts", "event_type",
                                         "channel"), 30)
-    counts = J.customer_transition_counts(J.journey_transitions(
-        J.build_journeys(J.assign_states(ev, spec, keep_unmapped=True), spec), spec, 1))
     members = truth_events.select(F.col("person_id").alias("customer_id"), F.col("archetype").alias("segment"))
-    m = J.transition_matrix(counts, members.distinct()).where("order = 1 and channel = 'all' and segment != 'all'")
+    counts = J.transition_counts(J.journey_transitions(
+        J.build_journeys(J.assign_states(ev, spec, keep_unmapped=True), spec), spec, 1, members))
+    m = J.transition_matrix(counts).where("order = 1 and channel = 'all' and segment != 'all'")
     est = {(r["segment"], r["from_state"], r["to_state"]): (r["count"], r["probability"]) for r in m.collect()}
     truth = spark.read.parquet(str(Path(gen_dir) / "ground_truth" / "transitions.parquet")).collect()
     checked, worst = _check_recovery(est, truth)

@@ -40,8 +40,8 @@ from seglake.stages.journeys.chain import Chain, chain_metrics, matrix_metrics
 from seglake.stages.journeys.job import (METRICS_SCHEMA, METRICS_TABLE, MATRIX_TABLE, PATHS_TABLE, USES_AS_OF,
                                          add_arguments, run, sessionized_events)
 from seglake.stages.journeys.matrices import (build_journeys, channel_path_transitions, channel_touchpoints,
-                                              customer_transition_counts, journey_transitions,
-                                              transition_matrix, with_probabilities)
+                                              journey_transitions, segment_sets, transition_counts,
+                                              transition_matrix, with_probabilities, with_segments)
 from seglake.stages.journeys.paths import funnel_counts, funnel_metrics, journey_summaries, kstep_paths, top_paths
 from seglake.stages.journeys.states import (ALL, EVENT_ORDER, PATH_SEP, UNKNOWN_CHANNEL, StateSpec, assign_states,
                                             load_states)
@@ -50,8 +50,8 @@ __all__ = [
     # states
     "ALL", "EVENT_ORDER", "PATH_SEP", "UNKNOWN_CHANNEL", "StateSpec", "assign_states", "load_states",
     # matrices
-    "build_journeys", "channel_path_transitions", "channel_touchpoints", "customer_transition_counts",
-    "journey_transitions", "transition_matrix", "with_probabilities",
+    "build_journeys", "channel_path_transitions", "channel_touchpoints", "journey_transitions", "segment_sets",
+    "transition_counts", "transition_matrix", "with_probabilities", "with_segments",
     # absorbing chain + attribution
     "Chain", "chain_metrics", "matrix_metrics", "channel_attribution",
     # paths + funnel

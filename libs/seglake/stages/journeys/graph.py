@@ -14,6 +14,12 @@ aggregations (they run unchanged on a cluster and on Spark Connect):
   driver with numpy, a larger one by joins in Spark;
 * :func:`find_chain` — the equivalent of ``GraphFrame.find("(a)-[e1]->(b); (b)-[e2]->(c)")``
   with state filters on a, b, c: self-joins of the edge DataFrame on ``e1.dst = e2.src``.
+  Every vertex of the event-level journey graph has one in- and one out-edge (a journey is a
+  path), so its matches are the chain's occurrences as consecutive states of a journey's path:
+  the journeys job counts them from the states the journey summaries collect anyway
+  (``journey_summaries(motif=...)``, then :func:`motif_totals`), which gives the same numbers
+  (``tests/test_journey_graph.py`` checks both against plain Python) without a self-join of
+  every edge.
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ from seglake.stages.journeys.states import ALL, EVENT_ORDER, StateSpec, _journey
 log = logging.getLogger(__name__)
 
 #: default of ``pagerank(driver_max_edges=...)`` (``journeys.pagerank_driver_max_edges``)
-DRIVER_MAX_EDGES = 500_000
+DRIVER_MAX_EDGES = 2_000_000
 _RANKS_SCHEMA = "vertex string, pagerank double, rank int"
 
 
@@ -71,8 +77,8 @@ def pagerank(edges: DataFrame, damping: float = 0.85, max_iter: int = 50, tol: f
     iterations.
 
     The edges are aggregated in Spark (parallel edges summed). When there are at most
-    ``driver_max_edges`` of them they are fetched with one bounded collect and iterated on
-    the driver with numpy (convergence tested every iteration); otherwise (or when
+    ``driver_max_edges`` of them they are fetched with one bounded Arrow collect and iterated
+    on the driver with numpy (convergence tested every iteration); otherwise (or when
     ``driver_max_edges <= 0``) the iteration runs on DataFrames, see :func:`_pagerank_spark`.
 
     Args:
@@ -95,42 +101,53 @@ def pagerank(edges: DataFrame, damping: float = 0.85, max_iter: int = 50, tol: f
              .groupBy(F.col("src").cast("string").alias("src"), F.col("dst").cast("string").alias("dst"))
              .agg(F.sum("weight").cast("double").alias("weight")))
     if driver_max_edges > 0:
-        # bounded: at most driver_max_edges + 1 rows, fetched as Arrow columns (a collect() of Row
+        # bounded: at most driver_max_edges + 1 rows, fetched as Arrow columns and turned into
+        # vertex indices with Arrow compute (no Python object per edge: a collect() of Row
         # objects cost 15 s for 500k edges at 10M events)
         table = edges.limit(driver_max_edges + 1).toArrow()
         if table.num_rows <= driver_max_edges:
-            # sorted: the edges arrive in partition order, and the float sums of the power
-            # iteration follow the edge order, so unsorted edges could change the last bits of a
-            # rank (and the order of two nearly equal ranks) from run to run
-            rows = sorted(zip(table.column("src").to_pylist(), table.column("dst").to_pylist(),
-                              table.column("weight").to_pylist()))
-            ranked, iterations = _pagerank_driver(rows, damping, max_iter, tol)
+            ranked, iterations = _pagerank_driver(table, damping, max_iter, tol)
             log.info("pagerank: %d edges, %d vertices, %d iterations on the driver",
-                     len(rows), len(ranked), iterations)
-            return edges.sparkSession.createDataFrame(ranked, _RANKS_SCHEMA)
+                     table.num_rows, ranked.num_rows, iterations)
+            return edges.sparkSession.createDataFrame(ranked).select(
+                "vertex", "pagerank", F.col("rank").cast("int").alias("rank"))
         log.info("pagerank: more than %d edges, iterating in Spark", driver_max_edges)
     return _pagerank_spark(edges, damping, max_iter, tol, check_every)
 
 
-def _pagerank_driver(edges: Sequence[tuple[str, str, float]], damping: float, max_iter: int,
-                     tol: float) -> tuple[list[tuple[str, float, int]], int]:
+def _pagerank_driver(edges, damping: float, max_iter: int, tol: float):
     """:func:`pagerank` on the driver: numpy power iteration over aggregated edges.
 
     Args:
-        edges: distinct ``(src, dst, weight)`` with weight > 0.
+        edges: distinct ``(src, dst, weight)`` with weight > 0, as a ``pyarrow.Table`` with
+            columns ``src, dst, weight`` (or a sequence of tuples, converted to one).
         damping, max_iter, tol: as in :func:`pagerank` (convergence tested every iteration).
 
     Returns:
-        ``([(vertex, pagerank, rank), ...] ordered by rank, iterations run)``.
+        ``(pyarrow.Table vertex, pagerank, rank ordered by rank, iterations run)``; the edges
+        are iterated sorted by (src, dst): the float sums follow the edge order, and the edges
+        arrive in partition order, so unsorted edges could change the last bits of a rank (and
+        the order of two nearly equal ranks) from run to run.
     """
-    names = sorted({e[0] for e in edges} | {e[1] for e in edges})
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not isinstance(edges, pa.Table):
+        cols = list(zip(*edges)) or [(), (), ()]
+        edges = pa.table({"src": pa.array(cols[0], pa.string()), "dst": pa.array(cols[1], pa.string()),
+                          "weight": pa.array(cols[2], pa.float64())})
+    src_s, dst_s = (edges.column(c).combine_chunks().cast(pa.large_string()) for c in ("src", "dst"))
+    names = pc.unique(pa.concat_arrays([src_s, dst_s]))
+    names = names.take(pc.sort_indices(names))          # vertex index order = vertex name order
     n = len(names)
     if n == 0:
-        return [], 0
-    idx = {v: i for i, v in enumerate(names)}
-    src = np.fromiter((idx[e[0]] for e in edges), dtype=np.int64, count=len(edges))
-    dst = np.fromiter((idx[e[1]] for e in edges), dtype=np.int64, count=len(edges))
-    w = np.fromiter((e[2] for e in edges), dtype=np.float64, count=len(edges))
+        return pa.table({"vertex": pa.array([], pa.string()), "pagerank": pa.array([], pa.float64()),
+                         "rank": pa.array([], pa.int32())}), 0
+    src = pc.index_in(src_s, value_set=names).to_numpy().astype(np.int64)
+    dst = pc.index_in(dst_s, value_set=names).to_numpy().astype(np.int64)
+    w = edges.column("weight").to_numpy().astype(np.float64)
+    order = np.lexsort((w, dst, src))
+    src, dst, w = src[order], dst[order], w[order]
     w_out = np.bincount(src, weights=w, minlength=n)
     p = w / w_out[src]  # transition probability of each edge (w_out > 0 for every src)
     dangling = w_out == 0
@@ -144,9 +161,10 @@ def _pagerank_driver(edges: Sequence[tuple[str, str, float]], damping: float, ma
         r = new
         if err < n * tol:
             break
-    ranks = r.tolist()
-    order = sorted(range(n), key=lambda i: (-ranks[i], names[i]))  # = desc(pagerank), asc(vertex)
-    return [(names[i], ranks[i], k) for k, i in enumerate(order, start=1)], iterations
+    by_rank = np.lexsort((np.arange(n), -r))              # desc(pagerank), then asc(vertex)
+    return pa.table({"vertex": names.take(pa.array(by_rank)).cast(pa.string()),
+                     "pagerank": pa.array(r[by_rank]),
+                     "rank": pa.array(np.arange(1, n + 1, dtype=np.int32))}), iterations
 
 
 def _pagerank_spark(edges: DataFrame, damping: float, max_iter: int, tol: float, check_every: int) -> DataFrame:
@@ -260,7 +278,16 @@ def motif_counts(matches: DataFrame, motif: str, membership: DataFrame | None = 
     Returns:
         ``segment, motif, matches (LONG), customers (LONG)``.
     """
-    per_customer = matches.groupBy("customer_id").agg(F.count(F.lit(1)).alias("n"))
+    return motif_totals(matches.groupBy("customer_id").agg(F.count(F.lit(1)).alias("n")), motif, membership)
+
+
+def motif_totals(per_customer: DataFrame, motif: str, membership: DataFrame | None = None) -> DataFrame:
+    """:func:`motif_counts` from per-customer match counts ``customer_id, n`` (n > 0).
+
+    The journeys job gets them from the journey summaries (``motif_matches`` of
+    :func:`seglake.stages.journeys.paths.journey_summaries`, summed per customer).
+    """
+    require_columns(per_customer, ["customer_id", "n"], "motif_totals")
     overall = per_customer.agg(F.sum("n").alias("matches"), F.count(F.lit(1)).alias("customers")) \
         .withColumn("segment", F.lit(ALL))
     out = overall

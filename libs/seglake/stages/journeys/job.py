@@ -11,6 +11,7 @@ full and k-step paths -> ``gold.journey_paths``. Segments come from the latest
 from __future__ import annotations
 
 import logging
+import time
 from datetime import date, timedelta
 from typing import Any
 
@@ -19,14 +20,12 @@ from pyspark.sql import functions as F
 
 from seglake.core import tables
 from seglake.core.contracts import JOURNEY_METRICS, JOURNEY_PATHS, SEGMENT_MEMBERSHIP, TRANSITION_MATRIX
-from seglake.core.spark import persist_events
 from seglake.stages import enriched
 from seglake.stages.journeys import graph as G
 from seglake.stages.journeys.attribution import channel_attribution
 from seglake.stages.journeys.chain import matrix_metrics
 from seglake.stages.journeys.matrices import (build_journeys, channel_path_transitions, channel_touchpoints,
-                                              customer_transition_counts, journey_transitions,
-                                              transition_matrix)
+                                              journey_transitions, transition_counts, transition_matrix)
 from seglake.stages.journeys.paths import funnel_counts, funnel_metrics, journey_summaries, kstep_paths, top_paths
 from seglake.stages.journeys.states import ALL, EVENT_ORDER, PATH_SEP, assign_states, load_states
 
@@ -38,6 +37,7 @@ USES_AS_OF = True
 MATRIX_TABLE = TRANSITION_MATRIX
 METRICS_TABLE = JOURNEY_METRICS
 PATHS_TABLE = JOURNEY_PATHS
+SORT_AGG = "spark.sql.execution.replaceHashWithSortAgg"
 METRICS_SCHEMA = ("segment string, channel string, metric string, subject_type string, subject string, "
                   "value double, rank int")
 
@@ -89,17 +89,43 @@ def run(ctx) -> dict:
              F.lit(as_of).cast("date").alias("as_of_date")]
     slice_ = f"as_of_date = '{as_of.isoformat()}'"
 
-    # sessionized events are reused by journeys, channel touchpoints and the page graph
+    # the window's sessionized events, read by the journeys, the channel touchpoints and the page
+    # graph: each scans only the columns it needs from the (columnar) Delta table, which costs less
+    # than writing every event with all of them to the disk cache first (measured at 10M events)
     events = assign_states(sessionized_events(spark, cfg, window_start, as_of), spec, keep_unmapped=True)
-    events = persist_events(events)
     membership = _membership(spark, cfg, as_of)
+    # the journey summaries aggregate input already sorted by journey (build_journeys' windows):
+    # a sort aggregate then needs no sort of its own, where a hash aggregate of millions of
+    # journeys falls back to sorting them again (restored when the job ends)
+    sort_agg = spark.conf.get(SORT_AGG, "false")
+    spark.conf.set(SORT_AGG, "true")
+    seconds: dict[str, float] = {}       # wall time of each part, logged and in the summary
+    started = time.perf_counter()
+
+    def done(part: str, what: str) -> None:
+        nonlocal started
+        seconds[part] = round(time.perf_counter() - started, 1)
+        log.info("journeys: %s in %.1f s", what, seconds[part])
+        started = time.perf_counter()
+
     try:
-        journeys = build_journeys(events, spec)
-        counts = customer_transition_counts(journey_transitions(journeys, spec, max_order)).persist()
-        matrix = transition_matrix(counts, membership).persist()
+        # The events are shuffled by customer alone: the journey windows (customer, session, ...)
+        # need no other shuffle, and their output stays sorted by customer, so joining each
+        # customer's segment set to it is a merge join without another shuffle or sort
+        # (journey_transitions). The transitions then carry the segment set, and the counts group
+        # by (order, channel, from, to, segment set): a few thousand groups, whatever the number
+        # of customers. The matrices and the summaries each compute the journeys (scan, shuffle,
+        # window sorts): a persisted copy would lose its partitioning under adaptive execution,
+        # so both readers would shuffle and sort it again.
+        journeys = build_journeys(events.repartition("customer_id"), spec)
+        transitions = journey_transitions(journeys, spec, max_order, membership)
+        # small (states x channels x segment sets), read by three aggregations: computed once
+        counts = transition_counts(transitions).persist()
+        matrix = transition_matrix(counts).persist()
         tables.overwrite(matrix.select("order", "segment", "channel", "from_state", "to_state", "count",
                                        "probability", *stamp),
                          cfg, MATRIX_TABLE, partition_by=["as_of_date"], replace_where=slice_)
+        done("matrices", "transition matrices of orders 1..%d written" % max_order)
         # ---- driver-side algebra on small collected matrices
         first = (matrix.where(F.col("order") == 1)
                  .select("segment", "channel", "from_state", "to_state", "probability").collect())
@@ -110,7 +136,12 @@ def run(ctx) -> dict:
         channel_rows = [(r["from_state"], r["to_state"], r["count"]) for r in
                         channel_path_transitions(channel_touchpoints(events, spec), spec).collect()]
         metrics += [{"segment": ALL, "channel": ALL, **m} for m in channel_attribution(channel_rows, spec)]
-        summaries = journey_summaries(journeys, spec, int(jcfg["path_max_states"])).persist()
+        done("channels", "chain metrics and channel attribution")
+        graph = not ctx.args.get("no_graph")
+        # with the graph, the summaries also count the motif's matches per journey (from the states
+        # they collect anyway: no second pass over the journeys, no self-joins of every edge)
+        summaries = journey_summaries(journeys, spec, int(jcfg["path_max_states"]),
+                                      motif=spec.motif if graph else None).persist()
         steps = {r["funnel_step"]: r["journeys"] for r in funnel_counts(summaries).collect()}
         metrics += [{"segment": ALL, "channel": ALL, **m} for m in funnel_metrics(steps, spec)]
         # ---- paths
@@ -121,9 +152,10 @@ def run(ctx) -> dict:
             F.lit("kstep").alias("path_kind"), F.lit(k).alias("k"), "path", "journeys", "share", "rank")
         tables.overwrite(full.unionByName(kstep).select("*", *stamp), cfg, PATHS_TABLE,
                          partition_by=["as_of_date"], replace_where=slice_)
+        done("paths", "journey summaries, funnel and paths")
         # ---- journey graph (native DataFrame implementation, see seglake.stages.journeys.graph)
         top_page = None
-        if not ctx.args.get("no_graph"):
+        if graph:
             edges = (G.state_edges(matrix) if jcfg["graph_vertices"] == "state" else G.page_edges(events))
             ranks = G.pagerank(edges, float(jcfg["pagerank_damping"]), int(jcfg["pagerank_max_iter"]),
                                float(jcfg["pagerank_tol"]),
@@ -134,12 +166,14 @@ def run(ctx) -> dict:
                                 "subject": r["vertex"], "value": float(r["pagerank"]), "rank": int(r["rank"])})
                 top_page = r["vertex"] if r["rank"] == 1 else top_page
             motif_name = PATH_SEP.join(spec.motif)
-            matches = G.find_chain(G.event_edges(journeys, spec), spec.motif)
-            for r in G.motif_counts(matches, motif_name, membership).collect():  # one row per segment
+            per_customer = (summaries.where(F.col("motif_matches") > 0).groupBy("customer_id")
+                            .agg(F.sum("motif_matches").alias("n")))
+            for r in G.motif_totals(per_customer, motif_name, membership).collect():  # one row per segment
                 for metric, value in (("motif_matches", r["matches"]), ("motif_customers", r["customers"])):
                     metrics.append({"segment": r["segment"], "channel": ALL, "metric": metric,
                                     "subject_type": "motif", "subject": motif_name,
                                     "value": float(value), "rank": None})
+            done("graph", "PageRank and motif counts")
         mdf = spark.createDataFrame([tuple(m.get(c) for c in ("segment", "channel", "metric", "subject_type",
                                                                "subject", "value", "rank")) for m in metrics],
                                     METRICS_SCHEMA)
@@ -166,8 +200,10 @@ def run(ctx) -> dict:
         motif_key = ("motif_matches", "motif", PATH_SEP.join(spec.motif))
         if motif_key in overall:
             summary["motif_" + PATH_SEP.join(spec.motif)] = int(overall[motif_key])
+        summary.update({f"seconds_{part}": v for part, v in seconds.items()})
         return summary
     finally:
-        for df in (events, locals().get("counts"), locals().get("matrix"), locals().get("summaries")):
+        spark.conf.set(SORT_AGG, sort_agg)
+        for df in (locals().get("counts"), locals().get("matrix"), locals().get("summaries")):
             if df is not None:
                 df.unpersist()

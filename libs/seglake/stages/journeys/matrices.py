@@ -3,9 +3,9 @@
 :func:`build_journeys` cuts the mapped events of a session (scope ``session``) or customer
 (scope ``customer``) into journeys split after every conversion; :func:`journey_transitions`
 emits one row per transition and Markov order (the from-state of order k is the path of the
-last k states joined with ``>``); :func:`customer_transition_counts` and
-:func:`transition_matrix` count them overall, per journey channel and per segment and add
-row probabilities (``gold.transition_matrix``). The channel paths (one touchpoint per
+last k states joined with ``>``); :func:`transition_counts` counts them per (order, channel,
+from, to, segment set) and :func:`transition_matrix` derives the matrices overall, per journey
+channel and per segment and adds row probabilities (``gold.transition_matrix``). The channel paths (one touchpoint per
 session, start -> channel -> ... -> conversion | exit) feed the removal-effect attribution.
 """
 from __future__ import annotations
@@ -64,7 +64,8 @@ def build_journeys(events: DataFrame, spec: StateSpec) -> DataFrame:
                    F.lit(UNKNOWN_CHANNEL)).alias("journey_channel")).drop("_session_channel")
 
 
-def journey_transitions(journeys: DataFrame, spec: StateSpec, max_order: int = 3) -> DataFrame:
+def journey_transitions(journeys: DataFrame, spec: StateSpec, max_order: int = 3,
+                        membership: DataFrame | None = None) -> DataFrame:
     """One row per (transition, order) of every journey.
 
     Args:
@@ -72,10 +73,15 @@ def journey_transitions(journeys: DataFrame, spec: StateSpec, max_order: int = 3
             journey_pos, is_last, journey_channel, state, event_ts, session_seq, event_seq``).
         spec: the states spec.
         max_order: highest Markov order k (1..max_order rows per transition).
+        membership: ``customer_id, segment`` or None: adds ``segments`` (:func:`with_segments`),
+            joined right after the lag window, whose output is still sorted by customer: on
+            journeys built from events shuffled by customer_id alone (as the job does) that is a
+            merge join with no shuffle or sort of the journeys (after the explode it would sort
+            every transition row again).
 
     Returns:
         ``customer_id, journey_key, channel, order, from_state, to_state`` where
-        ``from_state`` is the last ``order`` states joined with ``>``.
+        ``from_state`` is the last ``order`` states joined with ``>`` [, ``segments``].
     """
     if not 1 <= int(max_order) <= 5:
         raise ValueError(f"journey_transitions: max_order must be between 1 and 5, got {max_order}")
@@ -101,22 +107,46 @@ def journey_transitions(journeys: DataFrame, spec: StateSpec, max_order: int = 3
         rows.append(F.when(F.col("is_last") & (F.col("state") != spec.conversion),
                            F.struct(F.lit(k).alias("order"), history(0, k - 1).alias("from_state"),
                                     F.lit(spec.exit).alias("to_state"))))
+    keep = []
+    if membership is not None:
+        lags, keep = with_segments(lags, membership), ["segments"]
     return (lags
-            .select("customer_id", "journey_key", F.col("journey_channel").alias("channel"),
+            .select("customer_id", "journey_key", F.col("journey_channel").alias("channel"), *keep,
                     F.explode(F.filter(F.array(*rows), lambda r: r.isNotNull())).alias("t"))
-            .select("customer_id", "journey_key", "channel", "t.order", "t.from_state", "t.to_state"))
+            .select("customer_id", "journey_key", "channel", "t.order", "t.from_state", "t.to_state", *keep))
 
 
-def customer_transition_counts(transitions: DataFrame) -> DataFrame:
-    """Count transitions per (customer_id, channel, order, from_state, to_state).
+def segment_sets(membership: DataFrame) -> DataFrame:
+    """``customer_id, segments``: each member's distinct segments as a sorted array (one row per customer)."""
+    require_columns(membership, ["customer_id", "segment"], "segment_sets")
+    return (membership.where(F.col("segment").isNotNull())
+            .groupBy("customer_id")
+            .agg(F.array_sort(F.collect_set(F.col("segment").cast("string"))).alias("segments")))
 
-    The grouping keys start with customer_id, so input partitioned by customer aggregates
-    without a shuffle; the result is much smaller than the events and feeds both the
-    per-channel and the per-segment matrices.
+
+def with_segments(df: DataFrame, membership: DataFrame | None) -> DataFrame:
+    """``df`` (with customer_id) plus ``segments``: the customer's sorted segments (null for
+    non-members and without membership).
+
+    The transition counts can then be grouped by segment set instead of by customer (see
+    :func:`transition_counts`; :func:`journey_transitions` joins it where it costs least).
     """
-    require_columns(transitions, ["customer_id", "channel", "order", "from_state", "to_state"],
-             "customer_transition_counts")
-    return (transitions.groupBy("customer_id", "channel", "order", "from_state", "to_state")
+    if membership is None:
+        return df.withColumn("segments", F.lit(None).cast("array<string>"))
+    return df.join(segment_sets(membership), "customer_id", "left")
+
+
+def transition_counts(transitions: DataFrame) -> DataFrame:
+    """Count transitions per (order, channel, from_state, to_state, segments).
+
+    ``segments`` is the customer's segment set (:func:`with_segments`; null when the input has no
+    such column). The groups are bounded by states x channels x distinct segment sets, not by
+    customers or events, so the partial aggregation before the shuffle leaves a handful of rows
+    per partition; :func:`transition_matrix` derives every matrix from them.
+    """
+    require_columns(transitions, ["channel", "order", "from_state", "to_state"], "transition_counts")
+    segs = F.col("segments") if "segments" in transitions.columns else F.lit(None).cast("array<string>")
+    return (transitions.groupBy("order", "channel", "from_state", "to_state", segs.alias("segments"))
             .agg(F.count(F.lit(1)).alias("count")))
 
 
@@ -127,30 +157,29 @@ def with_probabilities(counts: DataFrame) -> DataFrame:
     return counts.withColumn("probability", F.col("count") / F.sum("count").over(row))
 
 
-def transition_matrix(customer_counts: DataFrame, membership: DataFrame | None = None) -> DataFrame:
-    """The transition matrices: overall, per journey channel and (when given) per segment.
+def transition_matrix(counts: DataFrame) -> DataFrame:
+    """The transition matrices: overall, per journey channel and per segment (when counts have segment sets).
 
     Args:
-        customer_counts: output of :func:`customer_transition_counts`.
-        membership: ``customer_id, segment`` (a customer may be in several segments), or None.
+        counts: output of :func:`transition_counts` (a transition of a customer in several
+            segments counts once in each of them).
 
     Returns:
         ``order, segment, channel, from_state, to_state, count (LONG), probability (DOUBLE)``;
         ``segment = 'all'`` / ``channel = 'all'`` on the rows that aggregate over it.
     """
-    by_channel = (customer_counts.groupBy("order", "channel", "from_state", "to_state")
+    require_columns(counts, ["order", "channel", "from_state", "to_state", "segments", "count"],
+                    "transition_matrix")
+    by_channel = (counts.groupBy("order", "channel", "from_state", "to_state")
                   .agg(F.sum("count").alias("count")).withColumn("segment", F.lit(ALL)))
     overall = (by_channel.groupBy("order", "from_state", "to_state").agg(F.sum("count").alias("count"))
                .withColumn("segment", F.lit(ALL)).withColumn("channel", F.lit(ALL)))
+    by_segment = (counts.where(F.col("segments").isNotNull())
+                  .select("order", "from_state", "to_state", "count", F.explode("segments").alias("segment"))
+                  .groupBy("order", "segment", "from_state", "to_state")
+                  .agg(F.sum("count").alias("count")).withColumn("channel", F.lit(ALL)))
     cols = ["order", "segment", "channel", "from_state", "to_state", "count"]
-    out = overall.select(cols).unionByName(by_channel.select(cols))
-    if membership is not None:
-        require_columns(membership, ["customer_id", "segment"], "transition_matrix membership")
-        members = membership.select("customer_id", F.col("segment").cast("string")).distinct()
-        by_segment = (customer_counts.join(members, "customer_id")
-                      .groupBy("order", "segment", "from_state", "to_state")
-                      .agg(F.sum("count").alias("count")).withColumn("channel", F.lit(ALL)))
-        out = out.unionByName(by_segment.select(cols))
+    out = overall.select(cols).unionByName(by_channel.select(cols)).unionByName(by_segment.select(cols))
     return with_probabilities(out.withColumn("count", F.col("count").cast("long")))
 
 

@@ -9,28 +9,43 @@ overall transition matrix (``gold.journey_paths``); :func:`funnel_counts` and
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from seglake.core.contracts import require_columns
-from seglake.stages.journeys.states import ALL, PATH_SEP, StateSpec
+from seglake.stages.journeys.states import ALL, PATH_SEP, StateSpec, _journey_partition
 
 
-def journey_summaries(journeys: DataFrame, spec: StateSpec, max_states: int = 10) -> DataFrame:
+def journey_summaries(journeys: DataFrame, spec: StateSpec, max_states: int = 10,
+                      motif: Sequence[str] | None = None) -> DataFrame:
     """One row per journey: its path string and the furthest ordered funnel step reached.
 
     Args:
         journeys: output of :func:`build_journeys`.
         spec: the states spec (funnel steps).
         max_states: longer journeys show their first ``max_states`` states then ``...``.
+        motif: a chain of states (e.g. ``spec.motif``): adds ``motif_matches``, how often the
+            chain occurs as consecutive states of the journey's full path (start, its states,
+            then exit unless it converted) — the matches of the graph motif
+            ``(v0)-[e1]->(v1); (v1)-[e2]->(v2)`` on the journey's event-level path graph
+            (:func:`seglake.stages.journeys.graph.find_chain`), counted from the states already
+            collected here instead of by self-joins of every edge.
 
     Returns:
         ``customer_id, journey_key, n_states, converted, path, funnel_step`` (0 = none of the
-        funnel steps reached in order; i = the first i steps reached in order).
+        funnel steps reached in order; i = the first i steps reached in order)
+        [, ``motif_matches``].
     """
-    require_columns(journeys, ["customer_id", "journey_key", "journey_pos", "state"], "journey_summaries")
-    seq = (journeys.groupBy("customer_id", "journey_key")
-           .agg(F.sort_array(F.collect_list(F.struct("journey_pos", "state"))).alias("_s"))
+    require_columns(journeys, [*_journey_partition(spec), "journey_part", "journey_key", "journey_pos", "state"],
+                    "journey_summaries")
+    # grouped by the journey window's partition keys (journey_key is made of them): input still
+    # partitioned and sorted for build_journeys' windows needs no other shuffle, and no sort with
+    # spark.sql.execution.replaceHashWithSortAgg (the journeys job sets it while it runs)
+    seq = (journeys.groupBy(*_journey_partition(spec), "journey_part")
+           .agg(F.first("journey_key").alias("journey_key"),
+                F.sort_array(F.collect_list(F.struct("journey_pos", "state"))).alias("_s"))
            .withColumn("_states", F.transform("_s", lambda x: x["state"])))
     n = F.size("_states")
     last = F.element_at("_states", -1)
@@ -44,8 +59,25 @@ def journey_summaries(journeys: DataFrame, spec: StateSpec, max_states: int = 10
     states = F.when(converted, F.col("_states")).otherwise(F.concat("_states", F.array(F.lit(spec.exit))))
     reached = F.aggregate(states, F.lit(0), lambda acc, s: F.when(
         (acc < len(spec.funnel)) & (s == F.element_at(steps, acc + 1)), acc + 1).otherwise(acc))
+    extra = []
+    if motif:
+        if len(motif) < 2:
+            raise ValueError(f"journey_summaries: a motif needs at least two states, got {list(motif)}")
+        full = F.concat(F.array(F.lit(spec.start)), F.col("_states"),
+                        F.when(converted, F.array().cast("array<string>")).otherwise(F.array(F.lit(spec.exit))))
+        size, width = F.size(full), len(motif)
+
+        def match_at(i):     # the chain starts at 1-based position i of the full path
+            cond = F.lit(True)
+            for j, state in enumerate(motif):
+                cond = cond & (F.element_at(full, i + j) == F.lit(state))
+            return cond
+
+        starts = F.sequence(F.lit(1), F.greatest(size - width + 1, F.lit(1)))
+        extra.append(F.when(size >= width, F.size(F.filter(starts, match_at))).otherwise(F.lit(0))
+                     .alias("motif_matches"))
     return seq.select("customer_id", "journey_key", n.alias("n_states"), converted.alias("converted"),
-                      path.alias("path"), reached.alias("funnel_step"))
+                      path.alias("path"), reached.alias("funnel_step"), *extra)
 
 
 def _ranked(counts: DataFrame, limit: int) -> DataFrame:
