@@ -25,10 +25,22 @@ from seglake.devtools.generate.model import (
     EXPERIMENT_DAYS, EXPERIMENT_END_GAP_DAYS, GENERATOR_VERSION, MALFORMED_KINDS,
 )
 from seglake.devtools.generate.render import sim_to_truth, truth_to_records
-from seglake.devtools.generate.simulation import _simulate_batches
+from seglake.devtools.generate.batches import _simulate_batches
 from seglake.devtools.generate.truth import identifiers_truth, persons_truth, transitions_truth
 
 log = logging.getLogger(__package__)             # "seglake.devtools.generate", as before the split
+
+#: session settings while generating (the previous values are restored afterwards)
+_SESSION_CONF = {
+    # the rendering of timestamps and days is in UTC
+    "spark.sql.session.timeZone": "UTC",
+    # Whole-stage code generation turns the wide rendering projection (render.truth_to_records)
+    # into Java methods of 20-30 KB of bytecode, which HotSpot never JIT-compiles (its
+    # HugeMethodLimit is 8,000 bytes): they ran interpreted. With Spark's limit at the JVM's, such
+    # stages fall back to per-operator generated code in small methods, about half the CPU per
+    # rendered record; the smaller stages keep whole-stage code generation. Same output.
+    "spark.sql.codegen.hugeMethodLimit": "8000",
+}
 
 
 def _local_dir(out_dir: str | os.PathLike) -> Path:
@@ -105,7 +117,8 @@ def generate(spark: SparkSession, out_dir: str | os.PathLike, events: int, custo
     """Generate landing files and ground truth under ``out_dir``; return the counts.
 
     Args:
-        spark: the session (its time zone is set to UTC while rendering).
+        spark: the session (its time zone and code generation settings are changed while
+            generating, see ``_SESSION_CONF``; the previous values are restored).
         out_dir: local folder; ``landing/`` and ``ground_truth/`` are replaced.
         events: approximate number of valid events (``counts['valid_events']`` is exact).
         customers: number of persons (default ``events // 50``).
@@ -149,8 +162,9 @@ def generate(spark: SparkSession, out_dir: str | os.PathLike, events: int, custo
     if files_per_day < 1:
         raise ValueError(f"files_per_day must be a positive number, got {files_per_day}")
 
-    old_tz = spark.conf.get("spark.sql.session.timeZone")
-    spark.conf.set("spark.sql.session.timeZone", "UTC")
+    old_conf = {key: spark.conf.get(key, None) for key in _SESSION_CONF}
+    for key, value in _SESSION_CONF.items():
+        spark.conf.set(key, value)
     try:
         parts = max(2, min(400, customers // 4000))
         sim = spark.range(0, customers, 1, parts).mapInPandas(
@@ -189,7 +203,11 @@ def generate(spark: SparkSession, out_dir: str | os.PathLike, events: int, custo
         shared = (spark.read.parquet(str(gt / "identifiers.parquet"))
                   .where(F.col("person_id").isNull()).count())
     finally:
-        spark.conf.set("spark.sql.session.timeZone", old_tz)
+        for key, value in old_conf.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
     counts = _counts(agg, customers=customers, shared=shared, files=files, events=events, seed=seed,
                      start_date=start_date, end_date=end_date, t0=t0)

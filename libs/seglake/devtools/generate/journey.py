@@ -1,29 +1,51 @@
 """One web/app session's journey: a walk of an archetype's Markov chain drawn with ``random``.
 
 Plain Python helpers of the per-person simulation (:mod:`.simulation`): the chain step
-(:func:`_pick`), product prices, the event rows each journey state emits, and the checks the
-planted facts are re-drawn against. A journey event is a list ``[etype, state, gap_s,
-product, qty, price_c, revenue_c, scroll, feature]``; identifiers and time are attached when
-the sessions are placed. Every function draws from the ``random.Random`` it is given, in a
-fixed order, so a seed gives the same journey.
+(:func:`_pick`, over the chains of :data:`COMPILED_CHAINS`), product prices, the event rows
+each journey state emits, and the checks the planted facts are re-drawn against. A journey
+event is a list ``[etype, state, gap_s, product, qty, price_c, revenue_c, scroll, feature]``;
+identifiers and time are attached when the sessions are placed. Every function draws from the
+``random.Random`` it is given, in a fixed order, so a seed gives the same journey.
 """
 from __future__ import annotations
 
 import random
+from bisect import bisect_right
 
 from seglake.devtools.generate.model import (
-    CATEGORIES, ET, FEATURES, LUXURY, PRODUCTS_PER_CATEGORY, ST,
+    CATEGORIES, CHAINS, ET, FEATURES, LUXURY, PRODUCTS_PER_CATEGORY, ST,
 )
 
+#: a chain state's options as (cumulative probabilities, next states), see :func:`_compile`
+_Options = tuple[tuple[float, ...], tuple[str, ...]]
 
-def _pick(rng: random.Random, options: list[tuple[str, float]]) -> str:
-    x = rng.random()
-    acc = 0.0
-    for name, p in options:
-        acc += p
-        if x < acc:
-            return name
-    return options[-1][0]
+
+def _compile(chain: dict[str, list[tuple[str, float]]]) -> dict[str, _Options]:
+    """``chain`` with each state's options as (running sums of p, next states), for :func:`_pick`.
+
+    The sums are added up in the options' order from 0.0, exactly as a walk over the options
+    adding each p would, so :func:`_pick` picks the same state for the same draw.
+    """
+    out = {}
+    for state, options in chain.items():
+        acc, cum = 0.0, []
+        for _, p in options:
+            acc += p
+            cum.append(acc)
+        out[state] = (tuple(cum), tuple(name for name, _ in options))
+    return out
+
+
+#: :data:`.model.CHAINS` compiled for :func:`_pick` (what :func:`draw_journey` walks)
+COMPILED_CHAINS: dict[str, dict[str, _Options]] = {arch: _compile(chain) for arch, chain in CHAINS.items()}
+
+
+def _pick(rng: random.Random, options: _Options) -> str:
+    """The next state: the first option whose running sum of p exceeds one uniform draw (the
+    last option when rounding leaves the sums below the draw)."""
+    cum, names = options
+    i = bisect_right(cum, rng.random())
+    return names[i] if i < len(names) else names[-1]
 
 
 def _product_price_c(product: int) -> int:
@@ -95,33 +117,39 @@ def _purchase(gap: int, cart: list[tuple[int, int]], last_product: int) -> list:
             _product_price_c(prod), total, -1, -1]
 
 
-def draw_journey(r: random.Random, chain: dict[str, list[tuple[str, float]]], fav_cat: int,
+_APP_OPEN, _PAGE_VIEW, _SEARCH, _FEATURE_USE = ET["app_open"], ET["page_view"], ET["search"], ET["feature_use"]
+_ST_BROWSE, _ST_SEARCH = ST["browse"], ST["search"]
+_N_FEATURES = len(FEATURES)
+
+
+def draw_journey(r: random.Random, chain: dict[str, _Options], fav_cat: int,
                  feature_p: float, app: bool, fast: bool) -> list[list]:
-    """Walk ``chain`` from ``start`` until exit or conversion (at most ~80 events)."""
+    """Walk ``chain`` (one of :data:`COMPILED_CHAINS`) from ``start`` until exit or conversion
+    (at most ~80 events)."""
     out: list[list] = []
+    append, draw = out.append, r.random
     state, last_product, cart = "start", -1, []
     while len(out) < 80:
         nxt = _pick(r, chain[state])
         if nxt == "exit":
             break
-        gap = int(5 + r.random() * 85) if fast else min(300, int(5 + r.expovariate(1 / 40)))
+        gap = int(5 + draw() * 85) if fast else min(300, int(5 + r.expovariate(1 / 40)))
         if nxt == "browse":
-            et = ET["app_open"] if (app and not out) else ET["page_view"]
-            out.append([et, ST[nxt], gap, -1, -1, -1, -1, r.randrange(101), -1])
+            et = _APP_OPEN if (app and not out) else _PAGE_VIEW
+            append([et, _ST_BROWSE, gap, -1, -1, -1, -1, r.randrange(101), -1])
         elif nxt == "search":
-            out.append([ET["search"], ST[nxt], gap, -1, -1, -1, -1, -1, -1])
+            append([_SEARCH, _ST_SEARCH, gap, -1, -1, -1, -1, -1, -1])
         elif nxt == "product_view":
             last_product = _product_view(r, out, gap, fav_cat)
         elif nxt == "cart":
             last_product = _add_to_cart(r, out, gap, fav_cat, last_product, cart)
         elif nxt == "checkout":
-            out.append(_checkout(gap, cart, last_product))
+            append(_checkout(gap, cart, last_product))
         elif nxt == "conversion":
-            out.append(_purchase(gap, cart, last_product))
+            append(_purchase(gap, cart, last_product))
             break
-        if feature_p and app and r.random() < feature_p:
-            out.append([ET["feature_use"], -1, int(5 + r.random() * 60), -1, -1, -1, -1, -1,
-                        r.randrange(len(FEATURES))])
+        if feature_p and app and draw() < feature_p:
+            append([_FEATURE_USE, -1, int(5 + draw() * 60), -1, -1, -1, -1, -1, r.randrange(_N_FEATURES)])
         state = nxt
     return out
 

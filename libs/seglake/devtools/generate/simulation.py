@@ -4,26 +4,37 @@
 identifiers and a list of sessions whose journeys follow the archetype's Markov chain
 (:mod:`.journey`); journeys are re-drawn until the archetype's planted fact holds, then the
 sessions are placed on a timeline and every event gets its identifiers. The result is rows
-of numbers only (``_SIM_SCHEMA``); :func:`_simulate_batches` is the ``mapInPandas``
-function. The order of random draws is part of the output: the same seed gives the same rows.
+of numbers only (``_SIM_SCHEMA``); :func:`.batches._simulate_batches` is the ``mapInPandas``
+function, which builds each frame column by column from a 2-D integer array of the rows
+(``DataFrame.from_records`` over Python tuples cost more than the simulation itself). The
+order of random draws is part of the output: the same seed gives the same rows, so the code
+is tuned (constants hoisted out of the per-event loops, cumulative chain probabilities) only
+in ways that draw the same numbers in the same order.
 """
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from itertools import accumulate
 
 from seglake.devtools.generate.journey import (
-    _count, _high_intent, _product_in, _product_price_c, draw_journey,
+    COMPILED_CHAINS, _count, _high_intent, _product_in, _product_price_c, draw_journey,
 )
 from seglake.devtools.generate.model import (
-    _ACTIVITY_NORM, _MUST_LOG_IN, _SIM_COLS, ARCH_NAMES, ARCHETYPES, CATEGORIES, CH, CHAINS,
+    _ACTIVITY_NORM, _MUST_LOG_IN, _SIM_COLS, ARCH_NAMES, ARCHETYPES, CATEGORIES, CH,
     CHURN_AT, CHURN_DECLINE_DAYS, CHURN_FAILED_SEARCH_P, CHURN_FLOOR, CHURN_SUPPORT_CONTACTS, DAY_MS,
     EFFECT_ARCHETYPES, EFFECT_DAYS, EFFECT_PROB, ET, FAILED_SEARCH_P, FEATURES, KIOSK_BASE, LUXURY,
     MIN_SESSION_GAP_MS, SEARCH_RESULTS_MEAN, SRC,
 )
 
-_DURATION_TYPES = (ET["page_view"], ET["product_view"], ET["search"], ET["app_open"],
-                   ET["video_play"], ET["feature_use"])
+_DURATION_TYPES = frozenset((ET["page_view"], ET["product_view"], ET["search"], ET["app_open"],
+                             ET["video_play"], ET["feature_use"]))
+_EMAIL_EVENTS = frozenset((ET["email_open"], ET["email_click"]))
+_SEARCH = ET["search"]
+_SRC_WEB, _SRC_APP, _SRC_EMAIL = SRC["web"], SRC["app"], SRC["email"]
+_ARCH_INDEX = range(len(ARCH_NAMES))
+#: the archetype shares summed up once: ``choices(cum_weights=_ARCH_CUM)`` draws exactly as
+#: ``choices(weights=shares)``, which computes this same ``accumulate`` on every call
+_ARCH_CUM = list(accumulate(ARCHETYPES[a]["share"] for a in ARCH_NAMES))
 
 
 def _active_window(r: random.Random, arch_name: str, start_ms: int, end_ms: int) -> tuple[int, int]:
@@ -84,14 +95,6 @@ def _source(kind: str, app: bool) -> int:
         SRC["email"] if kind == "email_open" else SRC["crm"] if kind == "call_center" else SRC["offline"])
 
 
-def _duration(r: random.Random, et: int, nxt_gap: int) -> int:
-    """An event's duration: a share of the gap to the next event (-1 for untimed types)."""
-    if et in _DURATION_TYPES:
-        return (int(nxt_gap * 1000 * (0.3 + 0.6 * r.random())) if nxt_gap
-                else int(2000 + r.random() * 60_000))
-    return -1
-
-
 class _Person:
     """Simulates one person's sessions; ``events`` is a list of column tuples."""
 
@@ -102,10 +105,9 @@ class _Person:
         # (window start ms, window end ms exclusive, share of variant B): see model.EXPERIMENT
         self.exp_start, self.exp_end, b_share = experiment or (0, 0, 0.5)
         r = self.rng = random.Random(f"seglake:{seed}:{pid}")
-        names, shares = ARCH_NAMES, [ARCHETYPES[a]["share"] for a in ARCH_NAMES]
-        self.arch = r.choices(range(len(names)), weights=shares)[0]
-        self.arch_name = names[self.arch]
-        self.chain = CHAINS[self.arch_name]
+        self.arch = r.choices(_ARCH_INDEX, cum_weights=_ARCH_CUM)[0]
+        self.arch_name = ARCH_NAMES[self.arch]
+        self.chain = COMPILED_CHAINS[self.arch_name]
         a = ARCHETYPES[self.arch_name]
         self.app_share = a["app"]
         self.has_uid = self.arch_name in _MUST_LOG_IN or r.random() > 0.12
@@ -244,12 +246,23 @@ class _Person:
             sessions.append({"kind": "store", "events": [], "kiosk": True})
 
     def simulate(self) -> list[tuple]:
+        """The person's event rows, each a tuple in ``_SIM_COLS`` order."""
+        rows, results, exp_flags, exp_extra_c = self.simulate_parts()
+        return [row + (exp_flags, exp_extra_c, res, self.churn_ms, self.decline_ms)
+                for row, res in zip(rows, results)]
+
+    def simulate_parts(self) -> tuple[list[tuple], list[int], int, int]:
+        """The rows of :meth:`simulate` in parts: ``(rows, results, exp_flags, exp_extra_c)``, the
+        rows up to ``has_uid`` (the first 26 of ``_SIM_COLS``), each row's search result count,
+        and the person's two experiment columns (the same on every row, as ``churn_ms`` and
+        ``decline_ms``). :func:`_simulate_batches` builds its frames from these."""
         sessions = self._draw_sessions()
         self._plant_facts(sessions)
         self._add_crm_contacts(sessions)
         sessions = [s for s in sessions if s["events"] or s["kind"] not in ("regular", "email")]
         rows = self._plant_support_contacts(self._place(sessions))
-        return self._search_results(self._plant_experiment(rows))
+        exp_flags, exp_extra_c = self._plant_experiment(rows)      # may append a row
+        return rows, self._search_results(rows), exp_flags, exp_extra_c
 
     def _identified_row(self, seq: int, at: int, etype: int, src: int, sess: int, email: int, product: int = -1,
                         qty: int = -1, price_c: int = -1, revenue_c: int = -1) -> tuple:
@@ -277,26 +290,24 @@ class _Person:
             rows.append(self._identified_row(len(rows), at, ET["call_center"], SRC["crm"], sess, em))
         return rows
 
-    def _search_results(self, rows: list[tuple]) -> list[tuple]:
-        """Every row + (results, churn_ms, decline_ms): a search's result count (0 = failed; more
-        often in a churner's decline), -1 for other events."""
-        cr, search, onset = self.crng, ET["search"], self.decline_ms
-        out = []
-        for row in rows:
-            results = -1
-            if row[3] == search:
+    def _search_results(self, rows: list[tuple]) -> list[int]:
+        """Each row's ``results``: a search's result count (0 = failed; more often in a churner's
+        decline), -1 for other events."""
+        cr, onset = self.crng, self.decline_ms
+        out = [-1] * len(rows)
+        for i, row in enumerate(rows):
+            if row[3] == _SEARCH:
                 p = CHURN_FAILED_SEARCH_P if 0 <= onset <= row[2] else FAILED_SEARCH_P
-                results = 0 if cr.random() < p else 1 + int(cr.expovariate(1.0 / SEARCH_RESULTS_MEAN))
-            out.append(row + (results, self.churn_ms, self.decline_ms))
+                out[i] = 0 if cr.random() < p else 1 + int(cr.expovariate(1.0 / SEARCH_RESULTS_MEAN))
         return out
 
     # -- the planted A/B test (model.EXPERIMENT): own random stream, so nothing else changes ----
-    def _plant_experiment(self, rows: list[tuple]) -> list[tuple]:
+    def _plant_experiment(self, rows: list[tuple]) -> tuple[int, int]:
         """Both potential outcomes of the person; variant B's coupon purchase appended when drawn.
 
-        Every row gets ``exp_flags`` (-1: not exposed; else bit 0 = orders in the window under A,
-        bit 1 = under B) and ``exp_extra_c`` (revenue in cents of the coupon purchase the person
-        would make under B; 0: none).
+        Returns the person's ``exp_flags`` (-1: not exposed; else bit 0 = orders in the window
+        under A, bit 1 = under B) and ``exp_extra_c`` (revenue in cents of the coupon purchase the
+        person would make under B; 0: none), which every row of the person gets.
         """
         er = random.Random(f"seglake:{self.seed}:{self.pid}:experiment")
         u = er.random()
@@ -319,7 +330,7 @@ class _Person:
                 rows.append(self._identified_row(len(rows), at, ET["store_purchase"], SRC["offline"], sess, em,
                                                  prod, 1, extra_c, extra_c))
         flags = -1 if not exposed else (int(natural) | (int(natural or extra_c > 0) << 1))
-        return [row + (flags, extra_c) for row in rows]
+        return flags, extra_c
 
     @staticmethod
     def _free_instant(r: random.Random, times: list[int], lo: int, hi: int) -> int | None:
@@ -356,10 +367,11 @@ class _Person:
         cookies_of = {d: [c for c in range(self.n_cookie) if c % self.n_dev == d] or [d % self.n_cookie]
                       for d in range(self.n_dev)}
         cursor = self.a_start
+        before = 0                                     # sum of the durations of the sessions before
         for sess_no, (s, off, dur) in enumerate(zip(sessions, offsets, durations)):
-            start = (self.a_start + off + sess_no * (MIN_SESSION_GAP_MS + 1000)
-                     + sum(durations[:sess_no]))
+            start = self.a_start + off + sess_no * (MIN_SESSION_GAP_MS + 1000) + before
             start = max(start, cursor) // 1000 * 1000
+            before += dur
             cookie, login_at = self._login(s, cookies_of, seen_dev, seen_cookie)
             t = self._emit(rows, s, sess_no, start, cookie, login_at)
             cursor = t + 1000 + MIN_SESSION_GAP_MS
@@ -389,49 +401,76 @@ class _Person:
     def _emit(self, rows: list[tuple], s: dict, sess_no: int, start: int, cookie: int,
               login_at: int) -> int:
         """Append one session's event rows (``seq`` continues from ``len(rows)``); return the
-        time of its last event."""
+        time of its last event.
+
+        Per event, in this order: the millisecond part of its time, its identifiers
+        (:meth:`_web_identifiers` or :meth:`_identifiers`) and its duration. What is the same
+        for every event of the session is looked up once, before the loop (this is the
+        generator's innermost loop).
+        """
         r = self.rng
+        draw, randrange = r.random, r.randrange
         kind, events = s["kind"], s["events"]
         dev = s.get("dev", -1)
         app = s.get("app", False)
+        web = kind in ("regular", "email")
         chan = s.get("chan", CH["email"] if kind in ("email", "email_open") else -1)
         src = _source(kind, app)
+        # the site's A/B tool tags every web/app event of the window with the variant
+        tagged = src in (_SRC_WEB, _SRC_APP)
+        exp_start, exp_end, variant = self.exp_start, self.exp_end, self.variant
+        pid, has_uid, arch, consent, currency = self.pid, self.has_uid, self.arch, self.consent, self.currency
+        dev_kind = self.dev_kinds[dev] if dev >= 0 else -1
+        web_from = 2 if kind == "email" else 0         # an email session's web events follow open + click
+        last = len(events) - 1
+        append = rows.append
         t = start
         for k, e in enumerate(events):
             et, state, gap, prod, qty, price_c, revenue_c, scroll, feature = e
             t += gap * 1000
-            ms = r.randrange(1, 1000) if r.random() < 0.3 else 0
-            nxt_gap = events[k + 1][2] if k + 1 < len(events) else 0
-            is_email_evt = et in (ET["email_open"], ET["email_click"])
-            uid, anon, dv, em, ph = self._identifiers(s, et, k, cookie, login_at)
-            dur = _duration(r, et, nxt_gap)
-            echan = chan if (kind in ("regular", "email") or is_email_evt) else -1
-            # the site's A/B tool tags every web/app event of the window with the variant
-            variant = self.variant if (src in (SRC["web"], SRC["app"]) and not is_email_evt
-                                       and self.exp_start <= t + ms < self.exp_end) else -1
-            rows.append((
-                self.pid, len(rows), t + ms, et, state, SRC["email"] if is_email_evt else src, sess_no, echan,
-                uid and self.has_uid, anon, dv, self.dev_kinds[dev] if (dev >= 0 and not is_email_evt) else -1,
-                em, ph, prod, qty, price_c, revenue_c, dur, scroll, feature, variant,
-                self.arch, self.consent, self.currency, self.has_uid,
+            ms = randrange(1, 1000) if draw() < 0.3 else 0
+            is_email_evt = et in _EMAIL_EVENTS
+            if is_email_evt:
+                uid, anon, dv, em, ph = True, -1, -1, 0, False
+            elif web:
+                uid, anon, dv = self._web_identifiers(k - web_from, dev, app, cookie, login_at)
+                em, ph = -1, False
+            else:
+                uid, anon, dv, em, ph = self._identifiers(s)
+            if et in _DURATION_TYPES:          # a share of the gap to the next event (-1: untimed type)
+                nxt_gap = events[k + 1][2] if k < last else 0
+                dur = (int(nxt_gap * 1000 * (0.3 + 0.6 * draw())) if nxt_gap
+                       else int(2000 + draw() * 60_000))
+            else:
+                dur = -1
+            append((
+                pid, len(rows), t + ms, et, state, _SRC_EMAIL if is_email_evt else src, sess_no,
+                chan if (web or is_email_evt) else -1,
+                uid and has_uid, anon, dv, -1 if is_email_evt else dev_kind,
+                em, ph, prod, qty, price_c, revenue_c, dur, scroll, feature,
+                variant if (tagged and not is_email_evt and exp_start <= t + ms < exp_end) else -1,
+                arch, consent, currency, has_uid,
             ))
         return t
 
-    def _identifiers(self, s: dict, et: int, k: int, cookie: int,
-                     login_at: int) -> tuple[bool, int, int, int, bool]:
-        """The identifiers on event ``k`` of session ``s``: (uid, anon, dev, email, phone)."""
+    def _web_identifiers(self, k: int, dev: int, app: bool, cookie: int,
+                         login_at: int) -> tuple[bool, int, int]:
+        """(uid, anon, dev) on the ``k``-th web/app event of a session: the user id from its login
+        event on; the app's device, or the web cookie with the device on linking events (the
+        first and the login) and on 70 % of the others."""
+        logged = login_at >= 0 and k >= login_at
+        if app:
+            return logged, -1, dev
+        linking = k == 0 or (logged and k == login_at)
+        return logged, cookie, (dev if (linking or self.rng.random() < 0.7) else -1)
+
+    def _identifiers(self, s: dict) -> tuple[bool, int, int, int, bool]:
+        """(uid, anon, dev, email, phone) on the event of a CRM contact or a store purchase
+        (email events: :meth:`_emit`; web and app events: :meth:`_web_identifiers`)."""
         r = self.rng
-        kind = s["kind"]
-        dev = s.get("dev", -1)
-        app = s.get("app", False)
-        is_email_evt = et in (ET["email_open"], ET["email_click"])
-        uid = False
         anon = dv = em = -1
         ph = False
-        if et in (ET["email_open"], ET["email_click"]):
-            uid, em = True, 0
-        elif kind == "call_center":
-            uid = True
+        if s["kind"] == "call_center":
             if s.get("phone"):
                 ph = True
             elif "email" in s:
@@ -440,38 +479,8 @@ class _Person:
                 ph = True
             elif self.n_email:
                 em = r.randrange(self.n_email)
-        elif kind == "store":
-            uid = True
+        else:                                          # store
             em = r.randrange(self.n_email) if self.n_email else -1
             dv = self.kiosk if s.get("kiosk") else -1
             ph = dv < 0 and em < 0 and self.has_phone
-        else:
-            first = k == (2 if kind == "email" else 0)
-            logged = login_at >= 0 and (k - (2 if kind == "email" else 0)) >= login_at
-            uid = logged
-            if app:
-                dv = dev
-            else:
-                anon = cookie
-                linking = first or (logged and (k - (2 if kind == "email" else 0)) == login_at)
-                dv = dev if (linking or r.random() < 0.7) else -1
-        if kind == "email" and is_email_evt:
-            uid, em = True, 0
-        return uid, anon, dv, em, ph
-
-
-def _simulate_batches(seed: int, start_ms: int, end_ms: int, mean_events: float, kiosks: int,
-                      kiosk_share: float, experiment: tuple[int, int, float] | None = None):
-    """The mapInPandas function: person ids in, simulated event rows out (numbers only)."""
-    import pandas as pd
-
-    def run(batches: Iterator["pd.DataFrame"]) -> Iterator["pd.DataFrame"]:
-        for batch in batches:
-            ids = batch["id"].tolist()
-            for lo in range(0, len(ids), 500):               # bound memory per yielded frame
-                rows: list[tuple] = []
-                for pid in ids[lo:lo + 500]:
-                    rows.extend(_Person(int(pid), seed, start_ms, end_ms, mean_events,
-                                        kiosks, kiosk_share, experiment).simulate())
-                yield pd.DataFrame.from_records(rows, columns=_SIM_COLS)
-    return run
+        return True, anon, dv, em, ph
