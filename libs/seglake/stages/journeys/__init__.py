@@ -41,7 +41,7 @@ from seglake.stages.journeys.job import (METRICS_SCHEMA, METRICS_TABLE, MATRIX_T
                                          add_arguments, run, sessionized_events)
 from seglake.stages.journeys.matrices import (build_journeys, channel_path_transitions, channel_touchpoints,
                                               journey_transitions, segment_sets, transition_counts,
-                                              transition_matrix, with_probabilities, with_segments)
+                                              transition_matrix, with_probabilities)
 from seglake.stages.journeys.paths import funnel_counts, funnel_metrics, journey_summaries, kstep_paths, top_paths
 from seglake.stages.journeys.states import (ALL, EVENT_ORDER, PATH_SEP, UNKNOWN_CHANNEL, StateSpec, assign_states,
                                             load_states)
@@ -51,7 +51,7 @@ __all__ = [
     "ALL", "EVENT_ORDER", "PATH_SEP", "UNKNOWN_CHANNEL", "StateSpec", "assign_states", "load_states",
     # matrices
     "build_journeys", "channel_path_transitions", "channel_touchpoints", "journey_transitions", "segment_sets",
-    "transition_counts", "transition_matrix", "with_probabilities", "with_segments",
+    "transition_counts", "transition_matrix", "with_probabilities",
     # absorbing chain + attribution
     "Chain", "chain_metrics", "matrix_metrics", "channel_attribution",
     # paths + funnel

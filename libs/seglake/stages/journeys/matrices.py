@@ -5,8 +5,9 @@
 emits one row per transition and Markov order (the from-state of order k is the path of the
 last k states joined with ``>``); :func:`transition_counts` counts them per (order, channel,
 from, to, segment set) and :func:`transition_matrix` derives the matrices overall, per journey
-channel and per segment and adds row probabilities (``gold.transition_matrix``). The channel paths (one touchpoint per
-session, start -> channel -> ... -> conversion | exit) feed the removal-effect attribution.
+channel and per segment and adds row probabilities (``gold.transition_matrix``). The channel
+paths (one touchpoint per session, start -> channel -> ... -> conversion | exit) feed the
+removal-effect attribution.
 """
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ def journey_transitions(journeys: DataFrame, spec: StateSpec, max_order: int = 3
             journey_pos, is_last, journey_channel, state, event_ts, session_seq, event_seq``).
         spec: the states spec.
         max_order: highest Markov order k (1..max_order rows per transition).
-        membership: ``customer_id, segment`` or None: adds ``segments`` (:func:`with_segments`),
+        membership: ``customer_id, segment`` or None: adds ``segments`` (:func:`segment_sets`,
+            null for non-members),
             joined right after the lag window, whose output is still sorted by customer: on
             journeys built from events shuffled by customer_id alone (as the job does) that is a
             merge join with no shuffle or sort of the journeys (after the explode it would sort
@@ -109,7 +111,7 @@ def journey_transitions(journeys: DataFrame, spec: StateSpec, max_order: int = 3
                                     F.lit(spec.exit).alias("to_state"))))
     keep = []
     if membership is not None:
-        lags, keep = with_segments(lags, membership), ["segments"]
+        lags, keep = lags.join(segment_sets(membership), "customer_id", "left"), ["segments"]
     return (lags
             .select("customer_id", "journey_key", F.col("journey_channel").alias("channel"), *keep,
                     F.explode(F.filter(F.array(*rows), lambda r: r.isNotNull())).alias("t"))
@@ -117,29 +119,20 @@ def journey_transitions(journeys: DataFrame, spec: StateSpec, max_order: int = 3
 
 
 def segment_sets(membership: DataFrame) -> DataFrame:
-    """``customer_id, segments``: each member's distinct segments as a sorted array (one row per customer)."""
+    """``customer_id, segments``: each member's distinct segments as a sorted array (one row per customer).
+
+    The transition counts can then be grouped by segment set instead of by customer (see
+    :func:`transition_counts`)."""
     require_columns(membership, ["customer_id", "segment"], "segment_sets")
     return (membership.where(F.col("segment").isNotNull())
             .groupBy("customer_id")
             .agg(F.array_sort(F.collect_set(F.col("segment").cast("string"))).alias("segments")))
 
 
-def with_segments(df: DataFrame, membership: DataFrame | None) -> DataFrame:
-    """``df`` (with customer_id) plus ``segments``: the customer's sorted segments (null for
-    non-members and without membership).
-
-    The transition counts can then be grouped by segment set instead of by customer (see
-    :func:`transition_counts`; :func:`journey_transitions` joins it where it costs least).
-    """
-    if membership is None:
-        return df.withColumn("segments", F.lit(None).cast("array<string>"))
-    return df.join(segment_sets(membership), "customer_id", "left")
-
-
 def transition_counts(transitions: DataFrame) -> DataFrame:
     """Count transitions per (order, channel, from_state, to_state, segments).
 
-    ``segments`` is the customer's segment set (:func:`with_segments`; null when the input has no
+    ``segments`` is the customer's segment set (:func:`journey_transitions`; null when the input has no
     such column). The groups are bounded by states x channels x distinct segment sets, not by
     customers or events, so the partial aggregation before the shuffle leaves a handful of rows
     per partition; :func:`transition_matrix` derives every matrix from them.
