@@ -179,8 +179,10 @@ def known_identities(chain_lakes, lake):
             shutil.copytree(src, lake / "silver" / table)
 
 
-#: the trigger stream's micro-batch size: 1,500 generated events in 4 micro-batches
-TRIGGER_STREAM = {"max_offsets_per_trigger": 400}
+#: the trigger stream's micro-batch size: 1,500 generated events in 3 micro-batches (each costs
+#: ~20 s of fixed work; 3 are what the kill points of test_kill_stream.py need: triggers fired
+#: at the second, timers and progress committed by the third)
+TRIGGER_STREAM = {"max_offsets_per_trigger": 500}
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ import yaml
 import pytest
 
 from conftest import REPO, make_cfg
-from seglake.core import faults, tables
+from seglake.core import faults, parallel, tables
 from seglake.core.context import JobContext
 from seglake.core.runner import run_job
 
@@ -140,6 +140,15 @@ def rows(spark, lake: Path, table: str, ignore: tuple[str, ...] = (), root_as_te
     return sorted(tuple(text(v) for v in r) for r in df.select(*keep).collect())
 
 
+def rows_side_by_side(spark, names: list[str], *lakes: Path, ignore: tuple[str, ...] = ()) -> list[tuple[list, ...]]:
+    """``[(rows(lake, table, ignore) for lake in lakes) for table in names]``, read up to 4 at a
+    time in threads of the test's driver: a read is a few small Spark jobs, mostly waits (Delta
+    log, scheduling) that overlap (:mod:`seglake.core.parallel`); results in the order given."""
+    reads = [(lake, table) for table in names for lake in lakes]
+    got = parallel.map_in_threads(reads, lambda read: rows(spark, *read, ignore=ignore), 4, "compare")
+    return [tuple(got[i:i + len(lakes)]) for i in range(0, len(got), len(lakes))]
+
+
 #: per-run logs: a crashed run that got as far as its own log row keeps it, and its rerun adds one
 SKIP_TABLES = frozenset({"ops.run_log", "ops.job_leases", "ops.identity_runs"})
 
@@ -151,8 +160,7 @@ def assert_stage_equal(spark, before: Path, lake: Path, reference: Path, ignore:
     assert delta_tables(lake) == delta_tables(reference)
     compared = [t for t in changed_tables(before, lake, reference) if t not in SKIP_TABLES]
     assert compared, "the stage changed no table"
-    for table in compared:
-        got, want = rows(spark, lake, table, ignore=ignore), rows(spark, reference, table, ignore=ignore)
+    for table, (got, want) in zip(compared, rows_side_by_side(spark, compared, lake, reference, ignore=ignore)):
         assert len(got) == len(want), (table, len(got), len(want))
         assert got == want, table
     return compared

@@ -17,7 +17,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from conftest import make_cfg
-from killing import changed_tables, conf_dir, rows
+from killing import changed_tables, conf_dir, copy_lake, rows_side_by_side
 from seglake.cli import main
 from seglake.core import tables
 from seglake.core.context import JobContext
@@ -29,11 +29,12 @@ SKIP_TABLES = {"ops.run_log", "ops.job_leases", "ops.identity_runs", "ops.erasur
 
 @pytest.fixture(scope="module")
 def ingested(spark, chain_lakes, tmp_path_factory):
-    """The chain's lakehouse after ingest, the configuration folder, and a person's email."""
+    """The configuration folder, the chain's lakehouse after ingest and after clean, and a
+    person's email."""
     lake = chain_lakes["ingest"]
     email = (tables.read(spark, make_cfg(lake), "bronze.events_raw").where(F.col("email").isNotNull())
              .agg(F.min("email")).first()[0])
-    return conf_dir(tmp_path_factory.mktemp("concurrent")), lake, email
+    return conf_dir(tmp_path_factory.mktemp("concurrent")), lake, chain_lakes["clean"], email
 
 
 def _start(lake: Path, conf: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
@@ -59,8 +60,8 @@ def _read_until(proc: subprocess.Popen, text: str) -> str:
 def _assert_same(spark, before: Path, got: Path, want: Path) -> None:
     compared = [t for t in changed_tables(before, got, want) if t not in SKIP_TABLES]
     assert compared
-    for table in compared:
-        assert rows(spark, got, table) == rows(spark, want, table), table
+    for table, (got_rows, want_rows) in zip(compared, rows_side_by_side(spark, compared, got, want)):
+        assert got_rows == want_rows, table
 
 
 def test_a_second_clean_and_an_erase_meet_a_running_clean_and_every_record_ends_once(spark, tmp_path, ingested,
@@ -70,20 +71,22 @@ def test_a_second_clean_and_an_erase_meet_a_running_clean_and_every_record_ends_
     it, and runs once it ended. Tables: as an in-process clean, then erase, one after the other.
     (Two runs racing for a free lease, and the CLI's exit 6, are in tests/test_leases.py; two
     ingests at once in tests/test_ingest.py.)"""
-    conf, before, email = ingested
+    conf, before, cleaned, email = ingested
     lake, reference = tmp_path / "lake", tmp_path / "reference"
     shutil.copytree(before, lake)
-    shutil.copytree(before, reference)
-    cfg_ref = make_cfg(reference)
-    run_job(JobContext(spark, cfg_ref, args={"skip_docs": True}), "clean")
-    run_job(JobContext(spark, cfg_ref, args={"identifier": [email]}), "erase")
 
-    # clean stops after its first commit (holding its lease) until the erase says that it waits
+    # clean stops after its first commit (holding its lease) until the erase says that it waits;
+    # started first, so that its JVM starts while this process builds the reference in a
+    # lakehouse of its own (the process waits at its point, however long that takes)
     go = tmp_path / "go"
     clean = _start(lake, conf, "clean", "--skip-docs",
                    env={"SEGLAKE_PAUSE": f"after_commit:silver.events_quarantine={go}"})
     outcome: dict = {}
     try:
+        # the reference: the chain's clean of the same lakehouse with the same settings (an
+        # in-process clean of a copy equals it table for table: test_kill_stages.py), then erase
+        copy_lake(cleaned, reference)
+        run_job(JobContext(spark, make_cfg(reference), args={"identifier": [email]}), "erase")
         clean_out = _read_until(clean, "pausing until")
         # a second clean meanwhile: refused before doing anything, naming the running one
         capsys.readouterr()
