@@ -38,6 +38,7 @@ Definitions (windows are ``[as_of - N days, as_of)``; "purchase" = features.purc
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Iterable, Sequence
@@ -356,8 +357,12 @@ def run(ctx) -> dict:
     # costs less than writing every event to the disk cache first and reading it back twice
     out: dict = {}
     feats = None
+    # wall time of the two parts (summed over a backfill's dates), logged and in the summary: the
+    # features proper (computed, scaled, written) and the retention matrix
+    seconds = {"features": 0.0, "retention": 0.0}
     try:
         for d in dates:
+            started = time.perf_counter()
             sev_d = sev if d == first else exclude_withdrawn(spark, cfg, sev, d)
             feats = compute_features(sev_d, d, params).persist()
             scaled, stats = build(feats, params.model_inputs)
@@ -367,7 +372,12 @@ def run(ctx) -> dict:
                              merge_schema=True)
             tables.overwrite(stats.withColumn("as_of_date", F.lit(d)), cfg, "gold.feature_scaling",
                              partition_by=["as_of_date"], replace_where=where)
+            seconds["features"] += time.perf_counter() - started
+            started = time.perf_counter()
             n_rm = cohorts.write_retention(spark, cfg, sev_d, d)
+            seconds["retention"] += time.perf_counter() - started
+            log.info("features as of %s: features %.1f s, retention matrix %.1f s (so far)", d,
+                     seconds["features"], seconds["retention"])
             row = feats.agg(F.count(F.lit(1)).alias("n"), F.avg(F.col("is_new_user").cast("int")).alias("new"),
                             F.avg(F.col("is_inactive").cast("int")).alias("inactive"),
                             F.avg("purchases_total").alias("p")).first()
@@ -383,4 +393,5 @@ def run(ctx) -> dict:
             "share_new_users": round(float(row["new"] or 0), 4),
             "share_inactive": round(float(row["inactive"] or 0), 4),
             "avg_purchases": round(float(row["p"] or 0), 3),
-            "retention_cells": n_rm, "model_inputs": len(params.model_inputs), "consent": consent_via}
+            "retention_cells": n_rm, "model_inputs": len(params.model_inputs), "consent": consent_via,
+            "seconds_features": round(seconds["features"], 1), "seconds_retention": round(seconds["retention"], 1)}
