@@ -434,3 +434,17 @@ def test_generated_data_counts_exact_and_rerun_is_noop(spark, pipeline_through):
     again = clean.run(JobContext(spark, cfg, run_id="rerun", args={"skip_docs": True}))
     assert again["batches"] == 0
     assert tables.version(spark, cfg, "silver.events") == before
+
+
+def test_session_settings_come_back_after_the_block_even_when_it_fails(spark):
+    """clean and generate change code generation settings only while they run (core.spark.session_settings)."""
+    from seglake.core.spark import session_settings
+    unset_key, set_key = "spark.sql.codegen.hugeMethodLimit", "spark.sql.shuffle.partitions"
+    spark.conf.unset(unset_key)
+    before = spark.conf.get(set_key)
+    with pytest.raises(RuntimeError, match="inside"):
+        with session_settings(spark, {unset_key: "8000", set_key: "3"}):
+            assert spark.conf.get(unset_key) == "8000" and spark.conf.get(set_key) == "3"
+            raise RuntimeError("inside")
+    assert spark.conf.get(unset_key, None) is None
+    assert spark.conf.get(set_key) == before

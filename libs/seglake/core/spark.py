@@ -1,6 +1,7 @@
 """The one SparkSession factory. Nothing here runs at import time."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -18,6 +19,24 @@ DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
+
+
+@contextlib.contextmanager
+def session_settings(spark: "SparkSession", settings: dict[str, str]):
+    """Set these runtime SQL settings for the block; the previous values (or their being unset)
+    come back afterwards, whatever happens in it. Session-wide: a job running beside it in the same
+    session sees them too, so use it only for settings that change speed, never results."""
+    old = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 class SparkStartError(RuntimeError):

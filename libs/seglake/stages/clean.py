@@ -44,7 +44,7 @@ from pyspark.sql import functions as F
 from seglake.core import erasure, pii, quality, tables, timezones
 from seglake.core.contracts import BRONZE_EVENTS, CLEAN_BATCHES, CLEAN_REBUILDS, QUARANTINE, SILVER_EVENTS
 from seglake.core.context import JobContext
-from seglake.core.spark import persist_events
+from seglake.core.spark import persist_events, session_settings
 from seglake.stages import clean_batches
 from seglake.stages.clean_rules import (  # noqa: F401 - part of clean's API
     META_FIELDS, REASONS, SILVER_COLUMNS, Standards, check_bronze_schema, dedupe_batch, derived_event_key,
@@ -70,15 +70,25 @@ def add_arguments(parser) -> None:  # noqa: D103 - argparse hook
     clean_batches.add_arguments(parser)
 
 
+#: session settings while clean runs (the previous values come back afterwards): the standardizing
+#: projection compiles to Java methods of 15 KB (42 KB with the dedupe filter), above HotSpot's
+#: 8,000-byte limit for JIT compilation, so under whole-stage code generation they ran interpreted;
+#: with Spark's limit at the JVM's, such stages fall back to per-operator code in small methods.
+#: Same rows (1M-event silver equal by hash); clean 79.0/69.4 s -> 66.4/61.5 s in alternating runs.
+_SESSION_CONF = {"spark.sql.codegen.hugeMethodLimit": "8000"}
+
+
 def run(ctx: JobContext) -> dict:
     """Clean the pending bronze batches into silver.events; see the module docstring."""
-    return _run(ctx, datetime.now(timezone.utc))
+    with session_settings(ctx.spark, _SESSION_CONF):
+        return _run(ctx, datetime.now(timezone.utc))
 
 
 def clean_batches_now(ctx: JobContext, batch_ids: list[str]) -> dict:
     """Clean only these bronze batches (those of them not cleaned yet): the stream's micro-batches
     (:mod:`seglake.stages.stream`) go through exactly the batch clean, one batch at a time."""
-    return _run(ctx, datetime.now(timezone.utc), only=batch_ids)
+    with session_settings(ctx.spark, _SESSION_CONF):
+        return _run(ctx, datetime.now(timezone.utc), only=batch_ids)
 
 
 def _impute_decimals(cfg) -> int:

@@ -20,6 +20,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from seglake.core.contracts import RAW_FIELDS
+from seglake.core.spark import session_settings
 from seglake.devtools.generate.model import (
     _SIM_SCHEMA, ARCH_NAMES, DUPLICATE_KINDS, EFFECT_ARCHETYPES, EFFECT_DAYS, EFFECT_PROB, EXPERIMENT,
     EXPERIMENT_DAYS, EXPERIMENT_END_GAP_DAYS, GENERATOR_VERSION, MALFORMED_KINDS,
@@ -162,10 +163,7 @@ def generate(spark: SparkSession, out_dir: str | os.PathLike, events: int, custo
     if files_per_day < 1:
         raise ValueError(f"files_per_day must be a positive number, got {files_per_day}")
 
-    old_conf = {key: spark.conf.get(key, None) for key in _SESSION_CONF}
-    for key, value in _SESSION_CONF.items():
-        spark.conf.set(key, value)
-    try:
+    with session_settings(spark, _SESSION_CONF):
         parts = max(2, min(400, customers // 4000))
         sim = spark.range(0, customers, 1, parts).mapInPandas(
             _simulate_batches(seed, start_ms, end_ms, mean_events, kiosks, kiosk_share, experiment), _SIM_SCHEMA)
@@ -202,12 +200,6 @@ def generate(spark: SparkSession, out_dir: str | os.PathLike, events: int, custo
         ).collect()
         shared = (spark.read.parquet(str(gt / "identifiers.parquet"))
                   .where(F.col("person_id").isNull()).count())
-    finally:
-        for key, value in old_conf.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
 
     counts = _counts(agg, customers=customers, shared=shared, files=files, events=events, seed=seed,
                      start_date=start_date, end_date=end_date, t0=t0)
