@@ -16,6 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from seglake.core import faults
 from seglake.core.config import Config
+from seglake.core.spark import session_settings
 
 log = logging.getLogger(__name__)
 
@@ -179,20 +180,6 @@ def _version_before(spark: SparkSession, cfg: Config, table: str) -> int | None:
     return version(spark, cfg, table) if _journal.get() is not None else None
 
 
-@contextlib.contextmanager
-def _session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
-    """Set Spark SQL settings for the block, restoring the previous values after it."""
-    previous = {k: spark.conf.get(k, None) for k in settings}
-    for k, v in settings.items():
-        spark.conf.set(k, v)
-    try:
-        yield
-    finally:
-        for k, v in previous.items():
-            if v is None:
-                spark.conf.unset(k)
-            else:
-                spark.conf.set(k, v)
 
 
 def rows_written(commit: dict) -> int:
@@ -301,7 +288,7 @@ def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] =
     if user_metadata is None:
         _partitioned(writer, partition_by).save(cfg.table_path(table))
     else:  # the metadata must be committed even when there are no rows to add
-        with _session_conf(df.sparkSession, {"spark.databricks.delta.skipRecordingEmptyCommits": "false"}):
+        with session_settings(df.sparkSession, {"spark.databricks.delta.skipRecordingEmptyCommits": "false"}):
             _partitioned(writer.option("userMetadata", user_metadata), partition_by).save(cfg.table_path(table))
     faults.point(f"after_commit:{table}")
     _journal_commit(df.sparkSession, cfg, table, before)
@@ -325,7 +312,7 @@ def overwrite(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str
     if user_metadata is None:
         _partitioned(writer, partition_by).save(cfg.table_path(table))
     else:
-        with _session_conf(df.sparkSession, {"spark.databricks.delta.skipRecordingEmptyCommits": "false"}):
+        with session_settings(df.sparkSession, {"spark.databricks.delta.skipRecordingEmptyCommits": "false"}):
             _partitioned(writer.option("userMetadata", user_metadata), partition_by).save(cfg.table_path(table))
     faults.point(f"after_commit:{table}")
     _journal_commit(df.sparkSession, cfg, table, before)
@@ -365,7 +352,7 @@ def delete_matching(spark: SparkSession, cfg: Config, table: str, keys: DataFram
     settings = {} if user_metadata is None else {"spark.databricks.delta.commitInfo.userMetadata": user_metadata,
                                                   "spark.databricks.delta.skipRecordingEmptyCommits": "false"}
     faults.point(f"before_commit:{table}")
-    with _session_conf(spark, settings):
+    with session_settings(spark, settings):
         (DeltaTable.forPath(spark, cfg.table_path(table)).alias("t")
          .merge(keys.select(on).alias("s"), f"t.`{on}` = s.`{on}`").whenMatchedDelete().execute())
     faults.point(f"after_commit:{table}")
@@ -485,7 +472,7 @@ def vacuum(spark: SparkSession, cfg: Config, table: str, retention_hours: float,
     settings = {"spark.sql.sources.parallelPartitionDiscovery.parallelism": str(tasks),
                 **({"spark.databricks.delta.retentionDurationCheck.enabled": "false"} if hours < DELTA_RETENTION_HOURS else {}),
                 **({} if logged else {"spark.databricks.delta.vacuum.logging.enabled": "false"})}
-    with _session_conf(spark, settings):
+    with session_settings(spark, settings):
         DeltaTable.forPath(spark, cfg.table_path(table)).vacuum(hours)
 
 
@@ -495,6 +482,6 @@ def tagged_commits(spark: SparkSession, tags: dict) -> Iterator[None]:
     later run can tell which run made a table's latest write (:func:`recorded_metadata`). The
     commit of a write that changes nothing is still recorded, so the tag is always there."""
     import json
-    with _session_conf(spark, {"spark.databricks.delta.commitInfo.userMetadata": json.dumps(tags),
+    with session_settings(spark, {"spark.databricks.delta.commitInfo.userMetadata": json.dumps(tags),
                                "spark.databricks.delta.skipRecordingEmptyCommits": "false"}):
         yield
