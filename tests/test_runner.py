@@ -42,6 +42,22 @@ def test_row_count_is_answered_from_the_log(spark, cfg):
     assert "LocalTableScan" in plan and "FileScan" not in plan, plan
 
 
+def test_row_count_is_remembered_per_version_and_a_table_made_again_is_counted_again(spark, cfg):
+    import shutil
+    import time
+
+    tables.overwrite(spark.range(7), cfg, "gold.t_m")
+    assert tables.row_count(spark, cfg, "gold.t_m", 0) == 7
+    assert [n for (path, v, _), n in tables._counted.items() if path == cfg.table_path("gold.t_m")] == [7]
+    tables.append(spark.range(5), cfg, "gold.t_m")
+    assert (tables.row_count(spark, cfg, "gold.t_m", 0), tables.row_count(spark, cfg, "gold.t_m", 1)) == (7, 12)
+    # the table deleted and written again at the same path: version 0 holds other rows now
+    shutil.rmtree(cfg.table_path("gold.t_m"))
+    time.sleep(0.01)
+    tables.overwrite(spark.range(3), cfg, "gold.t_m")
+    assert tables.row_count(spark, cfg, "gold.t_m", 0) == 3
+
+
 def test_a_failing_job_records_a_failed_row_and_the_cli_exits_1(spark, lakehouse, capsys):
     from conftest import make_cfg
     cfg = make_cfg(lakehouse)

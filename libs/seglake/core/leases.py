@@ -189,14 +189,16 @@ def _read(spark: SparkSession, cfg: Config) -> list[dict]:
     """Every lease with a row not yet expired, with its state: one small scan, no shuffle (rows of
     the last ``ttl_minutes`` only; a release row carries its lease's ``expires_at``); ``version``
     as far as already known (:func:`_with_versions` finds the others)."""
-    if not _unjournaled(tables.exists, spark, cfg, JOB_LEASES):
-        return []
     now = datetime.fromtimestamp(_now_us() / 1e6, timezone.utc)
     cols = [F.col(c) for c in ("lease_id", "job", "run_id", "kind", "host", "pid", "released")] + [
         F.unix_micros("acquired_at").alias("acquired_us"), F.unix_micros("expires_at").alias("expires_us")]
+    try:   # tables.read looks for the table first (one log listing: not a second one here)
+        table = _unjournaled(tables.read, spark, cfg, JOB_LEASES)
+    except FileNotFoundError:
+        return []
     # a literal bound on the column itself: Delta skips the files of expired leases by their statistics
     # (one row per file), so the scan stays small however long the table grows between compactions
-    df = _unjournaled(tables.read, spark, cfg, JOB_LEASES).where(F.col("expires_at") > F.lit(now))
+    df = table.where(F.col("expires_at") > F.lit(now))
     # bounded by job runs of the last ttl_minutes (two rows each), never by events or customers
     got = df.select(*cols).collect()
     released = {r["lease_id"] for r in got if r["released"]}
