@@ -6,8 +6,8 @@ no cleanup). The rerun after it runs in the test's own SparkSession: it is an or
 job, and a second JVM start per case would double the suite's time for nothing it checks.
 A crash can also be simulated in the test's own process (:func:`abort_in_process`): the point
 raises :class:`seglake.core.faults.Aborted`, which no seglake code catches, so the lakehouse is
-left as a kill there leaves it (points sit between commits); such runs take no job lease
-(:data:`NO_LEASES`; a killed run's lease is left for the dead-process rule). It costs no JVM start:
+left as a kill there leaves it (points sit between commits); only the job lease is released on
+the way out (a killed run's lease is left for the dead-process rule). It costs no JVM start:
 CI crashes every commit boundary that way and kills real processes at a few of them; ``make
 soak`` (``SEGLAKE_KILL_PROCESSES=1``) kills a real process at every one.
 The killed process's JVM runs with ``-XX:TieredStopAtLevel=1`` (the C1 compiler only): a
@@ -68,25 +68,12 @@ def run_killed(lake: Path, verb: str, point: str, conf: Path, *extra: str,
     return done
 
 
-#: the crashes in process and their reruns run without job leases: a crash in process releases its
-#: lease on the way out, so the lease table (never compared) is all they would change, and each run
-#: would pay two lease appends and a lease scan (~3 s here). Leases are what test_leases.py and
-#: test_concurrent.py test, and every rerun after a real kill runs with them (a dead process's lease
-#: must not block it).
-NO_LEASES = {"leases": {"enabled": False}}
-
-
-def in_process_cfg(lake: Path, **overrides: dict):
-    """:func:`conftest.make_cfg` for the runs of a crash sequence in the test process (no leases)."""
-    return make_cfg(lake, **NO_LEASES, **overrides)
-
-
 def abort_in_process(spark, lake: Path, verb: str, point: str, args: dict | None = None,
                      overrides: dict | None = None, as_of=None) -> None:
     """Run ``verb`` in the test session with ``point`` armed; asserts the run stopped there.
     ``overrides``: config sections for :func:`conftest.make_cfg`; ``as_of``: its ``--as-of``."""
     with faults.abort_at(point), pytest.raises(faults.Aborted):
-        run_job(JobContext(spark, in_process_cfg(lake, **(overrides or {})), as_of=as_of, args=args or {}), verb)
+        run_job(JobContext(spark, make_cfg(lake, **(overrides or {})), as_of=as_of, args=args or {}), verb)
 
 
 def copy_lake(src: Path, dst: Path) -> Path:

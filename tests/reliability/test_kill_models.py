@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_cfg
-from killing import (abort_in_process, assert_stage_equal, conf_dir, copy_lake, in_process_cfg,
-                     kill_processes_everywhere, run_killed)
+from killing import (abort_in_process, assert_stage_equal, conf_dir, copy_lake, kill_processes_everywhere,
+                     run_killed)
 from seglake.core import pii, tables
 from seglake.core.context import JobContext
 from seglake.core.runner import run_job
@@ -52,11 +52,8 @@ POINTS = {
 ERASE_POINTS = ("erase.after_request", "erase.after_delete:bronze.events_raw", "erase.after_activation",
                 "erase.after_delete:silver.identity_edges", "erase.after_vacuum")
 IGNORE = ("model_run_id", "request_id")
-#: where CI kills a real process: cluster with its clusters written (its MLflow runs, the sweep's
-#: nested ones, left RUNNING by the dead process); every model boundary is crashed in process above,
-#: propensity's with one target's model registered and no alias yet among them. ``make soak`` kills
-#: a real process at each of them (propensity's two targets registering in threads included).
-KILLED = (("cluster", "after_commit:gold.clusters"),)
+#: where CI kills a real process: propensity with one model registered and no alias yet
+KILLED = (("propensity", "propensity.after_register"),)
 KILL_CASES = ([(s, p) for s, ps in POINTS.items() for p in ps] if kill_processes_everywhere() else list(KILLED))
 
 
@@ -69,7 +66,7 @@ def model_lakes(spark, chain_lakes, tmp_path_factory):
     out = {"journeys": chain_lakes["journeys"]}
     with _own_mlflow_store():
         for stage in MODEL_CHAIN:
-            run_job(JobContext(spark, in_process_cfg(lake, **OVERRIDES)), stage)
+            run_job(JobContext(spark, make_cfg(lake, **OVERRIDES)), stage)
             out[stage] = copy_lake(lake, root / f"after-{stage}")
     return out
 
@@ -119,7 +116,7 @@ def test_a_model_stage_crashed_at_each_boundary_in_turn_then_rerun_equals_an_uni
     lake = copy_lake(before, tmp_path / "lake")
     for point in POINTS[stage]:          # each run recovers from the crash before it, then crashes
         abort_in_process(spark, lake, stage, point, overrides=OVERRIDES)
-    run_job(JobContext(spark, in_process_cfg(lake, **OVERRIDES)), stage)
+    run_job(JobContext(spark, make_cfg(lake, **OVERRIDES)), stage)
     _assert_equal(spark, before, lake, model_lakes[stage])
     if stage == "propensity":   # the registries were equal: one version per target, the champion
         assert {m: ([v for v, _ in vs], c) for m, (vs, c) in _registry(lake).items()} == {
@@ -147,7 +144,7 @@ def erased(spark, chain_lakes, model_lakes, tmp_path_factory):
     email = next(v for t, v in identifiers if t == "email")
     reference = copy_lake(before, tmp_path_factory.mktemp("erased") / "lake")
     with _own_mlflow_store():
-        summary = run_job(JobContext(spark, in_process_cfg(reference), args={"identifier": [email]}), "erase").summary
+        summary = run_job(JobContext(spark, make_cfg(reference), args={"identifier": [email]}), "erase").summary
     assert summary["customers_matched"] == 1 and summary["rows_removed"] > 0
     return {"email": email, "identifiers": identifiers, "customer_id": customer_id, "reference": reference,
             "summary": summary}
@@ -161,7 +158,7 @@ def test_erase_crashed_at_each_step_in_turn_then_rerun_equals_an_uninterrupted_e
     args = {"identifier": [erased["email"]]}
     for point in ERASE_POINTS:      # each run recovers from the crash before it, then crashes
         abort_in_process(spark, lake, "erase", point, args)
-    summary = run_job(JobContext(spark, in_process_cfg(lake), args=args), "erase").summary
+    summary = run_job(JobContext(spark, make_cfg(lake), args=args), "erase").summary
     assert summary["resumed"] is True
     # the ledger counts what every run removed: the same rows and tables as one uninterrupted run
     assert summary["rows_removed"] == erased["summary"]["rows_removed"]

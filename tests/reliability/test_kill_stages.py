@@ -25,8 +25,7 @@ import shutil
 import pytest
 
 from conftest import CHAIN, CHAIN_ARGS, make_cfg
-from killing import (abort_in_process, assert_stage_equal, conf_dir, in_process_cfg, kill_processes_everywhere,
-                     run_killed)
+from killing import abort_in_process, assert_stage_equal, conf_dir, kill_processes_everywhere, run_killed
 from seglake.core.context import JobContext
 from seglake.core.runner import run_job
 
@@ -64,7 +63,7 @@ def test_a_crash_at_each_commit_in_turn_then_a_rerun_equals_an_uninterrupted_run
     before, lake, reference = _lakes(chain_lakes, stage, tmp_path)
     for point in POINTS[stage]:          # each run recovers from the crash before it, then crashes
         abort_in_process(spark, lake, stage, point, CHAIN_ARGS.get(stage))
-    run_job(JobContext(spark, in_process_cfg(lake), args=CHAIN_ARGS.get(stage, {})), stage)
+    run_job(JobContext(spark, make_cfg(lake), args=CHAIN_ARGS.get(stage, {})), stage)
     assert_stage_equal(spark, before, lake, reference)
 
 
