@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 
 from seglake import registry
 from seglake.cli import EXIT_FAILED, main
-from seglake.core import tables
+from seglake.core import counts, tables
 from seglake.core.context import JobContext
 from seglake.core.runner import JobFailed, run_stage
 
@@ -28,7 +28,7 @@ def test_journal_counts_rows_from_the_delta_log(spark, cfg):
     with tables.recording() as journal2:
         tables.read(spark, cfg, "gold.t_a").collect()
     assert journal2.reads == {"gold.t_a": 1}
-    assert tables.row_count(spark, cfg, "gold.t_a", 1) == 14 and tables.row_count(spark, cfg, "gold.t_a", 0) == 10
+    assert counts.row_count(spark, cfg, "gold.t_a", 1) == 14 and counts.row_count(spark, cfg, "gold.t_a", 0) == 10
     # outside a recording nothing is journaled
     tables.append(df, cfg, "gold.t_b")
     assert "gold.t_b" not in journal2.commits
@@ -47,15 +47,15 @@ def test_row_count_is_remembered_per_version_and_a_table_made_again_is_counted_a
     import time
 
     tables.overwrite(spark.range(7), cfg, "gold.t_m")
-    assert tables.row_count(spark, cfg, "gold.t_m", 0) == 7
-    assert [n for (path, v, _), n in tables._counted.items() if path == cfg.table_path("gold.t_m")] == [7]
+    assert counts.row_count(spark, cfg, "gold.t_m", 0) == 7
+    assert [n for (path, v, _), n in counts._counted.items() if path == cfg.table_path("gold.t_m")] == [7]
     tables.append(spark.range(5), cfg, "gold.t_m")
-    assert (tables.row_count(spark, cfg, "gold.t_m", 0), tables.row_count(spark, cfg, "gold.t_m", 1)) == (7, 12)
+    assert (counts.row_count(spark, cfg, "gold.t_m", 0), counts.row_count(spark, cfg, "gold.t_m", 1)) == (7, 12)
     # the table deleted and written again at the same path: version 0 holds other rows now
     shutil.rmtree(cfg.table_path("gold.t_m"))
     time.sleep(0.01)
     tables.overwrite(spark.range(3), cfg, "gold.t_m")
-    assert tables.row_count(spark, cfg, "gold.t_m", 0) == 3
+    assert counts.row_count(spark, cfg, "gold.t_m", 0) == 3
 
 
 def test_a_failing_job_records_a_failed_row_and_the_cli_exits_1(spark, lakehouse, capsys):

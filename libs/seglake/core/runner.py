@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 from seglake import registry
-from seglake.core import leases, ops, parallel, tables, timezones
+from seglake.core import counts, leases, ops, parallel, tables, timezones
 from seglake.core.context import JobContext
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,8 @@ def _run_stage(ctx: JobContext, job: str, run: Callable[[JobContext], dict | Non
 def _counts(ctx: JobContext, journal: tables.Journal) -> tuple[dict[str, int], dict[str, int]]:
     rows_out = {t: sum(tables.rows_written(c) for c in commits) for t, commits in sorted(journal.commits.items())}
     reads = sorted(journal.reads.items())   # each a read of one table's log: side by side in threads
-    counts = parallel.map_in_threads(reads, lambda tv: tables.row_count(ctx.spark, ctx.cfg, *tv), 4, "rows-in")
-    rows_in = {t: n for (t, _), n in zip(reads, counts)}
+    found = parallel.map_in_threads(reads, lambda tv: counts.row_count(ctx.spark, ctx.cfg, *tv), 4, "rows-in")
+    rows_in = {t: n for (t, _), n in zip(reads, found)}
     return rows_in, rows_out
 
 

@@ -49,7 +49,7 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from seglake.core import tables
+from seglake.core import counts, tables
 from seglake.core.config import Config
 from seglake.core.contracts import (CLEAN_BATCHES, CONSENT_RULE, ENRICHED_EVENTS, IDENTITY_EXCLUDED, IDENTITY_MAP,
                                     SESSIONS, SILVER_EVENTS, customer_events, exclude_withdrawn)
@@ -412,7 +412,7 @@ def run(ctx) -> dict:
     out = tables.read(spark, cfg, SESSIONS).agg(
         F.count(F.lit(1)).alias("sessions"), F.countDistinct("customer_id").alias("customers"),
         F.avg("n_events").alias("events_per_session"), F.avg(F.col("converted").cast("int")).alias("conv")).first()
-    events = tables.row_count(spark, cfg, ENRICHED_EVENTS, tables.version(spark, cfg, ENRICHED_EVENTS))
+    events = counts.row_count(spark, cfg, ENRICHED_EVENTS, tables.version(spark, cfg, ENRICHED_EVENTS))
     summary = {"sessions": int(out["sessions"]), "customers": int(out["customers"]),
                "events_per_session": round(float(out["events_per_session"] or 0), 2),
                "conversion_rate": round(float(out["conv"] or 0), 4),
