@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pyspark.sql import SparkSession
 
+from seglake.core import tables
 from seglake.core.config import Config
 
 #: (table path, version, the version's commit file's modification time) -> rows: a table version
@@ -16,9 +17,8 @@ def _commit_mtime(spark: SparkSession, path: str, version: int) -> int | None:
     """Modification time (ms) of ``_delta_log/<version>.json``: one metadata call, no read; None
     when it cannot be had (no py4j gateway, a file system without it, the file gone)."""
     try:
-        jvm = spark._jvm
-        file = jvm.org.apache.hadoop.fs.Path(f"{path}/_delta_log/{int(version):020d}.json")
-        return int(file.getFileSystem(spark._jsc.hadoopConfiguration()).getFileStatus(file).getModificationTime())
+        file, fs = tables.commit_file(spark, path, version)
+        return int(fs.getFileStatus(file).getModificationTime())
     except Exception:  # noqa: BLE001 - Spark Connect, a missing file: count without the memo
         return None
 

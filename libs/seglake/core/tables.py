@@ -81,14 +81,19 @@ def _latest_version(spark: SparkSession, path: str) -> int:
         return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
 
 
+def commit_file(spark: SparkSession, path: str, version: int):
+    """(Hadoop path, its file system) of ``_delta_log/<version>.json``, the Delta protocol's commit file."""
+    file = spark._jvm.org.apache.hadoop.fs.Path(f"{path}/_delta_log/{int(version):020d}.json")
+    return file, file.getFileSystem(spark._jsc.hadoopConfiguration())
+
+
 def _read_commit_file(spark: SparkSession, path: str, version: int) -> dict | None:
     """The ``commitInfo`` action of ``_delta_log/<version>.json`` (the Delta protocol's commit
     file; a few KB read on the driver), or None when the file is not there."""
     import json
 
     jvm = spark._jvm
-    file = jvm.org.apache.hadoop.fs.Path(f"{path}/_delta_log/{version:020d}.json")
-    fs = file.getFileSystem(spark._jsc.hadoopConfiguration())
+    file, fs = commit_file(spark, path, version)
     if not fs.exists(file):
         return None
     reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(fs.open(file), "UTF-8"))
