@@ -18,8 +18,12 @@ def make_cfg(lakehouse: Path | str, **overrides):
     # one JVM runs the whole suite (~70 min, tens of thousands of small jobs): a 5g heap (and the
     # local profile's short job history), so the driver does not stall in full GCs late in the slow
     # suite (the 5 Dec CI run lost ~8 min to 40-100 s pauses on tiny writes after ~60 min with 3g)
+    # codegen off: on the suite's small tables Spark spends most of its CPU generating and
+    # compiling Java per query (JFR of a segments test: the JIT's threads busy ~1 core, Janino
+    # and the code formatter ~30% of the rest); the interpreted path gives the same results and
+    # `make demo` and the benchmarks keep codegen on
     base = {"paths": {"lakehouse": str(lakehouse)},
-            "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "5g"}}
+            "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "5g", "codegen": False}}
     for key, value in overrides.items():
         base.setdefault(key, {}).update(value)
     return load_config("local", REPO / "conf", overrides=base)

@@ -45,7 +45,8 @@ def conf_dir(root: Path, **overrides: dict) -> Path:
     if not out.exists():
         shutil.copytree(REPO / "conf", out)
         local = yaml.safe_load((out / "local.yaml").read_text())
-        local["spark"].update({"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "3g"})
+        local["spark"].update({"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "3g",
+                               "codegen": False})
         # the suites live next to the repository's conf/, not next to this copy
         local.setdefault("clean", {})["expectations_dir"] = str(REPO / "expectations")
         for section, values in overrides.items():

@@ -58,6 +58,11 @@ def session_conf(cfg: Config) -> dict[str, str]:
         # Delta's VACUUM retention check stays on: only seglake.core.tables.vacuum switches it off,
         # for one call whose caller chose a short retention (maintain's flag, erase's exclusive lease)
     })
+    if not spark_cfg.get("codegen", True):
+        # no Java generated per query (Janino, then the JIT, compiling classes used for a few rows):
+        # on a small lakehouse that compiling is most of a job's CPU; the interpreted path gives
+        # the same results (Spark's own test suites run both)
+        conf.update({"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"})
     conf.update({str(k): str(v) for k, v in (spark_cfg.get("extra_conf") or {}).items()})
     return conf
 
