@@ -34,13 +34,13 @@ def test_stream_gives_batch_silver_exactly_once(spark, kafka_broker, tmp_path):
     run_job(JobContext(spark, batch_cfg), "ingest")
     run_job(JobContext(spark, batch_cfg, args={"skip_docs": True}), "clean")
 
-    # stream: the same files through the topic, in micro-batches of at most 300 messages
+    # stream: the same files through the topic, in micro-batches of at most 400 messages
     topic = "stream-exactly-once"
     sent = produce.produce(spark, str(landing), kafka_broker.bootstrap_servers, topic, partitions=2)
-    cfg = make_cfg(tmp_path / "stream", stream={"max_offsets_per_trigger": 300})
+    cfg = make_cfg(tmp_path / "stream", stream={"max_offsets_per_trigger": 400})
     args = {"bootstrap_servers": kafka_broker.bootstrap_servers, "topic": topic}
     first = run_job(JobContext(spark, cfg, args=args), "stream").summary
-    assert first["micro_batches"] == 3 and first["records_in"] == sent["sent"] == 721
+    assert first["micro_batches"] == 2 and first["records_in"] == sent["sent"] == 721
     assert first["inserted"] == 720 and first["quarantined"] == 1 and first["set_aside"] == 0
 
     assert _silver(spark, cfg) == _silver(spark, batch_cfg)
@@ -197,10 +197,18 @@ def test_a_stream_run_while_the_broker_is_down_fails_clearly_and_a_rerun_after_i
     outage fails with the broker's address in its message; the next run reads every message once."""
     from seglake.core.runner import JobFailed
     from seglake.devtools import kafka
+    from seglake.devtools.procs import is_ours
 
     landing, _ = _landing(tmp_path / "input")
-    broker = kafka.start(tmp_path / "kafka")
+    folder = tmp_path / "kafka"
+    broker = kafka.start(folder)
     try:
+        # the broker's own bookkeeping: a second start finds the running one, its state file names it
+        assert kafka.start(folder).pid == broker.pid
+        st = kafka.status(folder)
+        assert st["running"] and st["answers"] and st["bootstrap_servers"] == broker.bootstrap_servers
+        recorded = json.loads((folder / kafka.STATE_FILE).read_text())
+        assert recorded["pid"] == broker.pid and recorded["port"] == broker.port
         topic = "stream-broker-restart"
         sent = produce.produce(spark, str(landing), broker.bootstrap_servers, topic, partitions=2)
         cfg = make_cfg(tmp_path / "lake", stream={"max_offsets_per_trigger": 400, "kafka_timeout_seconds": 20.0})
@@ -208,11 +216,13 @@ def test_a_stream_run_while_the_broker_is_down_fails_clearly_and_a_rerun_after_i
         first = run_job(JobContext(spark, cfg, args=args), "stream").summary     # 400 + 321 messages
         assert first["records_in"] == 721 and first["micro_batches"] == 2
         produce.produce(spark, str(landing), broker.bootstrap_servers, topic)   # a full resend, then ...
-        kafka.stop(broker)                                                      # ... the broker goes down
+        assert kafka.stop(folder) == broker.pid                                 # ... the broker goes down,
+        assert not kafka.status(folder)["running"] and not (folder / kafka.STATE_FILE).exists()
+        assert not is_ours(broker.pid, str(broker.config))                      # stopped by its pid
         with pytest.raises(JobFailed) as down:
             run_job(JobContext(spark, cfg, args=args), "stream")
         assert f"Kafka at {broker.bootstrap_servers} did not answer" in str(down.value)
-        restarted = kafka.start(tmp_path / "kafka")
+        restarted = kafka.start(folder)                 # the same folder: its topics and messages
         assert restarted.bootstrap_servers == broker.bootstrap_servers and restarted.pid != broker.pid
         again = run_job(JobContext(spark, cfg, args=args), "stream").summary
         assert again["records_in"] == sent["sent"] == 721 and again["inserted"] == 0
@@ -220,12 +230,13 @@ def test_a_stream_run_while_the_broker_is_down_fails_clearly_and_a_rerun_after_i
         assert bronze.count() == 1442 and bronze.select("_source_file").distinct().count() == 1442
         assert tables.read(spark, cfg, "silver.events").count() == 720
     finally:
-        kafka.stop(tmp_path / "kafka")
+        kafka.stop(folder)
+    assert kafka.stop(folder) is None                   # nothing left to stop
 
 
 @pytest.mark.slow
 def test_late_messages_are_counted_and_kept_in_bronze_and_silver(spark, kafka_broker, tmp_path):
-    """10% of the messages sent two days late, micro-batches of 100: the late count equals what the
+    """10% of the messages sent two days late, micro-batches of 250: the late count equals what the
     sent order gives in plain Python (older than the newest event time of the earlier
     micro-batches minus the 10-minute watermark delay)."""
     from datetime import datetime, timedelta
@@ -235,16 +246,17 @@ def test_late_messages_are_counted_and_kept_in_bronze_and_silver(spark, kafka_br
     topic = "stream-late"
     sent = produce.produce(spark, str(landing), kafka_broker.bootstrap_servers, topic, partitions=1,
                            late_share=0.1, late_seconds=2 * 86_400)
-    cfg = make_cfg(tmp_path / "lake", stream={"max_offsets_per_trigger": 100})
+    per_batch = 250           # 3 micro-batches of the 721 messages: the late ones fall in the 2nd and 3rd
+    cfg = make_cfg(tmp_path / "lake", stream={"max_offsets_per_trigger": per_batch})
     out = run_job(JobContext(spark, cfg, args={"bootstrap_servers": kafka_broker.bootstrap_servers,
                                                "topic": topic}), "stream").summary
 
-    # the expected count, from the messages in offset order (one partition: 100 per micro-batch)
+    # the expected count, from the messages in offset order (one partition: per_batch per micro-batch)
     values = [v for _k, v in _consume(kafka_broker.bootstrap_servers, topic, sent["sent"])]
     newest, expected = None, 0
-    for start in range(0, len(values), 100):
+    for start in range(0, len(values), per_batch):
         times = []
-        for v in values[start:start + 100]:
+        for v in values[start:start + per_batch]:
             try:
                 times.append(datetime.strptime(json.loads(v)["event_ts"], "%Y-%m-%dT%H:%M:%SZ"))
             except ValueError:                       # the broken record: no event time
@@ -253,7 +265,7 @@ def test_late_messages_are_counted_and_kept_in_bronze_and_silver(spark, kafka_br
         expected += sum(1 for t in times if watermark and t < watermark)
         newest = max([newest, *times] if newest else times)
     assert sent["late"] > 0 and out["late_events"] == expected > 0
-    assert out["micro_batches"] == 8 and out["inserted"] == 720           # late events are kept ...
+    assert out["micro_batches"] == 3 and out["inserted"] == 720           # late events are kept ...
     assert tables.read(spark, cfg, "bronze.events_raw").count() == 721
     progress = tables.read(spark, cfg, "ops.stream_progress")
     assert progress.agg(F.sum("late_events")).first()[0] == expected     # ... and counted per micro-batch
