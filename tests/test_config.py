@@ -96,3 +96,18 @@ def test_table_paths_follow_the_contract(tmp_path):
     assert cfg.path("landing") == f"{tmp_path}/_input/landing"
     with pytest.raises(ValueError):
         cfg.table_path("events")
+
+
+def test_codegen_off_asks_spark_for_interpreted_evaluation_and_every_profile_keeps_it_on(spark, monkeypatch):
+    from seglake.core.spark import session_conf
+
+    monkeypatch.setenv("SEGLAKE_LAKEHOUSE", "/tmp/x")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+
+    off = session_conf(load_config("local", overrides={"paths": {"lakehouse": "/tmp/x"}, "spark": {"codegen": False}}))
+    assert (off["spark.sql.codegen.wholeStage"], off["spark.sql.codegen.factoryMode"]) == ("false", "NO_CODEGEN")
+    for env in ("local", "prod", "cluster"):
+        on = session_conf(load_config(env, overrides={"paths": {"lakehouse": "/tmp/x"}}))
+        assert "spark.sql.codegen.factoryMode" not in on and "spark.sql.codegen.wholeStage" not in on, env
+    # the test session itself runs interpreted (tests/conftest.py)
+    assert spark.conf.get("spark.sql.codegen.factoryMode") == "NO_CODEGEN"
