@@ -29,6 +29,13 @@ def make_cfg(lakehouse: Path | str, **overrides):
     return load_config("local", REPO / "conf", overrides=base)
 
 
+def c1_only(env: dict) -> dict:
+    """``env`` with ``-XX:TieredStopAtLevel=1`` added to ``JDK_JAVA_OPTIONS``: a short-lived
+    seglake process's JVM (the C1 compiler only) starts about a quarter faster."""
+    env["JDK_JAVA_OPTIONS"] = (env.get("JDK_JAVA_OPTIONS", "") + " -XX:TieredStopAtLevel=1").strip()
+    return env
+
+
 @pytest.fixture(scope="session")
 def spark_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("spark")

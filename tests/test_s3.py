@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import c1_only
+
 pytestmark = pytest.mark.slow
 
 boto3 = pytest.importorskip("boto3")
@@ -111,8 +113,8 @@ def _conf_dir(tmp: Path, endpoint: str) -> Path:
 def _seglake(args: list[str], conf: Path, endpoint: str, log: Path, short: bool = False) -> tuple[int, str]:
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": endpoint}
-    if short:   # a short-lived JVM starts faster with the C1 compiler only (as killing.run_killed)
-        env["JDK_JAVA_OPTIONS"] = (env.get("JDK_JAVA_OPTIONS", "") + " -XX:TieredStopAtLevel=1").strip()
+    if short:
+        c1_only(env)
     env.pop("MLFLOW_TRACKING_URI", None)     # the overlay's store, not a test fixture's
     proc = subprocess.run([str(Path(sys.executable).with_name("seglake")), *args, "--conf-dir", str(conf),
                            "--lakehouse", f"s3a://{BUCKET}/seglake"],

@@ -25,7 +25,7 @@ import yaml
 
 import pytest
 
-from conftest import REPO, make_cfg
+from conftest import REPO, c1_only, make_cfg
 from seglake.core import faults, parallel, tables
 from seglake.core.context import JobContext
 from seglake.core.runner import run_job
@@ -61,7 +61,7 @@ def run_killed(lake: Path, verb: str, point: str, conf: Path, *extra: str,
     full = {k: v for k, v in os.environ.items() if k != "SEGLAKE_FAULT"}
     full.update(env or {})
     full["SEGLAKE_FAULT"] = point
-    full["JDK_JAVA_OPTIONS"] = (full.get("JDK_JAVA_OPTIONS", "") + " -XX:TieredStopAtLevel=1").strip()
+    c1_only(full)
     exe = Path(sys.executable).with_name("seglake")
     args = [str(exe), "run", verb, "--lakehouse", str(lake), "--conf-dir", str(conf), *extra]
     done = subprocess.run(args, capture_output=True, text=True, env=full, timeout=900)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from conftest import make_cfg
+from conftest import c1_only, make_cfg
 from killing import changed_tables, conf_dir, copy_lake, rows_side_by_side
 from seglake.cli import main
 from seglake.core import tables
@@ -40,7 +40,7 @@ def ingested(spark, chain_lakes, tmp_path_factory):
 def _start(lake: Path, conf: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     full = {k: v for k, v in os.environ.items() if k not in ("SEGLAKE_FAULT", "SEGLAKE_PAUSE")}
     full.update(env or {})
-    full["JDK_JAVA_OPTIONS"] = (full.get("JDK_JAVA_OPTIONS", "") + " -XX:TieredStopAtLevel=1").strip()
+    c1_only(full)
     exe = Path(sys.executable).with_name("seglake")
     return subprocess.Popen([str(exe), "run", *args, "--lakehouse", str(lake), "--conf-dir", str(conf)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full)

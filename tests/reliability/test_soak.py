@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, make_cfg
+from conftest import REPO, c1_only, make_cfg
 from killing import BATCH_COLUMNS, changed_tables, conf_dir, delta_tables, rows
 from seglake.core.context import JobContext
 from seglake.core.runner import run_job
@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.slow,
 
 def _start(lake: Path, job: str, conf: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "SEGLAKE_FAULT"}
-    env["JDK_JAVA_OPTIONS"] = (env.get("JDK_JAVA_OPTIONS", "") + " -XX:TieredStopAtLevel=1").strip()
+    c1_only(env)
     args = [str(Path(sys.executable).with_name("seglake")), "run", job, "--lakehouse", str(lake),
             "--conf-dir", str(conf), *(["--skip-docs"] if job == "clean" else [])]
     # a session of its own: the kill reaches the JVM too, as when a node is lost
