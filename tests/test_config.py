@@ -111,3 +111,32 @@ def test_codegen_off_asks_spark_for_interpreted_evaluation_and_every_profile_kee
         assert "spark.sql.codegen.factoryMode" not in on and "spark.sql.codegen.wholeStage" not in on, env
     # the test session itself runs interpreted (tests/conftest.py)
     assert spark.conf.get("spark.sql.codegen.factoryMode") == "NO_CODEGEN"
+
+
+def test_the_session_skips_python_call_sites_and_a_user_can_turn_them_back_on(spark, monkeypatch):
+    """PySpark's call-site capture is off in every profile (a small run's fixed cost: see README,
+    Sizing); extra_conf turns it back on."""
+    import py4j.clientserver as clientserver
+    from pyspark.sql import functions as F
+
+    from seglake.core.spark import session_conf
+
+    monkeypatch.setenv("SEGLAKE_LAKEHOUSE", "/tmp/x")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    for env in ("local", "prod", "cluster"):
+        conf = session_conf(load_config(env, overrides={"paths": {"lakehouse": "/tmp/x"}}))
+        assert conf["spark.python.sql.dataFrameDebugging.enabled"] == "false", env
+    back_on = load_config("local", overrides={"paths": {"lakehouse": "/tmp/x"}})
+    back_on.data["spark"]["extra_conf"] = {"spark.python.sql.dataFrameDebugging.enabled": "true"}
+    assert session_conf(back_on)["spark.python.sql.dataFrameDebugging.enabled"] == "true"
+
+    # the effect, counted on the wire: an F.col is 3 py4j round trips here, 13 with call sites
+    sent = []
+    original = clientserver.ClientServerConnection.send_command
+    monkeypatch.setattr(clientserver.ClientServerConnection, "send_command",
+                        lambda self, command, *a, **k: sent.append(command) or original(self, command, *a, **k))
+    for _ in range(20):
+        F.col("x")
+    monkeypatch.undo()
+    assert spark.conf.get("spark.python.sql.dataFrameDebugging.enabled") == "false"
+    assert len(sent) / 20 <= 4, len(sent) / 20

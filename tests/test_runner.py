@@ -48,7 +48,7 @@ def test_row_count_is_remembered_per_version_and_a_table_made_again_is_counted_a
 
     tables.overwrite(spark.range(7), cfg, "gold.t_m")
     assert counts.row_count(spark, cfg, "gold.t_m", 0) == 7
-    assert [n for (path, v, _), n in counts._counted.items() if path == cfg.table_path("gold.t_m")] == [7]
+    assert [n for (what, path, v, _), n in counts._known.items() if path == cfg.table_path("gold.t_m")] == [7]
     tables.append(spark.range(5), cfg, "gold.t_m")
     assert (counts.row_count(spark, cfg, "gold.t_m", 0), counts.row_count(spark, cfg, "gold.t_m", 1)) == (7, 12)
     # the table deleted and written again at the same path: version 0 holds other rows now
@@ -56,6 +56,22 @@ def test_row_count_is_remembered_per_version_and_a_table_made_again_is_counted_a
     time.sleep(0.01)
     tables.overwrite(spark.range(3), cfg, "gold.t_m")
     assert counts.row_count(spark, cfg, "gold.t_m", 0) == 3
+
+
+def test_the_default_as_of_is_remembered_per_version_of_silver_events_and_follows_a_new_one(spark, cfg):
+    from datetime import date
+
+    from seglake.core.context import JobContext
+
+    day = lambda d: spark.createDataFrame([(d,)], "event_date DATE")   # noqa: E731
+    tables.overwrite(day(date(2026, 3, 4)), cfg, "silver.events")
+    assert JobContext(spark, cfg).resolve_as_of() == date(2026, 3, 5)
+    path = cfg.table_path("silver.events")
+    assert [d for (what, p, v, _), d in counts._known.items() if p == path] == [date(2026, 3, 4)]
+    assert JobContext(spark, cfg).resolve_as_of() == date(2026, 3, 5)     # the same version: remembered
+    tables.append(day(date(2026, 3, 9)), cfg, "silver.events")
+    assert JobContext(spark, cfg).resolve_as_of() == date(2026, 3, 10)    # a new version: computed again
+    assert JobContext(spark, cfg, as_of=date(2026, 1, 1)).resolve_as_of() == date(2026, 1, 1)
 
 
 def test_a_failing_job_records_a_failed_row_and_the_cli_exits_1(spark, lakehouse, capsys):

@@ -49,8 +49,13 @@ class JobContext:
         """
         if self.as_of is not None:
             return self.as_of
-        last = (tables.read(self.spark, self.cfg, SILVER_EVENTS)
-                .agg(F.max("event_date").alias("d")).first()["d"])
+        from seglake.core import counts
+
+        version = tables.version(self.spark, self.cfg, SILVER_EVENTS)
+        events = tables.read(self.spark, self.cfg, SILVER_EVENTS, version=version)   # a missing table: its error
+        # each job of a chain run one by one asks again: one aggregate per version of silver.events
+        last = counts.of_version(self.spark, self.cfg.table_path(SILVER_EVENTS), version, "last_event_date",
+                                 lambda: events.agg(F.max("event_date").alias("d")).first()["d"])
         if last is None:
             raise ValueError("silver.events is empty: nothing to compute an as-of date from; pass --as-of")
         self.as_of = last + timedelta(days=1)
