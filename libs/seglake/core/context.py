@@ -10,7 +10,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from seglake.core import tables
+from seglake.core import counts, tables
 from seglake.core.config import Config
 from seglake.core.contracts import SILVER_EVENTS
 
@@ -49,8 +49,6 @@ class JobContext:
         """
         if self.as_of is not None:
             return self.as_of
-        from seglake.core import counts
-
         version = tables.version(self.spark, self.cfg, SILVER_EVENTS)
         events = tables.read(self.spark, self.cfg, SILVER_EVENTS, version=version)   # a missing table: its error
         # each job of a chain run one by one asks again: one aggregate per version of silver.events
