@@ -293,7 +293,7 @@ def ingest_clean(con: duckdb.DuckDBPyConnection, landing_dir: str | os.PathLike,
     ``standardize_yaml``, numbers, consent, PII hashed with the same HMAC-SHA256, the first
     applicable reason of :data:`REASONS`), ``derived_event_key`` (same HMAC of the same
     concatenation, so keys equal seglake's when the key is the same), ``dedupe_batch`` (one
-    row per event_key; same tie-break order: source file, raw line), ``duration_medians`` +
+    row per event_key; same tie-break order: source file, the SHA-256 of the raw line), ``duration_medians`` +
     ``impute_duration`` (lower median of durations rounded to ``impute_decimals``).
 
     Args:
@@ -402,12 +402,12 @@ def ingest_clean(con: duckdb.DuckDBPyConnection, landing_dir: str | os.PathLike,
     con.execute("CREATE OR REPLACE TABLE events_quarantine AS "
                 "SELECT unnest(_bronze), _reason AS reason FROM standardized WHERE _reason IS NOT NULL")
 
-    # ---- dedupe (first copy by source file, raw line) + duration imputation
+    # ---- dedupe (first copy by source file, SHA-256 of the raw line) + duration imputation
     con.execute("""
         CREATE OR REPLACE TABLE _unique_events AS
         SELECT * EXCLUDE (_reason, _format, _bronze) FROM standardized WHERE _reason IS NULL
         QUALIFY row_number() OVER (PARTITION BY event_key
-                                   ORDER BY _source_file ASC NULLS LAST, _raw_line ASC NULLS LAST) = 1""")
+                                   ORDER BY _source_file ASC NULLS LAST, sha256(_raw_line) ASC NULLS LAST) = 1""")
     dec = int(impute_decimals)
     if not 0 <= dec <= 9:
         raise ValueError(f"impute_decimals must be 0..9, got {impute_decimals!r}")

@@ -176,6 +176,30 @@ def test_dedupe_within_batch_exact_resent_and_derived_key(spark, std):
     assert sorted(r["event_id"] for r in out.where("event_id IS NOT NULL").collect()) == ["x1", "x2"]
 
 
+def test_dedupe_of_different_lines_of_one_file_keeps_the_line_with_the_smaller_sha256(spark, std):
+    """Two different lines of one file with one event_id: the copy kept is the one whose line has
+    the smaller SHA-256 (hashlib, on the lines as bronze holds them), on any partitioning, and the
+    persisted batch carries the 32-byte hash instead of the line."""
+    pairs = [(raw(event_id=f"k{i}", _file="same.jsonl", page_url=f"/a{i}"),
+              raw(event_id=f"k{i}", _file="same.jsonl", page_url=f"/b{i}")) for i in range(12)]
+    records = [r for pair in pairs for r in pair]
+    lines = {}
+    for r in records:   # the line as bronze_df writes it (its "_file" key included)
+        lines[(r["event_id"], r["page_url"])] = json.dumps({k: v for k, v in r.items() if v is not None})
+    expected = {}
+    for a, b in pairs:
+        la, lb = lines[(a["event_id"], a["page_url"])], lines[(b["event_id"], b["page_url"])]
+        expected[a["event_id"]] = min((hashlib.sha256(la.encode()).digest(), a["page_url"]),
+                                      (hashlib.sha256(lb.encode()).digest(), b["page_url"]))[1]
+    # the hash decides against the lines' own order in some pairs (else the test would not tell)
+    assert any(expected[a["event_id"]] != min(a["page_url"], b["page_url"]) for a, b in pairs)
+    std_df = clean.with_raw_order(standardize(spark, std, records))
+    assert "_raw_line" not in std_df.columns and dict(std_df.dtypes)["_raw_order"] == "binary"
+    for parts in (1, 5):
+        out = clean.dedupe_batch(std_df.where("_reason IS NULL").drop("_bronze", "_reason").repartition(parts))
+        assert {r["event_id"]: r["page_url"] for r in out.collect()} == expected
+
+
 # ------------------------------------------------------------------ imputation
 
 def test_impute_duration_median_per_type_device_then_type_then_global(spark):

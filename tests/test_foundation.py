@@ -105,6 +105,44 @@ def test_merge_inserts_only_new_keys_and_is_idempotent(spark, cfg):
     assert got == [("a", 1), ("b", 2), ("c", 3)]
 
 
+def _logged_stats_columns(cfg, table: str) -> set[str]:
+    """Columns of which the table's first commit keeps min/max statistics, read from the JSON log."""
+    import json
+    from pathlib import Path
+
+    first = Path(cfg.table_path(table)) / "_delta_log" / f"{0:020d}.json"
+    found: set[str] = set()
+    for line in first.read_text().splitlines():
+        add = json.loads(line).get("add")
+        if add and add.get("stats"):
+            found |= set(json.loads(add["stats"]).get("minValues", {}))
+    return found
+
+
+def test_event_tables_keep_statistics_only_of_their_filter_columns(spark, cfg):
+    """silver.events keeps min/max of its time, batch and run columns only; a table not listed
+    keeps them of every non-identifying atomic column, as before; identifiers never."""
+    from datetime import date, datetime
+
+    row = ("k1", "u1", datetime(2026, 8, 1, 12), "page_view", "/p", 1.5, datetime(2026, 9, 1), "b1", "r1",
+           date(2026, 8, 1))
+    ddl = ("event_key STRING, user_id STRING, event_ts TIMESTAMP, event_type STRING, page_url STRING, "
+           "price DOUBLE, _ingested_at TIMESTAMP, _batch_id STRING, _run_id STRING, event_date DATE")
+    df = spark.createDataFrame([row], ddl)
+    tables.merge(spark, df, cfg, "silver.events", keys=["event_key"], partition_by=["event_date"])
+    assert _logged_stats_columns(cfg, "silver.events") == {"event_ts", "_ingested_at", "_batch_id", "_run_id"}
+    tables.append(df, cfg, "gold.other", partition_by=["event_date"])
+    assert _logged_stats_columns(cfg, "gold.other") == {
+        "event_ts", "event_type", "page_url", "price", "_ingested_at", "_batch_id", "_run_id"}
+    # reads that filter on a kept column still skip files: two batches, one file each
+    tables.merge(spark, spark.createDataFrame([("k2",) + row[1:7] + ("b2", "r2", row[9])], ddl), cfg,
+                 "silver.events", keys=["event_key"], partition_by=["event_date"])
+    plan = tables.read(spark, cfg, "silver.events").where(F.col("_batch_id") == "b2")
+    assert [r["event_key"] for r in plan.collect()] == ["k2"]
+    files = plan.inputFiles()
+    assert len(files) == 1 and len(tables.read(spark, cfg, "silver.events").inputFiles()) == 2
+
+
 def test_a_first_merge_racing_another_writer_inserts_nothing_twice(spark, cfg, monkeypatch):
     # the interleaving CI once hit with two ingests on an empty lakehouse: writer A finds the
     # table missing, writer B creates it with the same rows, then A writes. A's first write must

@@ -49,7 +49,7 @@ from seglake.stages import clean_batches
 from seglake.stages.clean_rules import (  # noqa: F401 - part of clean's API
     META_FIELDS, REASONS, SILVER_COLUMNS, Standards, check_bronze_schema, dedupe_batch, derived_event_key,
     load_standards, naive_zone_column, parse_consent, parse_event_ts, parse_properties, quarantine_rows,
-    standardize, to_silver)
+    standardize, to_silver, with_raw_order)
 from seglake.stages.impute import duration_medians, impute_duration  # noqa: F401 - part of clean's API
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,10 @@ def _run(ctx: JobContext, started: datetime, only: list[str] | None = None) -> d
                                bool(cfg.get("clean.consent_default", False)), properties_as_text=True,
                                naive_zones=timezones.naive_zones(cfg, std.sources.values()))
     # records of persons erased earlier (ops.erasure_requests) never reach silver or quarantine again
-    standardized = persist_events(erasure.erased_filter(spark, cfg, standardized, erasure.STANDARDIZED_COLUMNS))
+    standardized = erasure.erased_filter(spark, cfg, standardized, erasure.STANDARDIZED_COLUMNS)
+    # the raw line (needed by the erasure filter above) is replaced by its 32-byte hash, the dedupe's
+    # last tie-break, before the batch is persisted: about half of the persisted and shuffled bytes
+    standardized = persist_events(with_raw_order(standardized))
     try:
         return _write(ctx, started, standardized, batch_ids, max_ts, decimals, rebuilding=rebuilding)
     finally:
@@ -170,6 +173,11 @@ def _culprits(ctx: JobContext, result, silver: DataFrame, batch_ids: list[str], 
     return culprits
 
 
+def _local(small: DataFrame) -> DataFrame:
+    """``small`` computed now and held as a local relation (no Spark job when it is read again)."""
+    return small.sparkSession.createDataFrame(small.collect(), small.schema)
+
+
 def _same_row() -> str:
     """SQL: target row ``t`` equals source row ``s`` in every silver column but the run id (maps
     compared as sorted entries: Spark cannot compare maps)."""
@@ -202,10 +210,15 @@ def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_id
     quarantined = sum(by_reason.values())
     valid = records_in - quarantined
 
-    unique = dedupe_batch(standardized.where(F.col("_reason").isNull()).drop("_bronze", "_reason"))
-    unique = persist_events(unique)
-    medians = duration_medians(unique, impute_decimals).cache()
-    silver = persist_events(to_silver(impute_duration(unique, medians), ctx.run_id))
+    valid_rows = standardized.where(F.col("_reason").isNull()).drop("_bronze", "_reason")
+    # the medians of the deduplicated batch, from the dedupe of a narrow projection (the same rows
+    # win: same keys, same order), fetched (types x devices rows: small) so that the imputation's
+    # three broadcast joins do not each compute them; then the wide rows are deduplicated once,
+    # straight into the persisted silver batch (no persisted copy of the deduplicated batch)
+    medians = _local(duration_medians(dedupe_batch(valid_rows.select(
+        "event_key", "_ingested_at", "_source_file", "_raw_order", "event_type", "device_type", "duration_s")),
+        impute_decimals))
+    silver = persist_events(to_silver(impute_duration(dedupe_batch(valid_rows), medians), ctx.run_id))
     culprits: list[str] = []
     try:
         # a handful of numbers: small
@@ -222,12 +235,10 @@ def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_id
         if not result.success:
             culprits = _culprits(ctx, result, silver, batch_ids, set(good), max_ts)
     except BaseException:
-        for df in (silver, medians, unique):
-            df.unpersist()
+        silver.unpersist()
         raise
-    if culprits:          # nothing written yet: free the caches, then clean the others
-        for df in (silver, medians, unique):
-            df.unpersist()
+    if culprits:          # nothing written yet: free the cache, then clean the others
+        silver.unpersist()
         return _set_aside_and_clean_the_rest(ctx, started, standardized, batch_ids, max_ts, impute_decimals,
                                              attempt, result, culprits, good, set_aside, rebuilding)
     try:
@@ -256,8 +267,7 @@ def _write(ctx: JobContext, started: datetime, standardized: DataFrame, batch_id
                 updated = int(m.get("numTargetRowsUpdated") or 0)
                 deleted = int(m.get("numTargetRowsDeleted") or 0)
     finally:
-        for df in (silver, medians, unique):
-            df.unpersist()
+        silver.unpersist()
 
     now = datetime.now(timezone.utc)
     done = spark.createDataFrame([(b, ctx.run_id, now) for b in batch_ids],

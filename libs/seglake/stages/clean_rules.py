@@ -293,16 +293,35 @@ def quarantine_rows(standardized: DataFrame, run_id: str, quarantined_at: dateti
                     F.lit(at).cast("timestamp").alias("_quarantined_at")))
 
 
-def dedupe_batch(valid: DataFrame) -> DataFrame:
-    """One row per ``event_key``: the first ingested copy (ties: source file, raw line).
+def with_raw_order(standardized: DataFrame) -> DataFrame:
+    """``standardized`` with the raw line replaced by ``_raw_order``, the SHA-256 of the line
+    (32 bytes): the last tie-break of :func:`dedupe_batch`.
 
-    Deterministic, so a rerun keeps the same copy.
+    The raw line (~400 bytes a record, a JSON rendering for CSV and Parquet records too) is
+    larger than every other column of a record together; carried through clean's persisted batch
+    and the dedupe shuffle, it doubled their bytes. Equal lines have equal hashes, and equal lines
+    of one file make equal rows, so which of them is kept does not matter; of two different lines
+    of one file with the same event key, the one with the smaller hash is kept (until 8 December
+    2026: the lexicographically smaller line; equally arbitrary, equally deterministic).
+    A frame without ``_raw_line`` (already replaced) is returned as it is.
     """
+    if "_raw_line" not in standardized.columns:
+        return standardized
+    return standardized.withColumn("_raw_order", F.unhex(F.sha2(F.col("_raw_line"), 256))).drop("_raw_line")
+
+
+def dedupe_batch(valid: DataFrame) -> DataFrame:
+    """One row per ``event_key``: the first ingested copy (ties: source file, then the SHA-256 of
+    the raw line: :func:`with_raw_order`).
+
+    Deterministic, so a rerun keeps the same copy, on any partitioning.
+    """
+    valid = with_raw_order(valid)
     order = Window.partitionBy("event_key").orderBy(
         F.col("_ingested_at").asc_nulls_last(), F.col("_source_file").asc_nulls_last(),
-        F.col("_raw_line").asc_nulls_last())
+        F.col("_raw_order").asc_nulls_last())
     return (valid.withColumn("_rn", F.row_number().over(order))
-            .where(F.col("_rn") == 1).drop("_rn"))
+            .where(F.col("_rn") == 1).drop("_rn", "_raw_order"))
 
 
 def parse_properties(text: Column) -> Column:
