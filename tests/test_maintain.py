@@ -111,6 +111,9 @@ def test_short_retention_with_the_flag_removes_unreferenced_files(spark, lakehou
     history = DeltaTable.forPath(spark, cfg.table_path(TABLE)).history().collect()  # a few commits
     optimize = [r for r in history if r["operation"] == "OPTIMIZE"]
     assert len(optimize) == 1 and "n" in optimize[0]["operationParameters"]["zOrderBy"]
+    # silver.events keeps statistics only of its filter columns: Z-ordering by n added n to them first
+    props = DeltaTable.forPath(spark, cfg.table_path(TABLE)).detail().first()["properties"]
+    assert "`n`" in props["delta.dataSkippingStatsColumns"]
     # the session's own retention check is left as it was
     assert spark.conf.get(maintain._RETENTION_CHECK, None) == check_before
 

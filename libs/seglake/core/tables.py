@@ -240,6 +240,16 @@ def stats_columns(df: DataFrame) -> list[str]:
             and f.dataType.simpleString().startswith(_STATS_TYPES)]
 
 
+def kept_stats_columns(props: dict, fields: list) -> set[str]:
+    """Top-level columns Delta keeps min/max statistics of, by the table's properties (``props``,
+    as DESCRIBE DETAIL gives them) and its schema's ``fields``."""
+    listed = props.get("delta.dataSkippingStatsColumns")
+    if listed:
+        return {c.strip().strip("`").split(".")[0] for c in listed.split(",") if c.strip()}
+    n = int(props.get("delta.dataSkippingNumIndexedCols", 32))
+    return {f.name for f in (fields if n < 0 else fields[:n])}
+
+
 #: The event-sized tables keep min/max statistics only of the columns their readers filter on (time,
 #: batch and run): Delta computes the statistics of every indexed column of every row it writes, and
 #: on silver.events' ~20 non-identifying columns that was about a third of the write's CPU (1.1M rows

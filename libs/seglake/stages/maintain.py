@@ -151,10 +151,36 @@ def detail(spark: SparkSession, path: str) -> dict:
             "partition_columns": list(row["partitionColumns"] or [])}
 
 
-def optimize(spark: SparkSession, path: str, zorder: list[str] | None = None) -> None:
-    """OPTIMIZE: compaction, or Z-order by ``zorder``. Runs eagerly; one commit when files change."""
+def ensure_stats(spark: SparkSession, path: str, cols: list[str]) -> list[str]:
+    """Z-ordering needs min/max statistics of its columns (Delta refuses it otherwise), and the
+    event tables keep them only of the columns their readers filter on
+    (:data:`seglake.core.tables.STATS_COLUMNS_OF`): the Z-order columns the table keeps no
+    statistics of are added to its ``delta.dataSkippingStatsColumns`` (one commit; the OPTIMIZE
+    that follows rewrites the files, with them). The columns added (none: no commit)."""
     from delta.tables import DeltaTable
 
+    dt = DeltaTable.forPath(spark, path)
+    props = dict(dt.detail().first()["properties"] or {})
+    fields = dt.toDF().schema.fields
+    have = tables.kept_stats_columns(props, fields)
+    missing = [c for c in cols if c not in have]
+    if missing:
+        listed = props.get("delta.dataSkippingStatsColumns")
+        kept = ([c.strip() for c in listed.split(",") if c.strip()] if listed
+                else [f"`{f.name}`" for f in fields if f.name in have])
+        value = ",".join(kept + [f"`{c}`" for c in missing]).replace("'", "\\'")
+        spark.sql(f"ALTER TABLE {_quoted(path)} SET TBLPROPERTIES ('delta.dataSkippingStatsColumns' = '{value}')")
+        log.info("maintain: %s now keeps file statistics of %s too (Z-order needs them)", path, ", ".join(missing))
+    return missing
+
+
+def optimize(spark: SparkSession, path: str, zorder: list[str] | None = None) -> None:
+    """OPTIMIZE: compaction, or Z-order by ``zorder`` (after :func:`ensure_stats`). Runs eagerly;
+    one commit when files change."""
+    from delta.tables import DeltaTable
+
+    if zorder:
+        ensure_stats(spark, path, list(zorder))
     builder = DeltaTable.forPath(spark, path).optimize()
     if zorder:
         builder.executeZOrderBy(list(zorder))

@@ -89,15 +89,6 @@ def _is_complex(dtype: T.DataType) -> bool:
     return isinstance(dtype, (T.ArrayType, T.MapType, T.StructType))
 
 
-def _stats_columns(props: dict, fields: list[T.StructField]) -> set[str]:
-    """Top-level columns Delta keeps min/max statistics of, by the table's properties."""
-    listed = props.get("delta.dataSkippingStatsColumns")
-    if listed:
-        return {c.strip().strip("`").split(".")[0] for c in listed.split(",") if c.strip()}
-    n = int(props.get("delta.dataSkippingNumIndexedCols", 32))
-    return {f.name for f in (fields if n < 0 else fields[:n])}
-
-
 def delete_rows(spark: SparkSession, cfg: Config, table: str, conds: dict[str, Column],
                 request: str | None = None, purge: bool = False) -> tuple[int, list[str]]:
     """Delete the rows where any of ``conds`` (column -> predicate) holds; the commit carries
@@ -137,7 +128,7 @@ def delete_rows(spark: SparkSession, cfg: Config, table: str, conds: dict[str, C
     if deleted:
         held = [name for i, name in enumerate(conds) if any(r[f"_m{i}"] for r in found)]
         strings = {f.name for f in fields if isinstance(f.dataType, T.StringType)}
-        leaked = sorted(c for c in held if c in strings and c in _stats_columns(props, fields))
+        leaked = sorted(c for c in held if c in strings and c in tables.kept_stats_columns(props, fields))
         # A DELETE would write its predicate -- the identifiers, and the key inside the hash
         # expression -- into the commit's commitInfo, which VACUUM never removes. Instead the
         # person's rows are removed by a MERGE whose condition names only columns (complex
