@@ -104,7 +104,7 @@ def vacuum_retention(cfg: Config, allow_short: bool = False) -> float:
 
 def zorder_columns(cfg: Config) -> dict[str, list[str]]:
     """``maintain.zorder`` (table -> Z-order columns), validated: known tables, non-empty lists of
-    column names, no identifying column (see :data:`seglake.core.tables.IDENTIFYING_COLUMNS`:
+    column names, no identifying column (see :data:`seglake.core.filestats.IDENTIFYING_COLUMNS`:
     seglake keeps no statistics for them, so Delta refuses to Z-order by them)."""
     raw = cfg.get("maintain.zorder") or {}
     if not isinstance(raw, dict):
@@ -154,7 +154,7 @@ def detail(spark: SparkSession, path: str) -> dict:
 def ensure_stats(spark: SparkSession, path: str, cols: list[str]) -> list[str]:
     """Z-ordering needs min/max statistics of its columns (Delta refuses it otherwise), and the
     event tables keep them only of the columns their readers filter on
-    (:data:`seglake.core.tables.STATS_COLUMNS_OF`): the Z-order columns the table keeps no
+    (:data:`seglake.core.filestats.STATS_COLUMNS_OF`): the Z-order columns the table keeps no
     statistics of are added to its ``delta.dataSkippingStatsColumns`` (one commit; the OPTIMIZE
     that follows rewrites the files, with them). The columns added (none: no commit)."""
     from delta.tables import DeltaTable
