@@ -174,8 +174,10 @@ def _culprits(ctx: JobContext, result, silver: DataFrame, batch_ids: list[str], 
 
 
 def _local(small: DataFrame) -> DataFrame:
-    """``small`` computed now and held as a local relation (no Spark job when it is read again)."""
-    return small.sparkSession.createDataFrame(small.collect(), small.schema)
+    """``small`` computed now and held as a local relation (no Spark job when it is read again).
+    Only for frames bounded by configuration, never by events or customers (clean passes the
+    duration medians: event types x devices rows)."""
+    return small.sparkSession.createDataFrame(small.collect(), small.schema)  # small by contract: see above
 
 
 def _same_row() -> str:
